@@ -32,12 +32,14 @@ step() {
   rm -f "$out"
 }
 
-command -v go >/dev/null 2>&1 || fail "Go is not installed: the control plane is built from Go modules and needs go (1.26 for Kubernetes 1.36) on PATH"
-go_line=$(go env GOVERSION | sed -E 's/^go([0-9]+\.[0-9]+).*/\1/')
-
-# The Go module proxy answers a version list quickly; checking first gives a clear error
-# instead of a stall halfway through a dependency download.
-check_proxy() {
+go_line=""
+# Checked once, and only when something must be built: a warm cache needs no Go at all.
+# The proxy answers a version list quickly; asking first gives a clear error instead of a
+# stall halfway through a dependency download.
+prepare_build() {
+  [ -z "$go_line" ] || return 0
+  command -v go >/dev/null 2>&1 || fail "Go is not installed: the control plane is built from Go modules and needs go (1.26 for Kubernetes 1.36) on PATH"
+  go_line=$(go env GOVERSION | sed -E 's/^go([0-9]+\.[0-9]+).*/\1/')
   local out
   if ! out=$(timeout 60 go list -m -versions "k8s.io/kubernetes" 2>&1); then
     fail "the Go module proxy is unreachable (GOPROXY=$(go env GOPROXY)); 'go list -m -versions k8s.io/kubernetes' said: ${out:0:400}"
@@ -68,7 +70,7 @@ build_kubernetes() {
   local missing=0 b
   for b in "${bins[@]}"; do [ -x "$out/$b" ] || missing=1; done
   if [ $missing = 0 ]; then log "kubernetes $v: cached in $out"; return; fi
-  check_proxy
+  prepare_build
   local dir; dir=$(new_builder kubernetes)
   log "kubernetes $v: builder module in $dir"
   step "download k8s.io/kubernetes@$v" bash -c "cd '$dir' && go mod download -json k8s.io/kubernetes@$v > mod.json"
@@ -114,7 +116,7 @@ GO
 build_etcd() {
   local v=$ETCD_VERSION out=$cache/etcd/$ETCD_VERSION
   if [ -x "$out/etcd" ]; then log "etcd $v: cached in $out"; return; fi
-  check_proxy
+  prepare_build
   local dir; dir=$(new_builder etcd)
   log "etcd $v: builder module in $dir"
   (cd "$dir" && go mod edit -go="$go_line" -require="go.etcd.io/etcd/server/v3@$v") || fail "go mod edit in $dir"
@@ -129,7 +131,7 @@ build_etcd() {
 build_helm() {
   local v=$HELM_VERSION out=$cache/helm/$HELM_VERSION
   if [ -x "$out/helm" ]; then log "helm $v: cached in $out"; return; fi
-  check_proxy
+  prepare_build
   mkdir -p "$out.tmp"
   step "compile helm $v (go install)" env GOBIN="$out.tmp" go install -trimpath \
     -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$v" "helm.sh/helm/v3/cmd/helm@$v"

@@ -1,0 +1,196 @@
+// A real Kubernetes control plane as child processes: etcd, kube-apiserver and, when asked,
+// kube-controller-manager, on free loopback ports with throw-away certificates. Several can run
+// side by side; each lives in its own temporary directory, removed when it stops.
+import { KubeConfig } from '@kubernetes/client-node';
+import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { controlPlaneBinaries, controlPlaneVersions, type ControlPlaneBinaries } from './binaries.js';
+import { ComponentProcess, trackDirectory } from './componentProcess.js';
+import { assertPortFree, freePort, httpsGet, type TlsClient } from './network.js';
+import { createPki, kubeconfigYaml, type ControlPlanePki } from './pki.js';
+
+export interface ControlPlaneOptions {
+  /** An EncryptionConfiguration file for --encryption-provider-config. */
+  encryptionConfig?: string;
+  /** Also run kube-controller-manager (ServiceAccounts per namespace, garbage collection). */
+  controllerManager?: boolean;
+  /** Per component; 2 cores need 60 s or more for a cold apiserver. */
+  readyTimeoutMs?: number;
+  /** Fixed ports instead of free ones; one already in use fails with a clear error. */
+  ports?: { etcdClient?: number; etcdPeer?: number; apiserver?: number; controllerManager?: number };
+  extraApiserverArgs?: string[];
+  /** Progress lines, e.g. console.error for the quickstart. */
+  progress?: (line: string) => void;
+}
+
+export interface ControlPlane {
+  readonly dir: string;
+  readonly apiserverUrl: string;
+  readonly etcdEndpoint: string;
+  readonly kubeconfigPath: string;
+  readonly kubeConfig: KubeConfig;
+  readonly kubernetesVersion: string;
+  readonly apiserver: ComponentProcess;
+  readonly etcd: ComponentProcess;
+  readonly controllerManager: ComponentProcess | undefined;
+  /** Stops the apiserver and starts it again with the same flags (KMS restart tests). */
+  restartApiserver(): Promise<void>;
+  /** Stops everything it started and removes its directory. Safe to call twice. */
+  stop(): Promise<void>;
+}
+
+interface Ports {
+  etcdClient: number;
+  etcdPeer: number;
+  apiserver: number;
+  controllerManager: number;
+}
+
+async function choosePorts(fixed: ControlPlaneOptions['ports'] = {}): Promise<Ports> {
+  const pick = async (port: number | undefined, owner: string): Promise<number> => {
+    if (port === undefined) return freePort();
+    await assertPortFree(port, owner);
+    return port;
+  };
+  return {
+    etcdClient: await pick(fixed.etcdClient, 'the etcd client URL'),
+    etcdPeer: await pick(fixed.etcdPeer, 'the etcd peer URL'),
+    apiserver: await pick(fixed.apiserver, 'kube-apiserver'),
+    controllerManager: await pick(fixed.controllerManager, 'kube-controller-manager'),
+  };
+}
+
+function startEtcd(bin: ControlPlaneBinaries, dir: string, ports: Ports): ComponentProcess {
+  const client = `http://127.0.0.1:${ports.etcdClient}`;
+  const peer = `http://127.0.0.1:${ports.etcdPeer}`;
+  return new ComponentProcess('etcd', bin.etcd, [
+    '--name=default',
+    `--data-dir=${join(dir, 'etcd-data')}`,
+    `--listen-client-urls=${client}`,
+    `--advertise-client-urls=${client}`,
+    `--listen-peer-urls=${peer}`,
+    `--initial-advertise-peer-urls=${peer}`,
+    `--initial-cluster=default=${peer}`,
+    '--unsafe-no-fsync=true',
+    '--log-level=warn',
+  ], join(dir, 'etcd.log'));
+}
+
+function apiserverArgs(dir: string, ports: Ports, pki: ControlPlanePki, options: ControlPlaneOptions): string[] {
+  const args = [
+    `--etcd-servers=http://127.0.0.1:${ports.etcdClient}`,
+    `--cert-dir=${join(dir, 'apiserver-certs')}`,
+    `--tls-cert-file=${pki.servingCert}`,
+    `--tls-private-key-file=${pki.servingKey}`,
+    `--client-ca-file=${pki.caCert}`,
+    '--bind-address=127.0.0.1',
+    `--secure-port=${ports.apiserver}`,
+    `--service-account-issuer=https://127.0.0.1:${ports.apiserver}/`,
+    `--service-account-key-file=${pki.serviceAccountPub}`,
+    `--service-account-signing-key-file=${pki.serviceAccountKey}`,
+    '--service-cluster-ip-range=10.0.0.0/24',
+    '--authorization-mode=RBAC',
+    '--disable-admission-plugins=ServiceAccount',
+    '--allow-privileged=true',
+    '--profiling=false',
+  ];
+  if (options.encryptionConfig) args.push(`--encryption-provider-config=${options.encryptionConfig}`);
+  return [...args, ...(options.extraApiserverArgs ?? [])];
+}
+
+export async function startControlPlane(options: ControlPlaneOptions = {}): Promise<ControlPlane> {
+  const progress = options.progress ?? (() => undefined);
+  const timeoutMs = options.readyTimeoutMs ?? 120_000;
+  const bin = controlPlaneBinaries();
+  const versions = controlPlaneVersions();
+  const dir = mkdtempSync(join(tmpdir(), 'keyward-cp-'));
+  const removeDir = trackDirectory(dir);
+  const started: ComponentProcess[] = [];
+  const stopAll = async (): Promise<void> => {
+    await Promise.all(started.splice(0).reverse().map((c) => c.stop()));
+    removeDir();
+  };
+
+  try {
+    const ports = await choosePorts(options.ports);
+    const pkiDir = join(dir, 'pki');
+    mkdirSync(pkiDir);
+    const pki = createPki(pkiDir);
+    const tls: TlsClient = { ca: readFileSync(pki.caCert), cert: readFileSync(pki.adminCert), key: readFileSync(pki.adminKey) };
+    const apiserverUrl = `https://127.0.0.1:${ports.apiserver}`;
+    const etcdEndpoint = `http://127.0.0.1:${ports.etcdClient}`;
+
+    progress(`starting etcd ${versions.etcd} on ${etcdEndpoint}`);
+    const etcd = startEtcd(bin, dir, ports);
+    started.push(etcd);
+    await etcd.waitReady(async () => (await fetch(`${etcdEndpoint}/health`)).ok, timeoutMs, 'healthy');
+
+    const kubeconfigPath = join(dir, 'kubeconfig');
+    writeFileSync(kubeconfigPath, kubeconfigYaml(apiserverUrl, pki), { mode: 0o600 });
+    const args = apiserverArgs(dir, ports, pki, options);
+    const launchApiserver = async (): Promise<ComponentProcess> => {
+      progress(`starting kube-apiserver ${versions.kubernetes} on ${apiserverUrl}`);
+      const apiserver = new ComponentProcess('kube-apiserver', bin.kubeApiserver, args, join(dir, 'kube-apiserver.log'));
+      started.push(apiserver);
+      // readyz needs a credential: anonymous requests get 403 until RBAC bootstrap finishes.
+      await apiserver.waitReady(async () => (await httpsGet(`${apiserverUrl}/readyz`, tls)).status === 200, timeoutMs, 'ready (/readyz)');
+      await apiserver.waitReady(
+        async () => (await httpsGet(`${apiserverUrl}/api/v1/namespaces/default`, tls)).status === 200,
+        timeoutMs,
+        "ready (namespace 'default')",
+      );
+      return apiserver;
+    };
+    let apiserver = await launchApiserver();
+
+    let controllerManager: ComponentProcess | undefined;
+    if (options.controllerManager) {
+      progress(`starting kube-controller-manager on 127.0.0.1:${ports.controllerManager}`);
+      controllerManager = new ComponentProcess('kube-controller-manager', bin.kubeControllerManager, [
+        `--kubeconfig=${kubeconfigPath}`,
+        `--authentication-kubeconfig=${kubeconfigPath}`,
+        `--authorization-kubeconfig=${kubeconfigPath}`,
+        '--bind-address=127.0.0.1',
+        `--secure-port=${ports.controllerManager}`,
+        `--cert-dir=${join(dir, 'kcm-certs')}`,
+        '--leader-elect=false',
+        `--service-account-private-key-file=${pki.serviceAccountKey}`,
+        `--root-ca-file=${pki.caCert}`,
+        '--use-service-account-credentials=true',
+      ], join(dir, 'kube-controller-manager.log'));
+      started.push(controllerManager);
+      await controllerManager.waitReady(
+        async () => (await httpsGet(`https://127.0.0.1:${ports.controllerManager}/healthz`, { insecure: true })).status === 200,
+        timeoutMs,
+        'healthy (/healthz)',
+      );
+    }
+
+    const kubeConfig = new KubeConfig();
+    kubeConfig.loadFromFile(kubeconfigPath);
+    progress('control plane ready');
+    return {
+      dir,
+      apiserverUrl,
+      etcdEndpoint,
+      kubeconfigPath,
+      kubeConfig,
+      kubernetesVersion: versions.kubernetes,
+      get apiserver() {
+        return apiserver;
+      },
+      etcd,
+      controllerManager,
+      restartApiserver: async () => {
+        await apiserver.stop();
+        started.splice(started.indexOf(apiserver), 1);
+        apiserver = await launchApiserver();
+      },
+      stop: stopAll,
+    };
+  } catch (err) {
+    await stopAll();
+    throw err;
+  }
+}

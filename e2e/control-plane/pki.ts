@@ -1,0 +1,80 @@
+// Throw-away certificates for one control plane, made with openssl: a CA that signs the
+// apiserver's serving certificate and the admin client certificate, and a service-account key.
+import { execFileSync } from 'node:child_process';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { setupError } from '../../core/errors.js';
+
+export interface ControlPlanePki {
+  caCert: string;
+  caKey: string;
+  servingCert: string;
+  servingKey: string;
+  adminCert: string;
+  adminKey: string;
+  serviceAccountKey: string;
+  serviceAccountPub: string;
+}
+
+function openssl(dir: string, args: string[]): void {
+  try {
+    execFileSync('openssl', args, { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] });
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException & { stderr?: Buffer };
+    if (e.code === 'ENOENT') throw setupError('openssl is not installed (Debian: apt-get install openssl)');
+    throw setupError(`openssl ${args[0]} failed: ${e.stderr?.toString().trim() ?? e.message}`);
+  }
+}
+
+function keyAndCsr(dir: string, name: string, subject: string): void {
+  openssl(dir, ['req', '-new', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', `${name}.key`, '-out', `${name}.csr`, '-subj', subject]);
+}
+
+function sign(dir: string, name: string, extensions: string): void {
+  writeFileSync(join(dir, `${name}.ext`), extensions);
+  openssl(dir, ['x509', '-req', '-in', `${name}.csr`, '-CA', 'ca.crt', '-CAkey', 'ca.key', '-CAcreateserial', '-days', '2', '-out', `${name}.crt`, '-extfile', `${name}.ext`]);
+}
+
+export function createPki(dir: string): ControlPlanePki {
+  openssl(dir, ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', 'ca.key', '-out', 'ca.crt', '-days', '2', '-subj', '/CN=keyward-test-ca', '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign']);
+  keyAndCsr(dir, 'serving', '/CN=kube-apiserver');
+  sign(dir, 'serving', 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n');
+  keyAndCsr(dir, 'admin', '/O=system:masters/CN=keyward-admin');
+  sign(dir, 'admin', 'extendedKeyUsage=clientAuth\n');
+  openssl(dir, ['genpkey', '-algorithm', 'EC', '-pkeyopt', 'ec_paramgen_curve:P-256', '-out', 'sa.key']);
+  openssl(dir, ['pkey', '-in', 'sa.key', '-pubout', '-out', 'sa.pub']);
+  const path = (file: string): string => join(dir, file);
+  return {
+    caCert: path('ca.crt'),
+    caKey: path('ca.key'),
+    servingCert: path('serving.crt'),
+    servingKey: path('serving.key'),
+    adminCert: path('admin.crt'),
+    adminKey: path('admin.key'),
+    serviceAccountKey: path('sa.key'),
+    serviceAccountPub: path('sa.pub'),
+  };
+}
+
+export function kubeconfigYaml(server: string, pki: ControlPlanePki): string {
+  const b64 = (file: string): string => readFileSync(file).toString('base64');
+  return `apiVersion: v1
+kind: Config
+clusters:
+- name: keyward-test
+  cluster:
+    server: ${server}
+    certificate-authority-data: ${b64(pki.caCert)}
+users:
+- name: keyward-admin
+  user:
+    client-certificate-data: ${b64(pki.adminCert)}
+    client-key-data: ${b64(pki.adminKey)}
+contexts:
+- name: keyward-test
+  context:
+    cluster: keyward-test
+    user: keyward-admin
+current-context: keyward-test
+`;
+}
