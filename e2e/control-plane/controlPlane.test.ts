@@ -72,9 +72,9 @@ describe('a real control plane (etcd + kube-apiserver as processes)', function (
     assert.notEqual(forged.status?.authenticated, true, 'a tampered token is refused');
   });
 
-  it('runs a second control plane beside the first without collisions, and stop leaves nothing behind', async () => {
-    const second = await startControlPlane();
-    const pids = [second.etcd.pid, second.apiserver.pid];
+  it('runs a second control plane, with kube-controller-manager, beside the first; stop leaves nothing behind', async () => {
+    const second = await startControlPlane({ controllerManager: true });
+    const pids = [second.etcd.pid, second.apiserver.pid, second.controllerManager?.pid];
     try {
       assert.notEqual(second.apiserverUrl, cp.apiserverUrl);
       assert.notEqual(second.etcdEndpoint, cp.etcdEndpoint);
@@ -83,6 +83,14 @@ describe('a real control plane (etcd + kube-apiserver as processes)', function (
       await core.createNamespacedConfigMap({ namespace: 'default', body: { metadata: { name: 'only-here' } } });
       const first = cp.kubeConfig.makeApiClient(CoreV1Api);
       await assert.rejects(first.readNamespacedConfigMap({ namespace: 'default', name: 'only-here' }), /404|not found/i);
+      // The controller manager is really working: it gives each namespace a 'default' ServiceAccount.
+      await core.createNamespace({ body: { metadata: { name: 'fresh' } } });
+      let found = false;
+      for (let i = 0; i < 120 && !found; i++) {
+        found = (await core.listNamespacedServiceAccount({ namespace: 'fresh' })).items.some((sa) => sa.metadata?.name === 'default');
+        if (!found) await new Promise((r) => setTimeout(r, 250));
+      }
+      assert.ok(found, "kube-controller-manager created the 'default' ServiceAccount");
     } finally {
       await second.stop();
     }

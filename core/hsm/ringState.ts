@@ -1,0 +1,70 @@
+// The state of one key ring as kept in the HSM: its versions, their lifecycle states and which one
+// is primary. The HSM is the source of truth, so the node side can start without the apiserver.
+import { createHash } from 'node:crypto';
+import { KeywardError } from '../errors.js';
+
+export const versionStates = ['PendingGeneration', 'Enabled', 'Disabled', 'DestroyScheduled', 'Destroyed'] as const;
+export type VersionState = (typeof versionStates)[number];
+
+export interface RingVersion {
+  number: number;
+  state: VersionState;
+  /** Public and opaque; what the KMS plugin reports and the apiserver stores in etcd. */
+  keyId: string;
+  createdAt: string;
+  stateChangedAt: string;
+}
+
+export interface RingState {
+  schema: 1;
+  /** Unique per ring ever created (a KeyRing's uid, or random for CLI rings): key ids derive from it. */
+  ringId: string;
+  name: string;
+  /** Empty for rings made with the CLI outside any namespace. */
+  namespace: string;
+  purpose: 'encryption';
+  algorithm: 'AES_256_GCM';
+  createdAt: string;
+  primary: number;
+  versions: RingVersion[];
+}
+
+const keyIdPattern = /^kw1-[A-Za-z0-9_-]{32}$/;
+
+/**
+ * The public key id of one version. A hash of the ring's unique id and the version number: it
+ * changes on every rotation and never repeats, even for a ring re-created under the same name.
+ */
+export function keyIdFor(ringId: string, version: number): string {
+  const digest = createHash('sha256').update(`keyward.dev/key-id\0${ringId}\0${version}`).digest('base64url');
+  return `kw1-${digest.slice(0, 32)}`;
+}
+
+/** Refuses a key id that is empty, too long or not of Keyward's form, naming which. */
+export function assertKeyIdWellFormed(keyId: string): void {
+  if (keyId.length === 0) throw new KeywardError('InvalidArgument', 'key_id is empty');
+  if (keyId.length > 1024) throw new KeywardError('InvalidArgument', `key_id is ${keyId.length} bytes; the limit is 1024`);
+  if (!keyIdPattern.test(keyId)) throw new KeywardError('InvalidArgument', 'key_id is malformed: not a Keyward key id (kw1-...)');
+}
+
+/** CKA_ID of a version's key object: deterministic, so a retried generation finds the first one. */
+export function keyObjectId(ringId: string, version: number): Buffer {
+  return createHash('sha256').update(`keyward.dev/key-object\0${ringId}\0${version}`).digest().subarray(0, 16);
+}
+
+export const ringObjectLabel = (ringId: string): string => `keyward/ring/${ringId}`;
+export const keyObjectLabel = (ringId: string, version: number): string => `keyward/key/${ringId}/${version}`;
+
+export function primaryVersion(ring: RingState): RingVersion {
+  const primary = ring.versions.find((v) => v.number === ring.primary);
+  if (!primary) throw new KeywardError('Internal', `ring ${ring.ringId} names primary version ${ring.primary}, which it does not have`);
+  return primary;
+}
+
+export function parseRingState(value: Buffer): RingState {
+  const state = JSON.parse(value.toString('utf8')) as RingState;
+  if (state.schema !== 1 || typeof state.ringId !== 'string' || !Array.isArray(state.versions)) {
+    throw new KeywardError('Internal', 'ring state object in the HSM is not of schema 1');
+  }
+  return state;
+}
