@@ -29,6 +29,11 @@ const sessionLostCodes = new Set<number>([
   pkcs11js.CKR_SLOT_ID_INVALID,
 ]);
 
+/** A token label as set: PKCS#11 pads it to 32 bytes (with spaces, or NULs by some writers). */
+export function tokenLabel(pkcs11: Pkcs11, slot: Handle): string {
+  return pkcs11.C_GetTokenInfo(slot).label.replace(/[\s\0]+$/, '');
+}
+
 export function pkcs11Code(err: unknown): number | undefined {
   return err instanceof pkcs11js.Pkcs11Error ? err.code : undefined;
 }
@@ -106,8 +111,7 @@ export class HsmToken {
 
   private findSlot(): Handle {
     for (const slot of this.pkcs11.C_GetSlotList(true)) {
-      const label = this.pkcs11.C_GetTokenInfo(slot).label.trim();
-      if (label === this.config.tokenLabel) return slot;
+      if (tokenLabel(this.pkcs11, slot) === this.config.tokenLabel) return slot;
     }
     throw new KeywardError('Unavailable', `no HSM token labelled '${this.config.tokenLabel}' is present`);
   }

@@ -19,6 +19,8 @@ export interface RingState {
   schema: 1;
   /** Unique per ring ever created (a KeyRing's uid, or random for CLI rings): key ids derive from it. */
   ringId: string;
+  /** Bumped on every write; the HSM object with the highest revision is the ring's state. */
+  revision: number;
   name: string;
   /** Empty for rings made with the CLI outside any namespace. */
   namespace: string;

@@ -51,24 +51,29 @@ export class RingStore {
     return attribute?.value ?? Buffer.alloc(0);
   }
 
+  /** Every state object of one ring (or of all rings), newest revision first. */
+  private readStates(session: Handle, ringId?: string): Array<{ handle: Handle; state: RingState }> {
+    const template: pkcs11js.Template = [
+      { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_DATA },
+      { type: pkcs11js.CKA_APPLICATION, value: ringApplication },
+    ];
+    if (ringId !== undefined) template.push({ type: pkcs11js.CKA_LABEL, value: ringObjectLabel(ringId) });
+    return this.findObjects(session, template)
+      .map((handle) => ({ handle, state: parseRingState(this.readValue(session, handle)) }))
+      .sort((a, b) => b.state.revision - a.state.revision);
+  }
+
   async list(): Promise<RingState[]> {
-    return this.token.withSession((session) =>
-      this.findObjects(session, [
-        { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_DATA },
-        { type: pkcs11js.CKA_APPLICATION, value: ringApplication },
-      ]).map((handle) => parseRingState(this.readValue(session, handle))),
-    );
+    const newest = new Map<string, RingState>();
+    for (const { state } of await this.token.withSession((session) => this.readStates(session))) {
+      if (!newest.has(state.ringId)) newest.set(state.ringId, state);
+    }
+    return [...newest.values()];
   }
 
   async get(ref: RingRef): Promise<RingState | undefined> {
     if ('ringId' in ref) {
-      return this.token.withSession((session) => {
-        const [handle] = this.findObjects(session, [
-          { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_DATA },
-          { type: pkcs11js.CKA_LABEL, value: ringObjectLabel(ref.ringId) },
-        ]);
-        return handle === undefined ? undefined : parseRingState(this.readValue(session, handle));
-      });
+      return this.token.withSession((session) => this.readStates(session, ref.ringId)[0]?.state);
     }
     const namespace = ref.namespace ?? '';
     return (await this.list()).find((ring) => ring.name === ref.name && ring.namespace === namespace);
@@ -93,6 +98,7 @@ export class RingStore {
     const ring: RingState = {
       schema: 1,
       ringId,
+      revision: 1,
       name: spec.name,
       namespace: spec.namespace ?? '',
       purpose: 'encryption',
@@ -101,17 +107,7 @@ export class RingStore {
       primary: 1,
       versions: [version],
     };
-    await this.token.withSession((session) =>
-      this.token.pkcs11.C_CreateObject(session, [
-        { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_DATA },
-        { type: pkcs11js.CKA_TOKEN, value: true },
-        { type: pkcs11js.CKA_PRIVATE, value: true },
-        { type: pkcs11js.CKA_MODIFIABLE, value: true },
-        { type: pkcs11js.CKA_APPLICATION, value: ringApplication },
-        { type: pkcs11js.CKA_LABEL, value: ringObjectLabel(ringId) },
-        { type: pkcs11js.CKA_VALUE, value: Buffer.from(JSON.stringify(ring)) },
-      ]),
-    );
+    await this.token.withSession((session) => this.writeState(session, ring));
     return ring;
   }
 
@@ -167,15 +163,31 @@ export class RingStore {
     if (handle !== undefined) await this.token.withSession((session) => this.token.pkcs11.C_DestroyObject(session, handle));
   }
 
+  private writeState(session: Handle, ring: RingState): void {
+    this.token.pkcs11.C_CreateObject(session, [
+      { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_DATA },
+      { type: pkcs11js.CKA_TOKEN, value: true },
+      { type: pkcs11js.CKA_PRIVATE, value: true },
+      { type: pkcs11js.CKA_APPLICATION, value: ringApplication },
+      { type: pkcs11js.CKA_LABEL, value: ringObjectLabel(ring.ringId) },
+      { type: pkcs11js.CKA_VALUE, value: Buffer.from(JSON.stringify(ring)) },
+    ]);
+  }
+
+  /**
+   * Data objects' values cannot be changed in place (SoftHSM2 refuses), so a write adds the next
+   * revision and then removes the older ones. Readers take the newest revision, so a crash
+   * between the two steps loses nothing; the next write removes the leftover.
+   */
   private async save(ring: RingState): Promise<RingState> {
-    await this.token.withSession((session) => {
-      const [handle] = this.findObjects(session, [
-        { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_DATA },
-        { type: pkcs11js.CKA_LABEL, value: ringObjectLabel(ring.ringId) },
-      ]);
-      if (handle === undefined) throw new KeywardError('NotFound', `ring id ${ring.ringId} vanished from the HSM`);
-      this.token.pkcs11.C_SetAttributeValue(session, handle, [{ type: pkcs11js.CKA_VALUE, value: Buffer.from(JSON.stringify(ring)) }]);
+    return this.token.withSession((session) => {
+      const existing = this.readStates(session, ring.ringId);
+      const newest = existing[0]?.state.revision;
+      if (newest === undefined) throw new KeywardError('NotFound', `ring id ${ring.ringId} vanished from the HSM`);
+      const next = { ...ring, revision: newest + 1 };
+      this.writeState(session, next);
+      for (const { handle } of existing) this.token.pkcs11.C_DestroyObject(session, handle);
+      return next;
     });
-    return ring;
   }
 }

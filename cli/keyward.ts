@@ -1,0 +1,186 @@
+#!/usr/bin/env node
+// keyward: one CLI for every part (operator, kms-plugin, csi-provider) and the admin verbs.
+// Also a kubectl plugin when installed as `kubectl-keyward`.
+import { randomBytes } from 'node:crypto';
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { KeywardError } from '../core/errors.js';
+import { HsmToken } from '../core/hsm/hsmToken.js';
+import { findSoftHsmModule } from '../core/hsm/pkcs11Module.js';
+import { RingStore } from '../core/hsm/ringStore.js';
+import { type VersionState } from '../core/hsm/ringState.js';
+import { readPinFile } from '../core/hsm/pinFile.js';
+import { initToken } from '../core/hsm/tokenInit.js';
+import { createLogger } from '../core/observability/logger.js';
+import { startKmsPlugin } from '../provider/kms/kmsPlugin.js';
+
+const usage = `usage: keyward <command> [options]
+
+commands:
+  hsm init --dir DIR [--label L]           create a development SoftHSM2 token in DIR (PINs written to files there)
+  ring create NAME [--namespace NS]        create a ring with version 1 as primary
+  ring rotate NAME [--namespace NS]        generate a new version and make it primary
+  ring list                                list rings and their versions
+  ring disable|enable NAME --version N     change a version's state
+  kms-plugin --socket PATH --ring NAME     serve the KMS v2 API on a unix socket
+
+HSM options (ring, kms-plugin):
+  --pkcs11-module PATH   PKCS#11 library (default: SoftHSM2)
+  --token-label LABEL    token to use (default: keyward)
+  --pin-file PATH        file holding the user PIN (never pass a PIN on the command line)
+
+kms-plugin options:
+  --metrics-address H:P  /metrics, /healthz, /livez listener (default 127.0.0.1:9464)
+  --audit-log PATH       audit records (default: standard output)
+  --refresh SECONDS      how often to re-read the ring from the HSM (default 2)
+`;
+
+const hsmOptions = {
+  'pkcs11-module': { type: 'string' },
+  'token-label': { type: 'string', default: 'keyward' },
+  'pin-file': { type: 'string' },
+  namespace: { type: 'string', default: '' },
+} as const satisfies ParseArgsConfig['options'];
+
+function parse<O extends NonNullable<ParseArgsConfig['options']>>(args: string[], options: O) {
+  try {
+    return parseArgs({ args, options, allowPositionals: true, strict: true });
+  } catch (err) {
+    throw new KeywardError('InvalidArgument', (err as Error).message);
+  }
+}
+
+function openToken(values: { 'pkcs11-module'?: string; 'token-label': string; 'pin-file'?: string }): HsmToken {
+  return HsmToken.open({
+    modulePath: values['pkcs11-module'] ?? findSoftHsmModule(),
+    tokenLabel: values['token-label'],
+    pin: readPinFile(values['pin-file']),
+  });
+}
+
+function requireName(positionals: string[], what: string): string {
+  const name = positionals[0];
+  if (!name) throw new KeywardError('InvalidArgument', `${what} needs a ring name`);
+  return name;
+}
+
+function hsmInit(args: string[]): void {
+  const { values } = parse(args, { dir: { type: 'string' }, label: { type: 'string', default: 'keyward' }, 'pkcs11-module': { type: 'string' } });
+  if (!values.dir) throw new KeywardError('InvalidArgument', 'hsm init needs --dir');
+  const dir = resolve(values.dir);
+  const tokenDir = join(dir, 'tokens');
+  const configPath = join(dir, 'softhsm2.conf');
+  mkdirSync(tokenDir, { recursive: true, mode: 0o700 });
+  writeFileSync(configPath, `directories.tokendir = ${tokenDir}\nobjectstore.backend = file\nlog.level = ERROR\n`, { mode: 0o600 });
+  const pinFile = join(dir, 'user.pin');
+  const soPinFile = join(dir, 'so.pin');
+  if (!existsSync(pinFile)) writeFileSync(pinFile, randomBytes(16).toString('hex'), { mode: 0o600 });
+  if (!existsSync(soPinFile)) writeFileSync(soPinFile, randomBytes(16).toString('hex'), { mode: 0o600 });
+  process.env.SOFTHSM2_CONF = configPath;
+  initToken(values['pkcs11-module'] ?? findSoftHsmModule(), values.label, readPinFile(soPinFile), readPinFile(pinFile));
+  process.stdout.write(`token '${values.label}' ready\nexport SOFTHSM2_CONF=${configPath}\nPIN file: ${pinFile}\n`);
+}
+
+async function ring(args: string[]): Promise<void> {
+  const [verb, ...rest] = args;
+  const { values, positionals } = parse(rest, { ...hsmOptions, version: { type: 'string' } });
+  const token = openToken(values);
+  try {
+    const store = new RingStore(token);
+    const ref = () => ({ name: requireName(positionals, `ring ${verb}`), namespace: values.namespace });
+    switch (verb) {
+      case 'create': {
+        const created = await store.create(ref());
+        process.stdout.write(`ring ${created.name} created: version 1 primary, key id ${created.versions[0]?.keyId}\n`);
+        break;
+      }
+      case 'rotate': {
+        const rotated = await store.rotate(ref());
+        const primary = rotated.versions.find((v) => v.number === rotated.primary);
+        process.stdout.write(`ring ${rotated.name} rotated: version ${rotated.primary} primary, key id ${primary?.keyId}\n`);
+        break;
+      }
+      case 'list':
+        for (const r of await store.list()) {
+          process.stdout.write(`${r.namespace ? `${r.namespace}/` : ''}${r.name}  primary=${r.primary}\n`);
+          for (const v of r.versions) process.stdout.write(`  v${v.number}  ${v.state.padEnd(16)} ${v.keyId}  created ${v.createdAt}\n`);
+        }
+        break;
+      case 'enable':
+      case 'disable': {
+        const number = Number(values.version);
+        if (!Number.isInteger(number) || number < 1) throw new KeywardError('InvalidArgument', `ring ${verb} needs --version N (a positive integer)`);
+        const state: VersionState = verb === 'enable' ? 'Enabled' : 'Disabled';
+        await store.setVersionState(ref(), number, state);
+        process.stdout.write(`version ${number} is now ${state}\n`);
+        break;
+      }
+      default:
+        throw new KeywardError('InvalidArgument', `unknown ring command '${verb ?? ''}' (create, rotate, list, enable, disable)`);
+    }
+  } finally {
+    token.close();
+  }
+}
+
+async function kmsPlugin(args: string[]): Promise<void> {
+  const { values } = parse(args, {
+    ...hsmOptions,
+    socket: { type: 'string' },
+    ring: { type: 'string' },
+    'metrics-address': { type: 'string', default: '127.0.0.1:9464' },
+    'audit-log': { type: 'string', default: '-' },
+    refresh: { type: 'string', default: '2' },
+  });
+  if (!values.socket) throw new KeywardError('InvalidArgument', 'kms-plugin needs --socket PATH');
+  if (!values.ring) throw new KeywardError('InvalidArgument', 'kms-plugin needs --ring NAME');
+  const refreshSeconds = Number(values.refresh);
+  if (!(refreshSeconds >= 0.1 && refreshSeconds <= 10)) throw new KeywardError('InvalidArgument', '--refresh must be between 0.1 and 10 seconds');
+  const log = createLogger('kms-plugin');
+  const plugin = await startKmsPlugin(
+    {
+      socketPath: resolve(values.socket),
+      modulePath: values['pkcs11-module'] ?? findSoftHsmModule(),
+      tokenLabel: values['token-label'],
+      pin: readPinFile(values['pin-file']),
+      ring: { name: values.ring, namespace: values.namespace },
+      metricsAddress: values['metrics-address'],
+      auditLog: values['audit-log'],
+      refreshMs: refreshSeconds * 1000,
+    },
+    log,
+  );
+  for (const signal of ['SIGTERM', 'SIGINT'] as const) {
+    process.once(signal, () => {
+      log.info({ signal }, 'shutting down');
+      plugin.stop().then(
+        () => process.exit(0),
+        () => process.exit(1),
+      );
+    });
+  }
+}
+
+const commands: Record<string, (args: string[]) => Promise<void>> = {
+  hsm: ([verb, ...rest]) =>
+    Promise.resolve().then(() => {
+      if (verb !== 'init') throw new KeywardError('InvalidArgument', `unknown hsm command '${verb ?? ''}' (init)`);
+      hsmInit(rest);
+    }),
+  ring,
+  'kms-plugin': kmsPlugin,
+};
+
+const [command, ...rest] = process.argv.slice(2);
+const run = command ? commands[command] : undefined;
+if (!run) {
+  process.stderr.write(command && command !== 'help' && command !== '--help' ? `keyward: unknown command '${command}'\n\n${usage}` : usage);
+  process.exitCode = command && command !== 'help' && command !== '--help' ? 2 : 0;
+} else {
+  run(rest).catch((err: unknown) => {
+    const message = err instanceof KeywardError ? err.message : `internal error: ${(err as Error).message}`;
+    process.stderr.write(`keyward ${command}: ${message}\n`);
+    process.exitCode = err instanceof KeywardError && err.code === 'InvalidArgument' ? 2 : 1;
+  });
+}

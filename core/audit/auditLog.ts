@@ -1,0 +1,39 @@
+// One JSON record per key operation, allowed or refused, on a stream of its own, ready for a SIEM.
+// Records name rings, versions and opaque key ids; never key material or plaintext.
+import { pino, type Logger } from 'pino';
+
+export type AuditResult = 'allowed' | 'denied' | 'failed';
+
+export interface AuditRecord {
+  /** The caller's request id (the apiserver's uid for KMS calls), or one we made. */
+  requestId: string;
+  actor: string;
+  operation: string;
+  result: AuditResult;
+  ring?: string;
+  ringId?: string;
+  keyVersion?: number;
+  keyId?: string;
+  /** A status code or rule name that decided the outcome. */
+  code?: string;
+  reason?: string;
+}
+
+export interface AuditLog {
+  record(entry: AuditRecord): void;
+  /** Writes out what is buffered; call before exit. */
+  flush(): void;
+}
+
+/** `destination` is a file path, or '-' for standard output. */
+export function createAuditLog(component: string, destination: string): AuditLog {
+  const stream = pino.destination({ dest: destination === '-' ? 1 : destination, sync: false, mkdir: true });
+  const logger: Logger = pino(
+    { base: { stream: 'audit', component }, timestamp: pino.stdTimeFunctions.isoTime, messageKey: 'event' },
+    stream,
+  );
+  return {
+    record: (entry) => logger.info(entry),
+    flush: () => stream.flushSync(),
+  };
+}

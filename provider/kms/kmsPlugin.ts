@@ -1,0 +1,137 @@
+// `keyward kms-plugin`: the KMS v2 gRPC server on a unix socket (mode 0600, stale socket removed,
+// path fixed), reading its ring from the HSM so it starts without the apiserver, with metrics and
+// health on a separate loopback listener. SIGTERM drains in-flight calls before exit.
+import { Server, ServerCredentials } from '@grpc/grpc-js';
+import { chmodSync, existsSync, lstatSync, mkdirSync, unlinkSync } from 'node:fs';
+import { connect } from 'node:net';
+import { dirname } from 'node:path';
+import { createAuditLog, type AuditLog } from '../../core/audit/auditLog.js';
+import { setupError } from '../../core/errors.js';
+import { grpcImplementation, grpcServiceDefinition } from '../../core/grpc/unaryService.js';
+import { HsmToken } from '../../core/hsm/hsmToken.js';
+import { RingStore, type RingRef } from '../../core/hsm/ringStore.js';
+import { createLogger, type Logger } from '../../core/observability/logger.js';
+import { startMetricsServer, type MetricsServer } from '../../core/observability/metricsServer.js';
+import { KeyManagementService } from '../../proto/gen/kms/v2/api_pb.js';
+import { KmsMetrics } from './kmsMetrics.js';
+import { kmsHandlers } from './kmsService.js';
+import { RingView } from './ringView.js';
+
+export interface KmsPluginConfig {
+  socketPath: string;
+  modulePath: string;
+  tokenLabel: string;
+  pin: string;
+  ring: RingRef;
+  /** host:port for /metrics, /healthz, /livez; loopback by default. */
+  metricsAddress?: string;
+  /** File for audit records, or '-' for standard output. */
+  auditLog?: string;
+  refreshMs?: number;
+  sessionPoolSize?: number;
+  /** How long SIGTERM waits for in-flight calls. */
+  drainMs?: number;
+}
+
+export interface KmsPlugin {
+  readonly socketPath: string;
+  readonly metricsAddress: string;
+  readonly view: RingView;
+  stop(): Promise<void>;
+}
+
+/** Refuses to take over a socket another process still serves; removes a stale one. */
+async function prepareSocketPath(socketPath: string): Promise<void> {
+  mkdirSync(dirname(socketPath), { recursive: true, mode: 0o700 });
+  if (!existsSync(socketPath)) return;
+  if (!lstatSync(socketPath).isSocket()) throw setupError(`${socketPath} exists and is not a socket; refusing to replace it`);
+  const live = await new Promise<boolean>((resolve) => {
+    const probe = connect(socketPath, () => {
+      probe.destroy();
+      resolve(true);
+    });
+    probe.once('error', () => resolve(false));
+  });
+  if (live) throw setupError(`another process is serving on ${socketPath}`);
+  unlinkSync(socketPath);
+}
+
+function bindUnixSocket(server: Server, socketPath: string): Promise<void> {
+  // The socket is created 0600 from the start: the umask covers the window before chmod.
+  const previous = process.umask(0o177);
+  return new Promise<void>((resolve, reject) => {
+    server.bindAsync(`unix:${socketPath}`, ServerCredentials.createInsecure(), (err) => {
+      process.umask(previous);
+      if (err) reject(setupError(`cannot listen on ${socketPath}: ${err.message}`));
+      else resolve();
+    });
+  }).then(() => chmodSync(socketPath, 0o600));
+}
+
+export async function startKmsPlugin(config: KmsPluginConfig, log: Logger = createLogger('kms-plugin')): Promise<KmsPlugin> {
+  await prepareSocketPath(config.socketPath);
+  const token = HsmToken.open({
+    modulePath: config.modulePath,
+    tokenLabel: config.tokenLabel,
+    pin: config.pin,
+    poolSize: config.sessionPoolSize ?? 4,
+  });
+  let audit: AuditLog | undefined;
+  let metricsServer: MetricsServer | undefined;
+  const view = new RingView(token, new RingStore(token), config.ring, { refreshMs: config.refreshMs ?? 2000 });
+  const server = new Server({ 'grpc.max_receive_message_length': 64 * 1024 });
+  try {
+    audit = createAuditLog('kms-plugin', config.auditLog ?? '-');
+    const metrics = new KmsMetrics();
+    let wasHealthy: boolean | undefined;
+    view.onRefresh = (snapshot, health) => {
+      metrics.observeRing(snapshot, health);
+      if (health.ok !== wasHealthy) {
+        if (health.ok) log.info({ keyId: snapshot?.primary.version.keyId, version: snapshot?.primary.version.number }, 'HSM healthy');
+        else log.warn({ reason: health.reason }, 'HSM unhealthy');
+        wasHealthy = health.ok;
+      }
+    };
+    await view.start();
+    server.addService(grpcServiceDefinition(KeyManagementService), grpcImplementation(KeyManagementService, kmsHandlers({ token, view, audit, metrics })));
+    await bindUnixSocket(server, config.socketPath);
+    metricsServer = await startMetricsServer(config.metricsAddress ?? '127.0.0.1:0', metrics.registry, () => view.health());
+    log.info({ socket: config.socketPath, metrics: metricsServer.address }, 'KMS v2 plugin serving');
+  } catch (err) {
+    server.forceShutdown();
+    view.stop();
+    audit?.flush();
+    token.close();
+    throw err;
+  }
+
+  const drainMs = config.drainMs ?? 10_000;
+  const finalAudit = audit;
+  const finalMetrics = metricsServer;
+  let stopping: Promise<void> | undefined;
+  return {
+    socketPath: config.socketPath,
+    metricsAddress: metricsServer.address,
+    view,
+    stop: () =>
+      (stopping ??= (async () => {
+        log.info('draining in-flight calls');
+        await new Promise<void>((resolve) => {
+          const force = setTimeout(() => {
+            server.forceShutdown();
+            resolve();
+          }, drainMs);
+          server.tryShutdown(() => {
+            clearTimeout(force);
+            resolve();
+          });
+        });
+        view.stop();
+        await finalMetrics.close();
+        token.close();
+        finalAudit.flush();
+        if (existsSync(config.socketPath)) unlinkSync(config.socketPath);
+        log.info('stopped');
+      })()),
+  };
+}

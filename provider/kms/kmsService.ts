@@ -1,0 +1,181 @@
+// The KMS v2 service: Status, Encrypt and Decrypt over the ring's HSM keys. Every Encrypt and
+// Decrypt is audited, allowed or refused; errors name the problem and never carry data.
+import { create } from '@bufbuild/protobuf';
+import { status as grpcStatus } from '@grpc/grpc-js';
+import pkcs11js from 'pkcs11js';
+import type { AuditLog } from '../../core/audit/auditLog.js';
+import { additionalData, ciphertextHeader, encodeCiphertext, maxPlaintextBytes, parseCiphertext } from '../../core/ciphertext.js';
+import { KeywardError } from '../../core/errors.js';
+import { grpcStatusOf, type UnaryHandlers } from '../../core/grpc/unaryService.js';
+import { aesGcmDecrypt, aesGcmEncrypt } from '../../core/hsm/aesGcm.js';
+import type { HsmToken } from '../../core/hsm/hsmToken.js';
+import { pkcs11Code } from '../../core/hsm/hsmToken.js';
+import { assertKeyIdWellFormed } from '../../core/hsm/ringState.js';
+import {
+  DecryptResponseSchema,
+  EncryptResponseSchema,
+  StatusResponseSchema,
+  type KeyManagementService,
+} from '../../proto/gen/kms/v2/api_pb.js';
+import type { KmsMetrics } from './kmsMetrics.js';
+import type { RingSnapshot, RingView } from './ringView.js';
+
+/** The annotation every Keyward ciphertext carries; stored in clear by the apiserver. */
+export const formatAnnotation = 'ciphertext-format.keyward.dev';
+const formatAnnotationValue = Buffer.from('1');
+const maxAnnotationBytes = 32 * 1024;
+const dnsSubdomain = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)+$/;
+
+const invalid = (message: string): KeywardError => new KeywardError('InvalidArgument', message);
+
+/** The apiserver's own rules for annotations, and ours for the one we set. */
+export function checkAnnotations(annotations: Record<string, Uint8Array>): void {
+  let total = 0;
+  for (const [key, value] of Object.entries(annotations)) {
+    if (key.length > 253 || !dnsSubdomain.test(key)) {
+      throw invalid(`annotation key '${key.slice(0, 64)}' is not a lowercase fully-qualified domain name with at least two labels`);
+    }
+    total += key.length + value.length;
+  }
+  if (total > maxAnnotationBytes) throw invalid(`annotations are ${total} bytes; the limit is ${maxAnnotationBytes}`);
+  const format = annotations[formatAnnotation];
+  if (format !== undefined && !Buffer.from(format).equals(formatAnnotationValue)) {
+    throw invalid(`annotation ${formatAnnotation} names an unknown ciphertext format`);
+  }
+}
+
+export interface KmsServiceDeps {
+  token: HsmToken;
+  view: RingView;
+  audit: AuditLog;
+  metrics: KmsMetrics;
+  /** Who calls: the socket is 0600, so only the apiserver's user can. */
+  actor?: string;
+}
+
+export function kmsHandlers(deps: KmsServiceDeps): UnaryHandlers<(typeof KeyManagementService)['method']> {
+  const { token, view, audit, metrics } = deps;
+  const actor = deps.actor ?? 'kube-apiserver';
+
+  const requireSnapshot = (): RingSnapshot => {
+    const snapshot = view.snapshot();
+    if (!snapshot) throw new KeywardError('Unavailable', `the ring is not loaded: ${view.health().reason}`);
+    return snapshot;
+  };
+
+  /** Times a call, counts it by status code, and audits it (except Status, which touches no key). */
+  const served = async <T>(method: string, uid: string, fn: (note: AuditNote) => Promise<T>): Promise<T> => {
+    const started = process.hrtime.bigint();
+    const note: AuditNote = {};
+    let code = 'OK';
+    try {
+      return await fn(note);
+    } catch (err) {
+      code = grpcStatusName(err);
+      note.reason = err instanceof KeywardError ? err.message : 'internal error';
+      throw err;
+    } finally {
+      metrics.requests.inc({ method, code });
+      metrics.latency.observe({ method }, Number(process.hrtime.bigint() - started) / 1e9);
+      if (method !== 'status') {
+        audit.record({
+          requestId: uid || 'none',
+          actor,
+          operation: method,
+          result: code === 'OK' ? 'allowed' : code === 'UNAVAILABLE' || code === 'INTERNAL' ? 'failed' : 'denied',
+          code,
+          ...note,
+        });
+      }
+    }
+  };
+
+  return {
+    status: async () =>
+      served('status', '', () => {
+        const health = view.health();
+        const snapshot = view.snapshot();
+        return Promise.resolve(
+          create(StatusResponseSchema, {
+            version: 'v2',
+            healthz: health.ok && snapshot ? 'ok' : health.reason,
+            keyId: snapshot?.primary.version.keyId ?? '',
+          }),
+        );
+      }),
+
+    encrypt: async ({ plaintext, uid }) =>
+      served('encrypt', uid, async (note) => {
+        if (plaintext.length === 0) throw invalid('plaintext is empty');
+        if (plaintext.length > maxPlaintextBytes) {
+          throw invalid(`plaintext is ${plaintext.length} bytes; the limit is ${maxPlaintextBytes}`);
+        }
+        // One snapshot for the whole call: the key_id returned is the key used.
+        const { ring, primary } = requireSnapshot();
+        Object.assign(note, { ring: ring.name, ringId: ring.ringId, keyVersion: primary.version.number, keyId: primary.version.keyId });
+        const header = ciphertextHeader(primary.version.number);
+        const sealed = await hsmCall(() =>
+          aesGcmEncrypt(token, primary.handle, Buffer.from(plaintext), additionalData(header, primary.version.keyId)),
+        );
+        return create(EncryptResponseSchema, {
+          ciphertext: encodeCiphertext(header, sealed),
+          keyId: primary.version.keyId,
+          annotations: { [formatAnnotation]: formatAnnotationValue },
+        });
+      }),
+
+    decrypt: async ({ ciphertext, uid, keyId, annotations }) =>
+      served('decrypt', uid, async (note) => {
+        assertKeyIdWellFormed(keyId);
+        note.keyId = keyId;
+        checkAnnotations(annotations);
+        const parsed = parseCiphertext(ciphertext);
+        let snapshot = requireSnapshot();
+        if (!snapshot.byKeyId.has(keyId)) {
+          // Perhaps a version newer than our last refresh: look again once before refusing.
+          await view.refresh();
+          snapshot = requireSnapshot();
+        }
+        const entry = snapshot.byKeyId.get(keyId);
+        Object.assign(note, { ring: snapshot.ring.name, ringId: snapshot.ring.ringId });
+        if (!entry) throw new KeywardError('NotFound', 'key_id names no version of this ring');
+        note.keyVersion = entry.version.number;
+        if (parsed.keyVersion !== entry.version.number) {
+          throw invalid(`ciphertext was made under key version ${parsed.keyVersion}, but key_id names version ${entry.version.number}`);
+        }
+        if (entry.version.state !== 'Enabled' || entry.handle === undefined) {
+          throw new KeywardError('FailedPrecondition', `key version ${entry.version.number} is ${entry.version.state}; it may not decrypt`);
+        }
+        const handle = entry.handle;
+        const plaintext = await hsmCall(() => aesGcmDecrypt(token, handle, parsed, additionalData(parsed.header, keyId)));
+        return create(DecryptResponseSchema, { plaintext });
+      }),
+  };
+}
+
+interface AuditNote {
+  ring?: string;
+  ringId?: string;
+  keyVersion?: number;
+  keyId?: string;
+  reason?: string;
+}
+
+const grpcStatusName = (err: unknown): string => grpcStatus[grpcStatusOf(err)];
+
+/** PKCS#11 failures as caller-facing errors: a failed tag check is the caller's input, the rest is ours. */
+async function hsmCall<T>(fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (err) {
+    if (err instanceof KeywardError) throw err;
+    const code = pkcs11Code(err);
+    if (code === pkcs11js.CKR_ENCRYPTED_DATA_INVALID || code === pkcs11js.CKR_ENCRYPTED_DATA_LEN_RANGE || code === pkcs11js.CKR_DATA_INVALID) {
+      throw invalid('ciphertext failed authentication: tampered, or not made under this key_id');
+    }
+    if (code === pkcs11js.CKR_KEY_HANDLE_INVALID || code === pkcs11js.CKR_OBJECT_HANDLE_INVALID) {
+      throw new KeywardError('Unavailable', 'the key is not reachable in the HSM right now; retry');
+    }
+    throw new KeywardError('Internal', `HSM operation failed (${(err as Error).message})`, { cause: err });
+  }
+}

@@ -1,0 +1,121 @@
+// The KMS plugin's view of its ring, refreshed from the HSM every few seconds: which version is
+// primary, the key handle of every version, and whether a real encrypt+decrypt round trip with
+// the primary works. During an HSM outage the last good view is kept, so Status keeps its key_id.
+import { randomBytes } from 'node:crypto';
+import { KeywardError } from '../../core/errors.js';
+import { aesGcmDecrypt, aesGcmEncrypt } from '../../core/hsm/aesGcm.js';
+import type { Handle, HsmToken } from '../../core/hsm/hsmToken.js';
+import type { RingRef, RingStore } from '../../core/hsm/ringStore.js';
+import { primaryVersion, type RingState, type RingVersion } from '../../core/hsm/ringState.js';
+
+export interface VersionView {
+  version: RingVersion;
+  /** Undefined when the key material is gone (destroyed). */
+  handle: Handle | undefined;
+}
+
+export interface RingSnapshot {
+  ring: RingState;
+  primary: VersionView & { handle: Handle };
+  byKeyId: ReadonlyMap<string, VersionView>;
+  loadedAt: number;
+}
+
+export interface RingHealth {
+  ok: boolean;
+  /** "ok", or a short reason. */
+  reason: string;
+  checkedAt: number;
+}
+
+export interface RingViewOptions {
+  refreshMs?: number;
+  /** A health result older than this no longer counts as healthy. */
+  healthTtlMs?: number;
+}
+
+export class RingView {
+  private current: RingSnapshot | undefined;
+  private lastHealth: RingHealth = { ok: false, reason: 'not checked yet', checkedAt: 0 };
+  private timer: NodeJS.Timeout | undefined;
+  private refreshing: Promise<void> | undefined;
+  private readonly refreshMs: number;
+  private readonly healthTtlMs: number;
+  /** Called after every refresh; metrics hook in here. */
+  onRefresh: (snapshot: RingSnapshot | undefined, health: RingHealth) => void = () => undefined;
+
+  constructor(
+    private readonly token: HsmToken,
+    private readonly store: RingStore,
+    private readonly ref: RingRef,
+    options: RingViewOptions = {},
+  ) {
+    this.refreshMs = options.refreshMs ?? 2000;
+    this.healthTtlMs = options.healthTtlMs ?? 3 * this.refreshMs + 1000;
+  }
+
+  /** Loads once, then keeps refreshing in the background; never fails (an outage is a health state). */
+  async start(): Promise<void> {
+    await this.refresh();
+    const loop = (): void => {
+      this.timer = setTimeout(() => void this.refresh().finally(loop), this.refreshMs);
+      this.timer.unref();
+    };
+    loop();
+  }
+
+  stop(): void {
+    clearTimeout(this.timer);
+  }
+
+  snapshot(): RingSnapshot | undefined {
+    return this.current;
+  }
+
+  health(): RingHealth {
+    const h = this.lastHealth;
+    if (h.ok && Date.now() - h.checkedAt > this.healthTtlMs) {
+      return { ok: false, reason: 'HSM health check is overdue', checkedAt: h.checkedAt };
+    }
+    return h;
+  }
+
+  /** Refreshes now; concurrent callers share one refresh. */
+  refresh(): Promise<void> {
+    this.refreshing ??= this.load().finally(() => (this.refreshing = undefined));
+    return this.refreshing;
+  }
+
+  private async load(): Promise<void> {
+    try {
+      const ring = await this.store.get(this.ref);
+      if (!ring) throw new KeywardError('NotFound', 'the ring does not exist in the HSM');
+      const byKeyId = new Map<string, VersionView>();
+      for (const version of ring.versions) {
+        const handle = version.state === 'Destroyed' ? undefined : await this.store.keyHandle(ring.ringId, version.number);
+        byKeyId.set(version.keyId, { version, handle });
+      }
+      const primary = byKeyId.get(primaryVersion(ring).keyId);
+      if (primary?.handle === undefined) throw new KeywardError('FailedPrecondition', `primary version ${ring.primary} has no key in the HSM`);
+      await this.probe(primary.handle);
+      this.current = { ring, primary: { ...primary, handle: primary.handle }, byKeyId, loadedAt: Date.now() };
+      this.lastHealth = { ok: true, reason: 'ok', checkedAt: Date.now() };
+    } catch (err) {
+      this.lastHealth = { ok: false, reason: healthReason(err), checkedAt: Date.now() };
+    }
+    this.onRefresh(this.current, this.lastHealth);
+  }
+
+  /** A real round trip through the HSM with the primary key, on random data. */
+  private async probe(key: Handle): Promise<void> {
+    const data = randomBytes(32);
+    const aad = Buffer.from('keyward-health-probe');
+    const back = await aesGcmDecrypt(this.token, key, await aesGcmEncrypt(this.token, key, data, aad), aad);
+    if (!back.equals(data)) throw new KeywardError('Internal', 'HSM round trip returned different data');
+  }
+}
+
+function healthReason(err: unknown): string {
+  const message = err instanceof Error ? err.message : String(err);
+  return `HSM check failed: ${message}`.slice(0, 200);
+}
