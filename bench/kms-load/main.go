@@ -4,6 +4,10 @@
 //
 // It avoids protoc: messages are encoded by hand with protowire and a codec
 // passes raw bytes through gRPC, so the client costs little CPU per call.
+//
+// Build with build.sh (next to this file), then for example:
+//
+//	kms-load -socket /run/kms.sock -method decrypt -rate 1000 -duration 30s -label hsm
 package main
 
 import (

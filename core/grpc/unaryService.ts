@@ -1,8 +1,10 @@
 // Serves a protobuf-es service description with @grpc/grpc-js: typed unary handlers, messages
 // (de)serialised by protobuf-es, and KeywardErrors turned into gRPC status codes.
-import { fromBinary, toBinary, type DescMessage, type MessageShape } from '@bufbuild/protobuf';
+import { create, fromBinary, toBinary, type DescMessage, type MessageInitShape, type MessageShape } from '@bufbuild/protobuf';
 import type { GenService, GenServiceMethods } from '@bufbuild/protobuf/codegenv2';
 import {
+  credentials,
+  makeGenericClientConstructor,
   status as grpcStatus,
   type handleUnaryCall,
   type MethodDefinition,
@@ -69,4 +71,22 @@ export function grpcImplementation<M extends GenServiceMethods>(
     };
   }
   return implementation;
+}
+
+export type UnaryClient<M extends GenServiceMethods> = {
+  [K in keyof M]: (request: MessageInitShape<M[K]['input']>) => Promise<MessageShape<M[K]['output']>>;
+} & { close(): void };
+
+/** A promise-based client for tests and tools; errors are grpc-js ServiceErrors with `code`. */
+export function grpcClient<M extends GenServiceMethods>(service: GenService<M>, address: string): UnaryClient<M> {
+  const Client = makeGenericClientConstructor(grpcServiceDefinition(service), service.typeName);
+  const client = new Client(address, credentials.createInsecure());
+  const methods: Record<string, unknown> = { close: () => client.close() };
+  for (const method of service.methods) {
+    type UnaryCall = (request: unknown, callback: (err: Error | null, response: unknown) => void) => void;
+    const call = (client as unknown as Record<string, UnaryCall>)[method.localName]!.bind(client);
+    methods[method.localName] = (request: MessageInitShape<DescMessage>) =>
+      new Promise((resolve, reject) => call(create(method.input, request), (err, response) => (err ? reject(err) : resolve(response))));
+  }
+  return methods as UnaryClient<M>;
 }
