@@ -21,8 +21,8 @@ export interface AuditRecord {
 
 export interface AuditLog {
   record(entry: AuditRecord): void;
-  /** Writes out what is buffered; call before exit. */
-  flush(): void;
+  /** Writes out what is buffered; await before exit. */
+  flush(): Promise<void>;
 }
 
 /** `destination` is a file path, or '-' for standard output. */
@@ -34,6 +34,12 @@ export function createAuditLog(component: string, destination: string): AuditLog
   );
   return {
     record: (entry) => logger.info(entry),
-    flush: () => stream.flushSync(),
+    flush: () =>
+      new Promise<void>((resolve) => {
+        const flush = (): void => stream.flush(() => resolve());
+        // A file destination opens asynchronously; flushing before it is open throws.
+        if ((stream as unknown as { fd: number }).fd < 0) stream.once('ready', flush);
+        else flush();
+      }),
   };
 }

@@ -3,7 +3,7 @@
 // the token went away and came back.
 import pkcs11js from 'pkcs11js';
 import { KeywardError } from '../errors.js';
-import { acquirePkcs11Module, releasePkcs11Module } from './pkcs11Module.js';
+import { acquirePkcs11Module, pkcs11ModuleEpoch, reinitializePkcs11Module, releasePkcs11Module } from './pkcs11Module.js';
 
 export type Pkcs11 = pkcs11js.PKCS11;
 export type Handle = pkcs11js.Handle;
@@ -40,12 +40,16 @@ export function pkcs11Code(err: unknown): number | undefined {
 
 export class HsmToken {
   private readonly free: Handle[] = [];
+  /** Every session this pool opened and has not closed, borrowed or not. */
+  private readonly owned = new Set<Handle>();
   private readonly waiters: Array<{ resolve: (session: Handle) => void; reject: (err: unknown) => void }> = [];
   private opened = 0;
   /** Bumped when the sessions are dropped, so a handle from before is never handed out again. */
   private generation = 0;
   private slot: Handle | undefined;
   private closed = false;
+  /** The module epoch our sessions and handles belong to. */
+  private moduleEpoch = -1;
 
   private constructor(
     readonly pkcs11: Pkcs11,
@@ -85,6 +89,21 @@ export class HsmToken {
     }
   }
 
+  /**
+   * The epoch object handles found now belong to; a handle from another epoch is void and may
+   * even name a different object, so it must never be used.
+   */
+  get epoch(): number {
+    return pkcs11ModuleEpoch(this.config.modulePath);
+  }
+
+  /** After a failure: drop every session and initialise the module again, so the next call reconnects. */
+  recover(): void {
+    if (this.closed) return;
+    this.dropSessions();
+    reinitializePkcs11Module(this.config.modulePath);
+  }
+
   close(): void {
     if (this.closed) return;
     this.closed = true;
@@ -93,17 +112,20 @@ export class HsmToken {
   }
 
   private connect(): void {
+    this.moduleEpoch = this.epoch;
     this.slot = this.findSlot();
-    const session = this.pkcs11.C_OpenSession(this.slot, pkcs11js.CKF_SERIAL_SESSION | pkcs11js.CKF_RW_SESSION);
+    const session = this.openSession(this.slot);
     try {
       // Login is per application, not per session: one login covers every session of the pool.
       this.pkcs11.C_Login(session, pkcs11js.CKU_USER, this.config.pin);
     } catch (err) {
-      this.pkcs11.C_CloseSession(session);
-      if (pkcs11Code(err) === pkcs11js.CKR_PIN_INCORRECT) {
-        throw new KeywardError('PermissionDenied', `HSM login to token '${this.config.tokenLabel}' failed: wrong PIN`);
+      if (pkcs11Code(err) !== pkcs11js.CKR_USER_ALREADY_LOGGED_IN) {
+        this.closeSession(session);
+        if (pkcs11Code(err) === pkcs11js.CKR_PIN_INCORRECT) {
+          throw new KeywardError('PermissionDenied', `HSM login to token '${this.config.tokenLabel}' failed: wrong PIN`);
+        }
+        throw err;
       }
-      if (pkcs11Code(err) !== pkcs11js.CKR_USER_ALREADY_LOGGED_IN) throw err;
     }
     this.free.push(session);
     this.opened = 1;
@@ -118,6 +140,7 @@ export class HsmToken {
 
   private async acquire(): Promise<Handle> {
     if (this.closed) throw new KeywardError('Unavailable', 'HSM token is closed');
+    if (this.opened > 0 && this.moduleEpoch !== this.epoch) this.dropSessions();
     if (this.opened === 0) {
       try {
         this.connect();
@@ -133,7 +156,7 @@ export class HsmToken {
     if (this.opened < this.config.poolSize && this.slot !== undefined) {
       this.opened++;
       try {
-        return this.pkcs11.C_OpenSession(this.slot, pkcs11js.CKF_SERIAL_SESSION | pkcs11js.CKF_RW_SESSION);
+        return this.openSession(this.slot);
       } catch (err) {
         this.opened--;
         throw err;
@@ -148,14 +171,28 @@ export class HsmToken {
     else this.free.push(session);
   }
 
-  private dropSessions(): void {
-    if (this.slot !== undefined) {
-      try {
-        this.pkcs11.C_CloseAllSessions(this.slot);
-      } catch {
-        // The token is already gone; its sessions went with it.
-      }
+  private openSession(slot: Handle): Handle {
+    const session = this.pkcs11.C_OpenSession(slot, pkcs11js.CKF_SERIAL_SESSION | pkcs11js.CKF_RW_SESSION);
+    this.owned.add(session);
+    return session;
+  }
+
+  private closeSession(session: Handle): void {
+    this.owned.delete(session);
+    try {
+      this.pkcs11.C_CloseSession(session);
+    } catch {
+      // The token is already gone; its sessions went with it.
     }
+  }
+
+  /** Closes this pool's sessions one by one: C_CloseAllSessions would also close those of other users of the module. */
+  private dropSessions(): void {
+    // After a re-initialisation our handles are void and may now name other users' sessions.
+    if (this.moduleEpoch === this.epoch) {
+      for (const session of [...this.owned]) this.closeSession(session);
+    }
+    this.owned.clear();
     this.free.length = 0;
     this.opened = 0;
     this.generation++;

@@ -26,6 +26,8 @@ export function findSoftHsmModule(candidates: readonly string[] = softHsmModuleC
 interface LoadedModule {
   pkcs11: pkcs11js.PKCS11;
   users: number;
+  /** Bumped by every re-initialisation: object and session handles from before are void. */
+  epoch: number;
 }
 
 // A PKCS#11 library is initialised once per process (a second C_Initialize fails with
@@ -45,13 +47,36 @@ export function acquirePkcs11Module(modulePath: string): pkcs11js.PKCS11 {
   const pkcs11 = new pkcs11js.PKCS11();
   try {
     pkcs11.load(modulePath);
-    // OS locking: the module may be called from libuv's thread pool by the async variants.
-    pkcs11.C_Initialize({ flags: pkcs11js.CKF_OS_LOCKING_OK });
+    initialize(pkcs11);
   } catch (err) {
     throw setupError(`cannot initialise PKCS#11 module ${modulePath}: ${(err as Error).message}`);
   }
-  loaded.set(modulePath, { pkcs11, users: 1 });
+  loaded.set(modulePath, { pkcs11, users: 1, epoch: 0 });
   return pkcs11;
+}
+
+// OS locking: the module may be called from libuv's thread pool by the async variants.
+const initialize = (pkcs11: pkcs11js.PKCS11): void => pkcs11.C_Initialize({ flags: pkcs11js.CKF_OS_LOCKING_OK });
+
+export function pkcs11ModuleEpoch(modulePath: string): number {
+  return loaded.get(modulePath)?.epoch ?? -1;
+}
+
+/**
+ * Finalises and initialises a loaded module again. Some modules (SoftHSM2 among them) see a token
+ * that went away and came back only after this. Every user's handles become void: users compare
+ * pkcs11ModuleEpoch with the one they connected under.
+ */
+export function reinitializePkcs11Module(modulePath: string): void {
+  const entry = loaded.get(modulePath);
+  if (!entry) return;
+  entry.epoch++;
+  try {
+    entry.pkcs11.C_Finalize();
+  } catch {
+    // Already unusable; initialising again is the point.
+  }
+  initialize(entry.pkcs11);
 }
 
 /** Finalises the module when its last user releases it. */

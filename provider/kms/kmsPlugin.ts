@@ -100,7 +100,7 @@ export async function startKmsPlugin(config: KmsPluginConfig, log: Logger = crea
   } catch (err) {
     server.forceShutdown();
     view.stop();
-    audit?.flush();
+    await audit?.flush();
     token.close();
     throw err;
   }
@@ -129,7 +129,7 @@ export async function startKmsPlugin(config: KmsPluginConfig, log: Logger = crea
         view.stop();
         await finalMetrics.close();
         token.close();
-        finalAudit.flush();
+        await finalAudit.flush();
         if (existsSync(config.socketPath)) unlinkSync(config.socketPath);
         log.info('stopped');
       })()),

@@ -18,7 +18,7 @@ import {
   type KeyManagementService,
 } from '../../proto/gen/kms/v2/api_pb.js';
 import type { KmsMetrics } from './kmsMetrics.js';
-import type { RingSnapshot, RingView } from './ringView.js';
+import type { RingView } from './ringView.js';
 
 /** The annotation every Keyward ciphertext carries; stored in clear by the apiserver. */
 export const formatAnnotation = 'ciphertext-format.keyward.dev';
@@ -57,11 +57,6 @@ export function kmsHandlers(deps: KmsServiceDeps): UnaryHandlers<(typeof KeyMana
   const { token, view, audit, metrics } = deps;
   const actor = deps.actor ?? 'kube-apiserver';
 
-  const requireSnapshot = (): RingSnapshot => {
-    const snapshot = view.snapshot();
-    if (!snapshot) throw new KeywardError('Unavailable', `the ring is not loaded: ${view.health().reason}`);
-    return snapshot;
-  };
 
   /** Times a call, counts it by status code, and audits it (except Status, which touches no key). */
   const served = async <T>(method: string, uid: string, fn: (note: AuditNote) => Promise<T>): Promise<T> => {
@@ -111,7 +106,7 @@ export function kmsHandlers(deps: KmsServiceDeps): UnaryHandlers<(typeof KeyMana
           throw invalid(`plaintext is ${plaintext.length} bytes; the limit is ${maxPlaintextBytes}`);
         }
         // One snapshot for the whole call: the key_id returned is the key used.
-        const { ring, primary } = requireSnapshot();
+        const { ring, primary } = view.usableSnapshot();
         Object.assign(note, { ring: ring.name, ringId: ring.ringId, keyVersion: primary.version.number, keyId: primary.version.keyId });
         const header = ciphertextHeader(primary.version.number);
         const sealed = await hsmCall(() =>
@@ -130,11 +125,11 @@ export function kmsHandlers(deps: KmsServiceDeps): UnaryHandlers<(typeof KeyMana
         note.keyId = keyId;
         checkAnnotations(annotations);
         const parsed = parseCiphertext(ciphertext);
-        let snapshot = requireSnapshot();
+        let snapshot = view.usableSnapshot();
         if (!snapshot.byKeyId.has(keyId)) {
           // Perhaps a version newer than our last refresh: look again once before refusing.
           await view.refresh();
-          snapshot = requireSnapshot();
+          snapshot = view.usableSnapshot();
         }
         const entry = snapshot.byKeyId.get(keyId);
         Object.assign(note, { ring: snapshot.ring.name, ringId: snapshot.ring.ringId });
@@ -147,7 +142,10 @@ export function kmsHandlers(deps: KmsServiceDeps): UnaryHandlers<(typeof KeyMana
           throw new KeywardError('FailedPrecondition', `key version ${entry.version.number} is ${entry.version.state}; it may not decrypt`);
         }
         const handle = entry.handle;
-        const plaintext = await hsmCall(() => aesGcmDecrypt(token, handle, parsed, additionalData(parsed.header, keyId)));
+        const plaintext = await hsmCall(
+          () => aesGcmDecrypt(token, handle, parsed, additionalData(parsed.header, keyId)),
+          () => view.health().ok,
+        );
         return create(DecryptResponseSchema, { plaintext });
       }),
   };
@@ -163,14 +161,21 @@ interface AuditNote {
 
 const grpcStatusName = (err: unknown): string => grpcStatus[grpcStatusOf(err)];
 
-/** PKCS#11 failures as caller-facing errors: a failed tag check is the caller's input, the rest is ours. */
-async function hsmCall<T>(fn: () => Promise<T>): Promise<T> {
+const authenticationFailures = new Set([pkcs11js.CKR_ENCRYPTED_DATA_INVALID, pkcs11js.CKR_ENCRYPTED_DATA_LEN_RANGE, pkcs11js.CKR_DATA_INVALID]);
+
+/**
+ * PKCS#11 failures as caller-facing errors: a failed tag check is the caller's input, the rest is
+ * ours. SoftHSM2 reports a failed GCM tag as CKR_GENERAL_ERROR, so for decryption that code counts
+ * as the input's fault only while the HSM is otherwise healthy (its round-trip probe passes).
+ */
+async function hsmCall<T>(fn: () => Promise<T>, hsmHealthy?: () => boolean): Promise<T> {
   try {
     return await fn();
   } catch (err) {
     if (err instanceof KeywardError) throw err;
     const code = pkcs11Code(err);
-    if (code === pkcs11js.CKR_ENCRYPTED_DATA_INVALID || code === pkcs11js.CKR_ENCRYPTED_DATA_LEN_RANGE || code === pkcs11js.CKR_DATA_INVALID) {
+    const decrypting = hsmHealthy !== undefined;
+    if (decrypting && (authenticationFailures.has(code ?? -1) || (code === pkcs11js.CKR_GENERAL_ERROR && hsmHealthy()))) {
       throw invalid('ciphertext failed authentication: tampered, or not made under this key_id');
     }
     if (code === pkcs11js.CKR_KEY_HANDLE_INVALID || code === pkcs11js.CKR_OBJECT_HANDLE_INVALID) {

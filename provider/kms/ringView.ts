@@ -19,6 +19,8 @@ export interface RingSnapshot {
   primary: VersionView & { handle: Handle };
   byKeyId: ReadonlyMap<string, VersionView>;
   loadedAt: number;
+  /** The HSM module epoch the handles belong to. */
+  epoch: number;
 }
 
 export interface RingHealth {
@@ -68,8 +70,17 @@ export class RingView {
     clearTimeout(this.timer);
   }
 
+  /** The last good view, even from before an outage: for Status and metrics. */
   snapshot(): RingSnapshot | undefined {
     return this.current;
+  }
+
+  /** The view to operate with: its key handles must belong to the module as it is now. */
+  usableSnapshot(): RingSnapshot {
+    const current = this.current;
+    if (!current) throw new KeywardError('Unavailable', `the ring is not loaded: ${this.health().reason}`);
+    if (current.epoch !== this.token.epoch) throw new KeywardError('Unavailable', 'the HSM connection is being re-established; retry');
+    return current;
   }
 
   health(): RingHealth {
@@ -88,6 +99,7 @@ export class RingView {
 
   private async load(): Promise<void> {
     try {
+      const epoch = this.token.epoch;
       const ring = await this.store.get(this.ref);
       if (!ring) throw new KeywardError('NotFound', 'the ring does not exist in the HSM');
       const byKeyId = new Map<string, VersionView>();
@@ -98,10 +110,13 @@ export class RingView {
       const primary = byKeyId.get(primaryVersion(ring).keyId);
       if (primary?.handle === undefined) throw new KeywardError('FailedPrecondition', `primary version ${ring.primary} has no key in the HSM`);
       await this.probe(primary.handle);
-      this.current = { ring, primary: { ...primary, handle: primary.handle }, byKeyId, loadedAt: Date.now() };
+      if (epoch !== this.token.epoch) throw new KeywardError('Unavailable', 'the HSM was re-initialised during the refresh');
+      this.current = { ring, primary: { ...primary, handle: primary.handle }, byKeyId, loadedAt: Date.now(), epoch };
       this.lastHealth = { ok: true, reason: 'ok', checkedAt: Date.now() };
     } catch (err) {
       this.lastHealth = { ok: false, reason: healthReason(err), checkedAt: Date.now() };
+      // Some modules see a token that went away and came back only after re-initialising.
+      this.token.recover();
     }
     this.onRefresh(this.current, this.lastHealth);
   }
