@@ -3,7 +3,13 @@
 // the token went away and came back.
 import pkcs11js from 'pkcs11js';
 import { KeywardError } from '../errors.js';
-import { acquirePkcs11Module, pkcs11ModuleEpoch, reinitializePkcs11Module, releasePkcs11Module } from './pkcs11Module.js';
+import {
+  acquirePkcs11Module,
+  ensurePkcs11ModuleInitialized,
+  pkcs11ModuleEpoch,
+  reinitializePkcs11Module,
+  releasePkcs11Module,
+} from './pkcs11Module.js';
 
 export type Pkcs11 = pkcs11js.PKCS11;
 export type Handle = pkcs11js.Handle;
@@ -101,7 +107,11 @@ export class HsmToken {
   recover(): void {
     if (this.closed) return;
     this.dropSessions();
-    reinitializePkcs11Module(this.config.modulePath);
+    try {
+      reinitializePkcs11Module(this.config.modulePath);
+    } catch {
+      // Still unavailable: the next call tries again and reports why.
+    }
   }
 
   close(): void {
@@ -112,6 +122,7 @@ export class HsmToken {
   }
 
   private connect(): void {
+    ensurePkcs11ModuleInitialized(this.config.modulePath);
     this.moduleEpoch = this.epoch;
     this.slot = this.findSlot();
     const session = this.openSession(this.slot);

@@ -2,7 +2,7 @@
 // development and tests, so its usual Debian locations are searched when no path is given.
 import { existsSync } from 'node:fs';
 import pkcs11js from 'pkcs11js';
-import { setupError } from '../errors.js';
+import { KeywardError, setupError } from '../errors.js';
 
 export const softHsmModuleCandidates = [
   '/usr/lib/softhsm/libsofthsm2.so',
@@ -28,6 +28,8 @@ interface LoadedModule {
   users: number;
   /** Bumped by every re-initialisation: object and session handles from before are void. */
   epoch: number;
+  /** False after a re-initialisation failed (e.g. SoftHSM2 with its token directory gone). */
+  initialized: boolean;
 }
 
 // A PKCS#11 library is initialised once per process (a second C_Initialize fails with
@@ -51,7 +53,7 @@ export function acquirePkcs11Module(modulePath: string): pkcs11js.PKCS11 {
   } catch (err) {
     throw setupError(`cannot initialise PKCS#11 module ${modulePath}: ${(err as Error).message}`);
   }
-  loaded.set(modulePath, { pkcs11, users: 1, epoch: 0 });
+  loaded.set(modulePath, { pkcs11, users: 1, epoch: 0, initialized: true });
   return pkcs11;
 }
 
@@ -71,12 +73,27 @@ export function reinitializePkcs11Module(modulePath: string): void {
   const entry = loaded.get(modulePath);
   if (!entry) return;
   entry.epoch++;
-  try {
-    entry.pkcs11.C_Finalize();
-  } catch {
-    // Already unusable; initialising again is the point.
+  if (entry.initialized) {
+    try {
+      entry.pkcs11.C_Finalize();
+    } catch {
+      // Already unusable; initialising again is the point.
+    }
   }
-  initialize(entry.pkcs11);
+  entry.initialized = false;
+  ensurePkcs11ModuleInitialized(modulePath);
+}
+
+/** Initialises a loaded module again if its last re-initialisation failed; Unavailable while it still fails. */
+export function ensurePkcs11ModuleInitialized(modulePath: string): void {
+  const entry = loaded.get(modulePath);
+  if (!entry || entry.initialized) return;
+  try {
+    initialize(entry.pkcs11);
+    entry.initialized = true;
+  } catch (err) {
+    throw new KeywardError('Unavailable', `PKCS#11 module ${modulePath} cannot be initialised: ${(err as Error).message}`);
+  }
 }
 
 /** Finalises the module when its last user releases it. */
@@ -85,7 +102,7 @@ export function releasePkcs11Module(modulePath: string): void {
   if (!entry || --entry.users > 0) return;
   loaded.delete(modulePath);
   try {
-    entry.pkcs11.C_Finalize();
+    if (entry.initialized) entry.pkcs11.C_Finalize();
   } finally {
     entry.pkcs11.close();
   }
