@@ -10,7 +10,7 @@ import { freePort } from '../control-plane/network.js';
 export const keywardCli = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'cli', 'keyward.js');
 
 export interface KmsPluginProcessOptions {
-  hsm: SoftHsmToken;
+  hsm: Pick<SoftHsmToken, 'modulePath' | 'label' | 'pin' | 'env'>;
   ringName: string;
   /** Holds the socket, PIN file, log and audit files; the caller owns it. */
   dir: string;
