@@ -23,7 +23,9 @@ export function generateAesKey(token: HsmToken, identity: AesKeyIdentity): Promi
       { type: pkcs11js.CKA_PRIVATE, value: true },
       { type: pkcs11js.CKA_SENSITIVE, value: true },
       { type: pkcs11js.CKA_EXTRACTABLE, value: false },
-      { type: pkcs11js.CKA_MODIFIABLE, value: false },
+      // Modifiable only so that SoftHSM2 lets us make in-memory working copies (workingKeys.ts).
+      // PKCS#11 lets CKA_SENSITIVE only become true and CKA_EXTRACTABLE only become false.
+      { type: pkcs11js.CKA_MODIFIABLE, value: true },
       { type: pkcs11js.CKA_ENCRYPT, value: true },
       { type: pkcs11js.CKA_DECRYPT, value: true },
       { type: pkcs11js.CKA_WRAP, value: false },

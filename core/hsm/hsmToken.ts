@@ -40,8 +40,14 @@ export function tokenLabel(pkcs11: Pkcs11, slot: Handle): string {
   return pkcs11.C_GetTokenInfo(slot).label.replace(/[\s\0]+$/, '');
 }
 
+/**
+ * The CKR_ code of a PKCS#11 failure. pkcs11js's own C_CreateObject, C_CopyObject and
+ * C_SetAttributeValue bypass its error wrapper, so there the code is only in the message.
+ */
 export function pkcs11Code(err: unknown): number | undefined {
-  return err instanceof pkcs11js.Pkcs11Error ? err.code : undefined;
+  if (err instanceof pkcs11js.Pkcs11Error) return err.code;
+  const match = err instanceof Error ? /\bCKR_\w+:(\d+)/.exec(err.message) : null;
+  return match ? Number(match[1]) : undefined;
 }
 
 export class HsmToken {
@@ -101,6 +107,14 @@ export class HsmToken {
    */
   get epoch(): number {
     return pkcs11ModuleEpoch(this.config.modulePath);
+  }
+
+  /**
+   * Bumped whenever this pool's sessions are closed: session objects (working key copies) made
+   * before belong to an older generation and are gone.
+   */
+  get sessionGeneration(): string {
+    return `${this.epoch}.${this.generation}`;
   }
 
   /** After a failure: drop every session and initialise the module again, so the next call reconnects. */

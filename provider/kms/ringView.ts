@@ -5,12 +5,13 @@ import { randomBytes } from 'node:crypto';
 import { KeywardError } from '../../core/errors.js';
 import { aesGcmDecrypt, aesGcmEncrypt } from '../../core/hsm/aesGcm.js';
 import type { Handle, HsmToken } from '../../core/hsm/hsmToken.js';
+import { WorkingKeys } from '../../core/hsm/workingKeys.js';
 import type { RingRef, RingStore } from '../../core/hsm/ringStore.js';
 import { primaryVersion, type RingState, type RingVersion } from '../../core/hsm/ringState.js';
 
 export interface VersionView {
   version: RingVersion;
-  /** Undefined when the key material is gone (destroyed). */
+  /** The key to compute with (a working copy for enabled versions); undefined once destroyed. */
   handle: Handle | undefined;
 }
 
@@ -19,8 +20,8 @@ export interface RingSnapshot {
   primary: VersionView & { handle: Handle };
   byKeyId: ReadonlyMap<string, VersionView>;
   loadedAt: number;
-  /** The HSM module epoch the handles belong to. */
-  epoch: number;
+  /** The HSM sessions the handles belong to (see HsmToken.sessionGeneration). */
+  sessions: string;
 }
 
 export interface RingHealth {
@@ -43,6 +44,7 @@ export class RingView {
   private refreshing: Promise<void> | undefined;
   private readonly refreshMs: number;
   private readonly healthTtlMs: number;
+  private readonly workingKeys: WorkingKeys;
   /** Called after every refresh; metrics hook in here. */
   onRefresh: (snapshot: RingSnapshot | undefined, health: RingHealth) => void = () => undefined;
 
@@ -54,6 +56,7 @@ export class RingView {
   ) {
     this.refreshMs = options.refreshMs ?? 2000;
     this.healthTtlMs = options.healthTtlMs ?? 3 * this.refreshMs + 1000;
+    this.workingKeys = new WorkingKeys(token);
   }
 
   /** Loads once, then keeps refreshing in the background; never fails (an outage is a health state). */
@@ -79,7 +82,7 @@ export class RingView {
   usableSnapshot(): RingSnapshot {
     const current = this.current;
     if (!current) throw new KeywardError('Unavailable', `the ring is not loaded: ${this.health().reason}`);
-    if (current.epoch !== this.token.epoch) throw new KeywardError('Unavailable', 'the HSM connection is being re-established; retry');
+    if (current.sessions !== this.token.sessionGeneration) throw new KeywardError('Unavailable', 'the HSM connection is being re-established; retry');
     return current;
   }
 
@@ -99,19 +102,26 @@ export class RingView {
 
   private async load(): Promise<void> {
     try {
-      const epoch = this.token.epoch;
+      const sessions = this.token.sessionGeneration;
       const ring = await this.store.get(this.ref);
       if (!ring) throw new KeywardError('NotFound', 'the ring does not exist in the HSM');
       const byKeyId = new Map<string, VersionView>();
+      const enabledKeys: Handle[] = [];
       for (const version of ring.versions) {
-        const handle = version.state === 'Destroyed' ? undefined : await this.store.keyHandle(ring.ringId, version.number);
-        byKeyId.set(version.keyId, { version, handle });
+        const tokenKey = version.state === 'Destroyed' ? undefined : await this.store.keyHandle(ring.ringId, version.number);
+        if (tokenKey !== undefined && version.state === 'Enabled') {
+          enabledKeys.push(tokenKey);
+          byKeyId.set(version.keyId, { version, handle: await this.workingKeys.get(tokenKey) });
+        } else {
+          byKeyId.set(version.keyId, { version, handle: tokenKey });
+        }
       }
+      await this.workingKeys.retainOnly(enabledKeys);
       const primary = byKeyId.get(primaryVersion(ring).keyId);
       if (primary?.handle === undefined) throw new KeywardError('FailedPrecondition', `primary version ${ring.primary} has no key in the HSM`);
       await this.probe(primary.handle);
-      if (epoch !== this.token.epoch) throw new KeywardError('Unavailable', 'the HSM was re-initialised during the refresh');
-      this.current = { ring, primary: { ...primary, handle: primary.handle }, byKeyId, loadedAt: Date.now(), epoch };
+      if (sessions !== this.token.sessionGeneration) throw new KeywardError('Unavailable', 'the HSM sessions were reset during the refresh');
+      this.current = { ring, primary: { ...primary, handle: primary.handle }, byKeyId, loadedAt: Date.now(), sessions };
       this.lastHealth = { ok: true, reason: 'ok', checkedAt: Date.now() };
     } catch (err) {
       this.lastHealth = { ok: false, reason: healthReason(err), checkedAt: Date.now() };
