@@ -13,6 +13,8 @@ export interface RingVersion {
   keyId: string;
   createdAt: string;
   stateChangedAt: string;
+  /** DestroyScheduled: when the material may be destroyed. Destroyed: when it was. */
+  destroyAt?: string;
 }
 
 export interface RingState {
@@ -29,6 +31,8 @@ export interface RingState {
   createdAt: string;
   primary: number;
   versions: RingVersion[];
+  /** The last on-demand rotation request carried out, so a retried request rotates only once. */
+  lastRotationRequest?: string;
 }
 
 const keyIdPattern = /^kw1-[A-Za-z0-9_-]{32}$/;
@@ -56,6 +60,12 @@ export function keyObjectId(ringId: string, version: number): Buffer {
 
 export const ringObjectLabel = (ringId: string): string => `keyward/ring/${ringId}`;
 export const keyObjectLabel = (ringId: string, version: number): string => `keyward/key/${ringId}/${version}`;
+
+/** The ring id and version a Keyward key object's label names, or undefined for other objects. */
+export function parseKeyObjectLabel(label: string): { ringId: string; version: number } | undefined {
+  const match = /^keyward\/key\/(.+)\/([1-9][0-9]*)$/.exec(label);
+  return match?.[1] && match[2] ? { ringId: match[1], version: Number(match[2]) } : undefined;
+}
 
 export function primaryVersion(ring: RingState): RingVersion {
   const primary = ring.versions.find((v) => v.number === ring.primary);

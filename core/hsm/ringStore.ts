@@ -10,6 +10,7 @@ import {
   keyIdFor,
   keyObjectId,
   keyObjectLabel,
+  parseKeyObjectLabel,
   parseRingState,
   ringObjectLabel,
   type RingState,
@@ -33,14 +34,23 @@ const allowedTransitions: Record<VersionState, VersionState[]> = {
   Destroyed: [],
 };
 
+export interface VersionRef {
+  ringId: string;
+  version: number;
+}
+
 export class RingStore {
   constructor(private readonly token: HsmToken) {}
 
   private findObjects(session: Handle, template: pkcs11js.Template): Handle[] {
     const pkcs11 = this.token.pkcs11;
+    const found: Handle[] = [];
     pkcs11.C_FindObjectsInit(session, template);
     try {
-      return pkcs11.C_FindObjects(session, 1000);
+      for (let batch = pkcs11.C_FindObjects(session, 1000); batch.length > 0; batch = pkcs11.C_FindObjects(session, 1000)) {
+        found.push(...batch);
+      }
+      return found;
     } finally {
       pkcs11.C_FindObjectsFinal(session);
     }
@@ -85,16 +95,18 @@ export class RingStore {
     return ring;
   }
 
-  /** Creates a ring with version 1 primary. Idempotent for a given ringId. */
+  /**
+   * Creates a ring with version 1 primary. Idempotent for a given ringId: the ring is recorded with
+   * version 1 PendingGeneration first, so a creation that dies half-way is finished by the next call.
+   */
   async create(spec: { name: string; namespace?: string; ringId?: string }): Promise<RingState> {
     const ringId = spec.ringId ?? randomUUID();
     const existing = spec.ringId ? await this.get({ ringId }) : await this.get({ name: spec.name, namespace: spec.namespace ?? '' });
     if (existing) {
-      if (spec.ringId) return existing;
+      if (spec.ringId) return this.finishPending(existing);
       throw new KeywardError('FailedPrecondition', `${describe({ name: spec.name, namespace: spec.namespace ?? '' })} already exists`);
     }
     const now = new Date().toISOString();
-    const version = await this.generateVersion(ringId, 1, now);
     const ring: RingState = {
       schema: 1,
       ringId,
@@ -105,38 +117,99 @@ export class RingStore {
       algorithm: 'AES_256_GCM',
       createdAt: now,
       primary: 1,
-      versions: [version],
+      versions: [pendingVersion(ringId, 1, now)],
     };
     await this.token.withSession((session) => this.writeState(session, ring));
-    return ring;
+    return this.finishPending(ring);
   }
 
-  /** Generates the next version in the HSM and makes it primary. */
-  async rotate(ref: RingRef): Promise<RingState> {
-    const ring = await this.require(ref);
+  /**
+   * Generates the next version in the HSM and makes it primary. With a `request`, rotates only if
+   * that request was not carried out before, so a retried on-demand rotation happens once.
+   */
+  async rotate(ref: RingRef, options: { request?: string } = {}): Promise<RingState> {
+    let ring = await this.finishPending(await this.require(ref));
+    if (options.request !== undefined && ring.lastRotationRequest === options.request) return ring;
     const next = Math.max(...ring.versions.map((v) => v.number)) + 1;
-    const version = await this.generateVersion(ring.ringId, next, new Date().toISOString());
-    return this.save({ ...ring, primary: next, versions: [...ring.versions, version] });
+    ring = await this.save({
+      ...ring,
+      versions: [...ring.versions, pendingVersion(ring.ringId, next, new Date().toISOString())],
+      lastRotationRequest: options.request ?? ring.lastRotationRequest,
+    });
+    return this.finishPending(ring);
   }
 
-  /** Moves a version along its lifecycle; the primary can be neither disabled nor destroyed. */
-  async setVersionState(ref: RingRef, number: number, state: VersionState): Promise<RingState> {
+  /**
+   * Moves a version along its lifecycle; the primary can be neither disabled nor destroyed.
+   * DestroyScheduled needs `destroyAt`; Destroyed is reached only through destroyDue.
+   */
+  async setVersionState(ref: RingRef, number: number, state: VersionState, options: { destroyAt?: Date } = {}): Promise<RingState> {
     const ring = await this.require(ref);
     const version = ring.versions.find((v) => v.number === number);
     if (!version) throw new KeywardError('NotFound', `${describe(ref)} has no version ${number}`);
     if (version.state === state) return ring;
-    if (!allowedTransitions[version.state].includes(state)) {
+    if (!allowedTransitions[version.state].includes(state) || state === 'Destroyed') {
       throw new KeywardError('FailedPrecondition', `version ${number} is ${version.state}; it cannot become ${state}`);
     }
     if (number === ring.primary && state !== 'Enabled') {
       throw new KeywardError('FailedPrecondition', `version ${number} is the primary; rotate before disabling it`);
     }
-    if (state === 'Destroyed') await this.destroyKey(ring.ringId, number);
+    if (state === 'DestroyScheduled' && options.destroyAt === undefined) {
+      throw new KeywardError('InvalidArgument', 'scheduling destruction needs the time it may happen');
+    }
     const now = new Date().toISOString();
+    const destroyAt = state === 'DestroyScheduled' ? options.destroyAt?.toISOString() : undefined;
     return this.save({
       ...ring,
-      versions: ring.versions.map((v) => (v.number === number ? { ...v, state, stateChangedAt: now } : v)),
+      versions: ring.versions.map((v) => (v.number === number ? { ...v, state, stateChangedAt: now, destroyAt } : v)),
     });
+  }
+
+  /**
+   * For a ring whose owner is deleted with deletionPolicy Destroy: every version that still has
+   * material, the primary included, becomes DestroyScheduled at `destroyAt`; nothing goes at once.
+   */
+  async scheduleRingDestruction(ref: RingRef, destroyAt: Date): Promise<RingState> {
+    const ring = await this.finishPending(await this.require(ref));
+    const now = new Date().toISOString();
+    const scheduled = (v: RingVersion): RingVersion =>
+      v.state === 'Destroyed' || v.state === 'DestroyScheduled' ? v : { ...v, state: 'DestroyScheduled', stateChangedAt: now, destroyAt: destroyAt.toISOString() };
+    if (ring.versions.every((v) => scheduled(v) === v)) return ring;
+    return this.save({ ...ring, versions: ring.versions.map(scheduled) });
+  }
+
+  /** Destroys the material of every DestroyScheduled version whose time has come, in every ring. */
+  async destroyDue(now = new Date()): Promise<VersionRef[]> {
+    const destroyed: VersionRef[] = [];
+    for (const ring of await this.list()) {
+      const due = ring.versions.filter((v) => v.state === 'DestroyScheduled' && v.destroyAt !== undefined && Date.parse(v.destroyAt) <= now.getTime());
+      if (due.length === 0) continue;
+      // The material goes first: a crash after this leaves a DestroyScheduled version without a
+      // key, which the next pass records as Destroyed.
+      for (const v of due) await this.destroyKey(ring.ringId, v.number);
+      const at = new Date().toISOString();
+      const numbers = new Set(due.map((v) => v.number));
+      await this.save({
+        ...ring,
+        versions: ring.versions.map((v) => (numbers.has(v.number) ? { ...v, state: 'Destroyed', stateChangedAt: at, destroyAt: at } : v)),
+      });
+      destroyed.push(...due.map((v) => ({ ringId: ring.ringId, version: v.number })));
+    }
+    return destroyed;
+  }
+
+  /** Keyward key objects that no ring state accounts for: reported, never deleted. */
+  async orphanKeys(): Promise<VersionRef[]> {
+    const rings = new Map((await this.list()).map((ring) => [ring.ringId, ring]));
+    const labels = await this.token.withSession((session) =>
+      this.findObjects(session, [{ type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_SECRET_KEY }]).map(
+        (handle) => this.token.pkcs11.C_GetAttributeValue(session, handle, [{ type: pkcs11js.CKA_LABEL }])[0]?.value?.toString('utf8') ?? '',
+      ),
+    );
+    return labels
+      .map(parseKeyObjectLabel)
+      .filter((key): key is VersionRef => key !== undefined)
+      .filter((key) => !rings.get(key.ringId)?.versions.some((v) => v.number === key.version && v.state !== 'Destroyed'));
   }
 
   /** The key object of one version, or undefined when it is gone. */
@@ -150,12 +223,24 @@ export class RingStore {
     );
   }
 
-  /** Generates a version's key unless a previous, interrupted attempt already did. */
-  private async generateVersion(ringId: string, number: number, now: string): Promise<RingVersion> {
-    if ((await this.keyHandle(ringId, number)) === undefined) {
-      await generateAesKey(this.token, { label: keyObjectLabel(ringId, number), id: keyObjectId(ringId, number) });
+  /**
+   * Generates the key of every PendingGeneration version, unless an interrupted attempt already
+   * did (key object ids are deterministic), then enables it and makes the newest one primary.
+   */
+  private async finishPending(ring: RingState): Promise<RingState> {
+    const pending = ring.versions.filter((v) => v.state === 'PendingGeneration');
+    if (pending.length === 0) return ring;
+    for (const { number } of pending) {
+      if ((await this.keyHandle(ring.ringId, number)) === undefined) {
+        await generateAesKey(this.token, { label: keyObjectLabel(ring.ringId, number), id: keyObjectId(ring.ringId, number) });
+      }
     }
-    return { number, state: 'Enabled', keyId: keyIdFor(ringId, number), createdAt: now, stateChangedAt: now };
+    const now = new Date().toISOString();
+    return this.save({
+      ...ring,
+      primary: Math.max(ring.primary, ...pending.map((v) => v.number)),
+      versions: ring.versions.map((v) => (v.state === 'PendingGeneration' ? { ...v, state: 'Enabled', stateChangedAt: now } : v)),
+    });
   }
 
   private async destroyKey(ringId: string, number: number): Promise<void> {
@@ -190,4 +275,8 @@ export class RingStore {
       return next;
     });
   }
+}
+
+function pendingVersion(ringId: string, number: number, now: string): RingVersion {
+  return { number, state: 'PendingGeneration', keyId: keyIdFor(ringId, number), createdAt: now, stateChangedAt: now };
 }
