@@ -24,8 +24,9 @@ commands:
   ring list                                list rings and their versions
   ring disable|enable NAME --version N     change a version's state
   kms-plugin --socket PATH --ring NAME     serve the KMS v2 API on a unix socket
+  operator                                 reconcile KeyRings into HSM keys (leader-elected)
 
-HSM options (ring, kms-plugin):
+HSM options (ring, kms-plugin, operator):
   --pkcs11-module PATH   PKCS#11 library (default: SoftHSM2)
   --token-label LABEL    token to use (default: keyward)
   --pin-file PATH        file holding the user PIN (never pass a PIN on the command line)
@@ -34,6 +35,13 @@ kms-plugin options:
   --metrics-address H:P  /metrics, /healthz, /livez listener (default 127.0.0.1:9464)
   --audit-log PATH       audit records (default: standard output)
   --refresh SECONDS      how often to re-read the ring from the HSM (default 2)
+
+operator options (the apiserver from KUBECONFIG, or in-cluster):
+  --metrics-address H:P  /metrics, /healthz, /livez listener (default 127.0.0.1:9465)
+  --lease-namespace NS   namespace of the leader-election Lease (default: POD_NAMESPACE, else default)
+  --identity ID          this replica's name in the Lease (default: host name and pid)
+  --workers N            KeyRings reconciled at once (default 4)
+  --lease-duration SECONDS  how long a dead leader blocks its successor (default 15)
 `;
 
 const hsmOptions = {
@@ -162,6 +170,63 @@ async function kmsPlugin(args: string[]): Promise<void> {
   }
 }
 
+async function operator(args: string[]): Promise<void> {
+  const { values } = parse(args, {
+    ...hsmOptions,
+    'metrics-address': { type: 'string', default: '127.0.0.1:9465' },
+    'lease-namespace': { type: 'string', default: process.env.POD_NAMESPACE ?? 'default' },
+    identity: { type: 'string' },
+    workers: { type: 'string', default: '4' },
+    'lease-duration': { type: 'string', default: '15' },
+  });
+  const workers = Number(values.workers);
+  if (!Number.isInteger(workers) || workers < 1 || workers > 64) throw new KeywardError('InvalidArgument', '--workers must be a whole number from 1 to 64');
+  const leaseSeconds = Number(values['lease-duration']);
+  if (!(leaseSeconds >= 2 && leaseSeconds <= 300)) throw new KeywardError('InvalidArgument', '--lease-duration must be between 2 and 300 seconds');
+  // Loaded here, not at the top: the node-side commands should not pay for the Kubernetes client.
+  const { KubeConfig } = await import('@kubernetes/client-node');
+  const { startOperator } = await import('../operator/operator.js');
+  const kubeConfig = new KubeConfig();
+  kubeConfig.loadFromDefault();
+  const log = createLogger('operator');
+  const running = await startOperator(
+    {
+      kubeConfig,
+      modulePath: values['pkcs11-module'] ?? findSoftHsmModule(),
+      tokenLabel: values['token-label'],
+      pin: readPinFile(values['pin-file']),
+      leaseNamespace: values['lease-namespace'],
+      identity: values.identity,
+      metricsAddress: values['metrics-address'],
+      workers,
+      // client-go's proportions: renew within 2/3 of the lease, retry every 2/15 of it.
+      leaseDurationMs: leaseSeconds * 1000,
+      renewDeadlineMs: (leaseSeconds * 2000) / 3,
+      retryPeriodMs: (leaseSeconds * 2000) / 15,
+    },
+    log,
+  );
+  log.info({ metrics: running.metricsAddress }, 'operator started');
+  let signalled = false;
+  for (const signal of ['SIGTERM', 'SIGINT'] as const) {
+    process.once(signal, () => {
+      signalled = true;
+      log.info({ signal }, 'shutting down');
+      running.stop().then(
+        () => process.exit(0),
+        () => process.exit(1),
+      );
+    });
+  }
+  // Leadership lost without being asked to stop: exit, so the Deployment starts a fresh replica.
+  await running.done;
+  if (!signalled) {
+    log.error('leadership lost; exiting');
+    await running.stop();
+    process.exit(1);
+  }
+}
+
 const commands: Record<string, (args: string[]) => Promise<void>> = {
   hsm: ([verb, ...rest]) =>
     Promise.resolve().then(() => {
@@ -170,6 +235,7 @@ const commands: Record<string, (args: string[]) => Promise<void>> = {
     }),
   ring,
   'kms-plugin': kmsPlugin,
+  operator,
 };
 
 const [command, ...rest] = process.argv.slice(2);

@@ -40,7 +40,11 @@ export interface VersionRef {
 }
 
 export class RingStore {
-  constructor(private readonly token: HsmToken) {}
+  /** `now` stamps creation and state-change times; the operator passes its own clock. */
+  constructor(
+    private readonly token: HsmToken,
+    private readonly now: () => Date = () => new Date(),
+  ) {}
 
   private findObjects(session: Handle, template: pkcs11js.Template): Handle[] {
     const pkcs11 = this.token.pkcs11;
@@ -106,7 +110,7 @@ export class RingStore {
       if (spec.ringId) return this.finishPending(existing);
       throw new KeywardError('FailedPrecondition', `${describe({ name: spec.name, namespace: spec.namespace ?? '' })} already exists`);
     }
-    const now = new Date().toISOString();
+    const now = this.now().toISOString();
     const ring: RingState = {
       schema: 1,
       ringId,
@@ -133,7 +137,7 @@ export class RingStore {
     const next = Math.max(...ring.versions.map((v) => v.number)) + 1;
     ring = await this.save({
       ...ring,
-      versions: [...ring.versions, pendingVersion(ring.ringId, next, new Date().toISOString())],
+      versions: [...ring.versions, pendingVersion(ring.ringId, next, this.now().toISOString())],
       lastRotationRequest: options.request ?? ring.lastRotationRequest,
     });
     return this.finishPending(ring);
@@ -157,7 +161,7 @@ export class RingStore {
     if (state === 'DestroyScheduled' && options.destroyAt === undefined) {
       throw new KeywardError('InvalidArgument', 'scheduling destruction needs the time it may happen');
     }
-    const now = new Date().toISOString();
+    const now = this.now().toISOString();
     const destroyAt = state === 'DestroyScheduled' ? options.destroyAt?.toISOString() : undefined;
     return this.save({
       ...ring,
@@ -171,23 +175,24 @@ export class RingStore {
    */
   async scheduleRingDestruction(ref: RingRef, destroyAt: Date): Promise<RingState> {
     const ring = await this.finishPending(await this.require(ref));
-    const now = new Date().toISOString();
+    const now = this.now().toISOString();
     const scheduled = (v: RingVersion): RingVersion =>
       v.state === 'Destroyed' || v.state === 'DestroyScheduled' ? v : { ...v, state: 'DestroyScheduled', stateChangedAt: now, destroyAt: destroyAt.toISOString() };
     if (ring.versions.every((v) => scheduled(v) === v)) return ring;
     return this.save({ ...ring, versions: ring.versions.map(scheduled) });
   }
 
-  /** Destroys the material of every DestroyScheduled version whose time has come, in every ring. */
-  async destroyDue(now = new Date()): Promise<VersionRef[]> {
+  /** Destroys the material of every DestroyScheduled version whose time has come, in one ring or all. */
+  async destroyDue(now = this.now(), ringId?: string): Promise<VersionRef[]> {
     const destroyed: VersionRef[] = [];
-    for (const ring of await this.list()) {
+    const rings = ringId === undefined ? await this.list() : [await this.get({ ringId })].filter((r) => r !== undefined);
+    for (const ring of rings) {
       const due = ring.versions.filter((v) => v.state === 'DestroyScheduled' && v.destroyAt !== undefined && Date.parse(v.destroyAt) <= now.getTime());
       if (due.length === 0) continue;
       // The material goes first: a crash after this leaves a DestroyScheduled version without a
       // key, which the next pass records as Destroyed.
       for (const v of due) await this.destroyKey(ring.ringId, v.number);
-      const at = new Date().toISOString();
+      const at = this.now().toISOString();
       const numbers = new Set(due.map((v) => v.number));
       await this.save({
         ...ring,
@@ -200,12 +205,14 @@ export class RingStore {
 
   /** Keyward key objects that no ring state accounts for: reported, never deleted. */
   async orphanKeys(): Promise<VersionRef[]> {
-    const rings = new Map((await this.list()).map((ring) => [ring.ringId, ring]));
+    // Keys first: a ring's state is written before its keys, so every key seen here whose ring
+    // exists is accounted for in the list read afterwards.
     const labels = await this.token.withSession((session) =>
       this.findObjects(session, [{ type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_SECRET_KEY }]).map(
         (handle) => this.token.pkcs11.C_GetAttributeValue(session, handle, [{ type: pkcs11js.CKA_LABEL }])[0]?.value?.toString('utf8') ?? '',
       ),
     );
+    const rings = new Map((await this.list()).map((ring) => [ring.ringId, ring]));
     return labels
       .map(parseKeyObjectLabel)
       .filter((key): key is VersionRef => key !== undefined)
@@ -235,7 +242,7 @@ export class RingStore {
         await generateAesKey(this.token, { label: keyObjectLabel(ring.ringId, number), id: keyObjectId(ring.ringId, number) });
       }
     }
-    const now = new Date().toISOString();
+    const now = this.now().toISOString();
     return this.save({
       ...ring,
       primary: Math.max(ring.primary, ...pending.map((v) => v.number)),

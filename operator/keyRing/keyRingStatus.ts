@@ -1,0 +1,61 @@
+// A KeyRing's status as a function of its ring in the HSM: versions with where and how each key
+// is kept, the primary, the next rotation, and conditions with observedGeneration.
+import type { KeyRing, KeyRingStatus, KeyRingVersionStatus } from '../api/keyRing.js';
+import type { Condition } from '../api/schema.js';
+import { keyObjectId, primaryVersion, type RingState } from '../../core/hsm/ringState.js';
+
+/** The algorithm names RingState uses, as the CRD spells them. */
+const algorithmNames = { AES_256_GCM: 'AES-256-GCM' } as const;
+
+export interface ConditionInput {
+  type: string;
+  status: 'True' | 'False' | 'Unknown';
+  reason: string;
+  message: string;
+}
+
+/** Conditions keep their lastTransitionTime while their status does not change. */
+export function withConditions(previous: Condition[] | undefined, next: ConditionInput[], generation: number, now: Date): Condition[] {
+  return next.map((condition) => {
+    const before = previous?.find((p) => p.type === condition.type);
+    const lastTransitionTime = before && before.status === condition.status ? before.lastTransitionTime : now.toISOString();
+    return { ...condition, observedGeneration: generation, lastTransitionTime };
+  });
+}
+
+export function versionStatuses(ring: RingState, tokenLabel: string): KeyRingVersionStatus[] {
+  return ring.versions.map((v) => ({
+    number: v.number,
+    keyId: v.keyId,
+    state: v.state,
+    algorithm: algorithmNames[ring.algorithm],
+    createTime: v.createdAt,
+    ...(v.destroyAt ? { destroyTime: v.destroyAt } : {}),
+    hsmToken: tokenLabel,
+    hsmObjectId: keyObjectId(ring.ringId, v.number).toString('hex'),
+  }));
+}
+
+/** When the primary is due to be replaced, or undefined without a rotation period. */
+export function nextRotationTime(ring: RingState, rotationPeriodMs: number | undefined): Date | undefined {
+  if (rotationPeriodMs === undefined) return undefined;
+  return new Date(Date.parse(primaryVersion(ring).createdAt) + rotationPeriodMs);
+}
+
+export function keyRingStatus(
+  keyRing: KeyRing,
+  ring: RingState,
+  options: { tokenLabel: string; rotationPeriodMs?: number; conditions: ConditionInput[]; now: Date },
+): KeyRingStatus {
+  const generation = keyRing.metadata.generation ?? 0;
+  const next = nextRotationTime(ring, options.rotationPeriodMs);
+  return {
+    observedGeneration: generation,
+    ringId: ring.ringId,
+    primaryVersion: ring.primary,
+    ...(next ? { nextRotationTime: next.toISOString() } : {}),
+    ...(ring.lastRotationRequest !== undefined ? { lastRotationRequest: ring.lastRotationRequest } : {}),
+    versions: versionStatuses(ring, options.tokenLabel),
+    conditions: withConditions(keyRing.status?.conditions, options.conditions, generation, options.now),
+  };
+}
