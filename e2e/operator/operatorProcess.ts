@@ -1,0 +1,56 @@
+// The operator run as its own process through the CLI, the way its Deployment runs it: for crash,
+// leader-election and end-to-end tests and the benchmark. Its log goes to a file in `dir`.
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import type { SoftHsmToken } from '../../core/hsm/softHsmToken.js';
+import { ComponentProcess } from '../control-plane/componentProcess.js';
+import { freePort } from '../control-plane/network.js';
+import { keywardCli } from '../kms/kmsPluginProcess.js';
+
+export interface OperatorProcessOptions {
+  hsm: Pick<SoftHsmToken, 'modulePath' | 'label' | 'pin' | 'env'>;
+  kubeconfigPath: string;
+  /** Holds the PIN file and the log; the caller owns it. */
+  dir: string;
+  identity: string;
+  leaseNamespace?: string;
+  leaseSeconds?: number;
+  workers?: number;
+  readyTimeoutMs?: number;
+}
+
+export interface OperatorProcess {
+  readonly identity: string;
+  readonly metricsUrl: string;
+  readonly logFile: string;
+  readonly process: ComponentProcess;
+}
+
+export async function startOperatorProcess(options: OperatorProcessOptions): Promise<OperatorProcess> {
+  const { hsm, dir, identity } = options;
+  const pinFile = join(dir, 'operator.pin');
+  writeFileSync(pinFile, hsm.pin, { mode: 0o600 });
+  const metricsAddress = `127.0.0.1:${await freePort()}`;
+  const logFile = join(dir, `operator-${identity}.log`);
+  const operator = new ComponentProcess(
+    `keyward operator (${identity})`,
+    process.execPath,
+    [
+      keywardCli,
+      'operator',
+      `--pkcs11-module=${hsm.modulePath}`,
+      `--token-label=${hsm.label}`,
+      `--pin-file=${pinFile}`,
+      `--metrics-address=${metricsAddress}`,
+      `--lease-namespace=${options.leaseNamespace ?? 'default'}`,
+      `--identity=${identity}`,
+      `--lease-duration=${options.leaseSeconds ?? 15}`,
+      `--workers=${options.workers ?? 4}`,
+    ],
+    logFile,
+    { ...process.env, ...hsm.env, KUBECONFIG: options.kubeconfigPath },
+  );
+  const metricsUrl = `http://${metricsAddress}`;
+  await operator.waitReady(async () => (await fetch(`${metricsUrl}/livez`)).ok, options.readyTimeoutMs ?? 30_000, 'serving (/livez)');
+  return { identity, metricsUrl, logFile, process: operator };
+}
