@@ -8,27 +8,15 @@ import { mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'no
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { grpcClient } from '../../core/grpc/unaryService.js';
 import { createSoftHsmToken, type SoftHsmToken } from '../../core/hsm/softHsmToken.js';
-import { KeyManagementService } from '../../proto/gen/kms/v2/api_pb.js';
 import { startControlPlane, type ControlPlane } from '../control-plane/controlPlane.js';
 import { readEtcdPrefix } from '../control-plane/etcdClient.js';
 import { parseKmsV2Value } from '../control-plane/encryptedObject.js';
-import { httpsGet } from '../control-plane/network.js';
-import { keywardCli, kmsEncryptionConfig, startKmsPluginProcess, type KmsPluginProcess } from './kmsPluginProcess.js';
+import { eventually } from '../../test/eventually.js';
+import { apiserverKmsHealthStatus, keywardCli, kmsEncryptionConfig, kmsStatus, startKmsPluginProcess, type KmsPluginProcess } from './kmsPluginProcess.js';
 
 const providerName = 'keyward';
 const namespace = 'default';
-
-async function eventually<T>(what: string, timeoutMs: number, fn: () => Promise<T | undefined>): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await fn().catch(() => undefined);
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) assert.fail(`${what} did not happen within ${timeoutMs / 1000} s`);
-    await sleep(250);
-  }
-}
 
 /** Runs `fn` over `items` with at most `limit` in flight. */
 async function inParallel<T>(items: T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
@@ -53,14 +41,7 @@ describe('Secrets encrypted in etcd by kube-apiserver through the KMS v2 plugin'
       env: { ...process.env, ...hsm.env },
       encoding: 'utf8',
     });
-  const pluginStatus = async (): Promise<{ healthz: string; keyId: string }> => {
-    const kms = grpcClient(KeyManagementService, `unix:${plugin.socketPath}`);
-    try {
-      return await kms.status({});
-    } finally {
-      kms.close();
-    }
-  };
+  const pluginStatus = () => kmsStatus(plugin.socketPath);
   const writeSecret = async (name: string): Promise<void> => {
     const value = `value-${name}-${randomBytes(8).toString('hex')}`;
     await core.createNamespacedSecret({ namespace, body: { metadata: { name }, stringData: { value } } });
@@ -74,11 +55,7 @@ describe('Secrets encrypted in etcd by kube-apiserver through the KMS v2 plugin'
     const byName = new Map(listed.items.map((s) => [s.metadata?.name, Buffer.from(s.data?.value ?? '', 'base64').toString()]));
     for (const [name, value] of written) assert.equal(byName.get(name), value, `Secret ${name} reads back`);
   };
-  /** Asks the apiserver's KMS health check, which also makes it call Status and notice a new key id. */
-  const apiserverKmsHealth = async (): Promise<number> => {
-    const tls = { ca: readFileSync(join(cp.dir, 'pki', 'ca.crt')), cert: readFileSync(join(cp.dir, 'pki', 'admin.crt')), key: readFileSync(join(cp.dir, 'pki', 'admin.key')) };
-    return (await httpsGet(`${cp.apiserverUrl}/healthz/kms-provider-0`, tls)).status;
-  };
+  const apiserverKmsHealth = () => apiserverKmsHealthStatus(cp);
 
   before(async () => {
     dir = mkdtempSync(join(tmpdir(), 'keyward-e2e-kms-'));

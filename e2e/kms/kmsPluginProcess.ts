@@ -1,11 +1,14 @@
 // The KMS plugin run as its own process through the CLI, the way a static pod runs it: for e2e
 // tests, benchmarks and the quickstart. Its log and audit output go to files in `dir`.
-import { writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { grpcClient } from '../../core/grpc/unaryService.js';
 import type { SoftHsmToken } from '../../core/hsm/softHsmToken.js';
+import { KeyManagementService } from '../../proto/gen/kms/v2/api_pb.js';
 import { ComponentProcess } from '../control-plane/componentProcess.js';
-import { freePort } from '../control-plane/network.js';
+import type { ControlPlane } from '../control-plane/controlPlane.js';
+import { freePort, httpsGet } from '../control-plane/network.js';
 
 export const keywardCli = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'cli', 'keyward.js');
 
@@ -18,6 +21,8 @@ export const kmsPluginNodeFlags = ['--max-semi-space-size=4', '--max-old-space-s
 export interface KmsPluginProcessOptions {
   hsm: Pick<SoftHsmToken, 'modulePath' | 'label' | 'pin' | 'env'>;
   ringName: string;
+  /** The ring's namespace: a KeyRing's, or none for rings made with the CLI. */
+  ringNamespace?: string;
   /** Holds the socket, PIN file, log and audit files; the caller owns it. */
   dir: string;
   refreshSeconds?: number;
@@ -49,6 +54,7 @@ export async function startKmsPluginProcess(options: KmsPluginProcessOptions): P
       'kms-plugin',
       `--socket=${socketPath}`,
       `--ring=${options.ringName}`,
+      ...(options.ringNamespace ? [`--namespace=${options.ringNamespace}`] : []),
       `--pkcs11-module=${hsm.modulePath}`,
       `--token-label=${hsm.label}`,
       `--pin-file=${pinFile}`,
@@ -62,6 +68,22 @@ export async function startKmsPluginProcess(options: KmsPluginProcessOptions): P
   const metricsUrl = `http://${metricsAddress}`;
   await plugin.waitReady(async () => (await fetch(`${metricsUrl}/healthz`)).ok, options.readyTimeoutMs ?? 30_000, 'healthy (/healthz)');
   return { socketPath, metricsUrl, logFile, auditFile, process: plugin };
+}
+
+/** The plugin's own Status answer, over its socket. */
+export async function kmsStatus(socketPath: string): Promise<{ healthz: string; keyId: string }> {
+  const kms = grpcClient(KeyManagementService, `unix:${socketPath}`);
+  try {
+    return await kms.status({});
+  } finally {
+    kms.close();
+  }
+}
+
+/** The apiserver's KMS health check; asking it also makes the apiserver call Status and notice a new key id. */
+export async function apiserverKmsHealthStatus(cp: ControlPlane): Promise<number> {
+  const pki = (file: string): Buffer => readFileSync(join(cp.dir, 'pki', file));
+  return (await httpsGet(`${cp.apiserverUrl}/healthz/kms-provider-0`, { ca: pki('ca.crt'), cert: pki('admin.crt'), key: pki('admin.key') })).status;
 }
 
 /** An EncryptionConfiguration that encrypts Secrets through the plugin, keeping identity for old data. */
