@@ -1,26 +1,28 @@
 // The quickstart: Keyward's real parts on one machine, shown working. A SoftHSM2 token made with
-// `keyward hsm init`, a key ring in it, the KMS v2 plugin as its own process, and a real
-// etcd + kube-apiserver that encrypts Secrets through the plugin; etcd is read directly to show
-// what is stored, then the ring is rotated. Everything it starts is stopped and removed at the end.
-import { CoreV1Api } from '@kubernetes/client-node';
+// `keyward hsm init`; a real etcd + kube-apiserver that encrypts Secrets through the KMS plugin;
+// the CRDs and the operator, which turns a KeyRing into a key inside the HSM; the KMS v2 plugin as
+// its own process serving that ring; etcd read directly to show what is stored; then a rotation
+// requested on the KeyRing. Everything it starts is stopped and removed at the end.
+import { CoreV1Api, CustomObjectsApi, PatchStrategy, setHeaderOptions } from '@kubernetes/client-node';
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { grpcClient } from '../core/grpc/unaryService.js';
 import { findSoftHsmModule } from '../core/hsm/pkcs11Module.js';
-import { KeyManagementService } from '../proto/gen/kms/v2/api_pb.js';
+import { keyRingResource, type KeyRing } from '../operator/api/keyRing.js';
 import { startControlPlane, type ControlPlane } from './control-plane/controlPlane.js';
 import { parseKmsV2Value } from './control-plane/encryptedObject.js';
 import { readEtcdKey, secretEtcdKey } from './control-plane/etcdClient.js';
-import { httpsGet } from './control-plane/network.js';
-import { keywardCli, kmsEncryptionConfig, startKmsPluginProcess } from './kms/kmsPluginProcess.js';
+import { apiserverKmsHealthStatus, keywardCli, kmsEncryptionConfig, kmsStatus, startKmsPluginProcess, type KmsPluginProcess } from './kms/kmsPluginProcess.js';
+import { installCrds } from './operator/crds.js';
+import { startOperatorProcess, type OperatorProcess } from './operator/operatorProcess.js';
 
 const step = (text: string): void => console.error(`[quickstart] ${text}`);
+const ring = { namespace: 'kube-system', name: 'etcd-secrets' };
 
 async function main(dir: string): Promise<void> {
-  step('1/6 creating a SoftHSM2 token: keyward hsm init');
+  step('1/7 creating a SoftHSM2 token: keyward hsm init');
   const hsmDir = join(dir, 'hsm');
   execFileSync(process.execPath, [keywardCli, 'hsm', 'init', `--dir=${hsmDir}`, '--label=keyward'], { stdio: 'ignore' });
   const hsm = {
@@ -29,68 +31,91 @@ async function main(dir: string): Promise<void> {
     pin: readFileSync(join(hsmDir, 'user.pin'), 'utf8'),
     env: { SOFTHSM2_CONF: join(hsmDir, 'softhsm2.conf') },
   };
-  const keyward = (...args: string[]): string =>
-    execFileSync(process.execPath, [keywardCli, ...args, `--pin-file=${join(hsmDir, 'user.pin')}`], { env: { ...process.env, ...hsm.env }, encoding: 'utf8' }).trim();
 
-  step('2/6 creating key ring etcd-secrets (AES-256, generated inside the HSM, non-extractable)');
-  step(`    ${keyward('ring', 'create', 'etcd-secrets')}`);
-
-  step('3/6 starting the KMS v2 plugin on a 0600 unix socket');
-  const plugin = await startKmsPluginProcess({ hsm, ringName: 'etcd-secrets', dir });
   let cp: ControlPlane | undefined;
+  let operator: OperatorProcess | undefined;
+  let plugin: KmsPluginProcess | undefined;
   try {
-    const kms = grpcClient(KeyManagementService, `unix:${plugin.socketPath}`);
-    const status = await kms.status({});
+    step('2/7 starting etcd and kube-apiserver, encrypting Secrets through the KMS plugin socket');
+    const socketPath = join(dir, 'kms.sock');
+    // The plugin comes after its KeyRing exists, so wait for the API only, not the KMS check.
+    cp = await startControlPlane({ encryptionConfig: kmsEncryptionConfig(dir, 'keyward', socketPath), skipReadyz: true, progress: (line) => step(`    ${line}`) });
+    const control = cp;
+    const objects = control.kubeConfig.makeApiClient(CustomObjectsApi);
+    const core = control.kubeConfig.makeApiClient(CoreV1Api);
+
+    step('3/7 installing the CRDs and starting the operator (leader-elected)');
+    await installCrds(control.kubeConfig);
+    operator = await startOperatorProcess({ hsm, kubeconfigPath: control.kubeconfigPath, dir, identity: 'quickstart', leaseSeconds: 4 });
+
+    step(`4/7 applying KeyRing ${ring.namespace}/${ring.name} (purpose encryption, rotation every 720h)`);
+    await objects.createNamespacedCustomObject({
+      ...keyRingResource,
+      namespace: ring.namespace,
+      body: { apiVersion: 'keyward.dev/v1alpha1', kind: 'KeyRing', metadata: { name: ring.name }, spec: { purpose: 'encryption', rotationPeriod: '720h' } },
+    });
+    const primary = async (version: number): Promise<KeyRing> =>
+      waitFor(`KeyRing primary version ${version}`, 30_000, async () => {
+        const kr = (await objects.getNamespacedCustomObject({ ...keyRingResource, ...ring })) as KeyRing;
+        const ready = kr.status?.conditions?.some((c) => c.type === 'Ready' && c.status === 'True');
+        return ready && kr.status?.primaryVersion === version ? kr : undefined;
+      });
+    const created = await primary(1);
+    const v1 = created.status?.versions?.[0];
+    step(`    Ready: version 1 ${v1?.algorithm} in HSM token '${v1?.hsmToken}' object ${v1?.hsmObjectId}, key_id ${v1?.keyId}`);
+    step(`    next rotation ${created.status?.nextRotationTime}`);
+
+    step('5/7 starting the KMS v2 plugin for that ring on a 0600 unix socket');
+    plugin = await startKmsPluginProcess({ hsm, ringName: ring.name, ringNamespace: ring.namespace, dir });
+    const status = await kmsStatus(socketPath);
     step(`    Status: version=${status.version} healthz=${status.healthz} key_id=${status.keyId}`);
 
-    step('4/6 starting etcd and kube-apiserver with an EncryptionConfiguration pointing at the plugin');
-    cp = await startControlPlane({
-      encryptionConfig: kmsEncryptionConfig(dir, 'keyward', plugin.socketPath),
-      progress: (line) => step(`    ${line}`),
-    });
-    const core = cp.kubeConfig.makeApiClient(CoreV1Api);
     const value = 'correct-horse-battery-staple';
-    await core.createNamespacedSecret({ namespace: 'default', body: { metadata: { name: 'db-password' }, stringData: { password: value } } });
-    const raw = await readEtcdKey(cp.etcdEndpoint, secretEtcdKey('default', 'db-password'));
+    const secret = await waitFor('the first Secret write', 60_000, () =>
+      core.createNamespacedSecret({ namespace: 'default', body: { metadata: { name: 'db-password' }, stringData: { password: value } } }),
+    );
+    const raw = await readEtcdKey(control.etcdEndpoint, secretEtcdKey('default', secret.metadata?.name ?? ''));
     const stored = raw && parseKmsV2Value(raw);
-    step(`5/6 Secret default/db-password written; etcd holds ${raw?.length ?? 0} bytes starting '${raw?.subarray(0, 23).toString()}'`);
+    step(`6/7 Secret default/db-password written; etcd holds ${raw?.length ?? 0} bytes starting '${raw?.subarray(0, 23).toString()}'`);
     step(`    stored under key_id ${stored?.keyId}; plaintext in etcd: ${raw?.includes(Buffer.from(value)) ? 'YES (wrong!)' : 'no'}`);
-    if (!stored || stored.keyId !== status.keyId || raw.includes(Buffer.from(value))) throw new Error('the Secret is not encrypted under the plugin key');
+    if (!stored || stored.keyId !== status.keyId || raw.includes(Buffer.from(value))) throw new Error('the Secret is not encrypted under the KeyRing key');
 
-    step('6/6 rotating the ring: keyward ring rotate etcd-secrets');
-    step(`    ${keyward('ring', 'rotate', 'etcd-secrets')}`);
-    const rotated = await waitFor(async () => {
-      const s = await kms.status({});
-      return s.keyId !== status.keyId ? s.keyId : undefined;
-    }, 10_000);
-    step(`    the plugin reports the new key_id ${rotated} without a restart`);
-    step('    waiting for kube-apiserver to notice (it asks the plugin about once a minute)');
-    const tls = { ca: readFileSync(join(cp.dir, 'pki', 'ca.crt')), cert: readFileSync(join(cp.dir, 'pki', 'admin.crt')), key: readFileSync(join(cp.dir, 'pki', 'admin.key')) };
+    step('7/7 rotating through Kubernetes: spec.rotationRequest on the KeyRing');
+    await objects.patchNamespacedCustomObject(
+      { ...keyRingResource, ...ring, body: { spec: { rotationRequest: `quickstart-${Date.now()}` } } },
+      setHeaderOptions('Content-Type', PatchStrategy.MergePatch),
+    );
+    const v2 = (await primary(2)).status?.versions?.find((v) => v.number === 2);
+    step(`    the operator made version 2 primary: key_id ${v2?.keyId}`);
+    await waitFor('the plugin reporting version 2', 10_000, async () => ((await kmsStatus(socketPath)).keyId === v2?.keyId ? true : undefined));
+    step('    the plugin reports it without a restart (read from the HSM); waiting for kube-apiserver (it asks about once a minute)');
     let n = 0;
-    await waitFor(async () => {
-      await httpsGet(`${cp!.apiserverUrl}/healthz/kms-provider-0`, tls);
+    await waitFor('new Secrets under version 2', 150_000, async () => {
+      await apiserverKmsHealthStatus(control);
       const name = `after-rotation-${n++}`;
       await core.createNamespacedSecret({ namespace: 'default', body: { metadata: { name }, stringData: { password: 'new' } } });
-      const after = await readEtcdKey(cp!.etcdEndpoint, secretEtcdKey('default', name));
-      return after && parseKmsV2Value(after)?.keyId === rotated ? true : undefined;
-    }, 150_000);
+      const after = await readEtcdKey(control.etcdEndpoint, secretEtcdKey('default', name));
+      return after && parseKmsV2Value(after)?.keyId === v2?.keyId ? true : undefined;
+    });
     const old = await core.readNamespacedSecret({ namespace: 'default', name: 'db-password' });
-    step(`    new Secrets are stored under ${rotated}; the old one still reads back: ${Buffer.from(old.data?.password ?? '', 'base64').toString() === value}`);
-    kms.close();
+    step(`    new Secrets are stored under version 2; the old one still reads back: ${Buffer.from(old.data?.password ?? '', 'base64').toString() === value}`);
+    const events = await core.listNamespacedEvent({ namespace: ring.namespace, fieldSelector: `involvedObject.name=${ring.name}` });
+    step(`    KeyRing events: ${events.items.map((e) => e.reason).join(', ')}`);
     step(`done. Plugin audit records: ${readFileSync(plugin.auditFile, 'utf8').trim().split('\n').length} (one per Encrypt/Decrypt)`);
   } finally {
     step('stopping everything');
+    await plugin?.process.stop();
+    await operator?.process.stop();
     await cp?.stop();
-    await plugin.process.stop();
   }
 }
 
-async function waitFor<T>(fn: () => Promise<T | undefined>, timeoutMs: number): Promise<T> {
+async function waitFor<T>(what: string, timeoutMs: number, fn: () => Promise<T | undefined>): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const value = await fn().catch(() => undefined);
     if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`gave up after ${timeoutMs / 1000} s`);
+    if (Date.now() > deadline) throw new Error(`${what}: gave up after ${timeoutMs / 1000} s`);
     await sleep(1000);
   }
 }

@@ -71,7 +71,7 @@ export async function startKmsPluginProcess(options: KmsPluginProcessOptions): P
 }
 
 /** The plugin's own Status answer, over its socket. */
-export async function kmsStatus(socketPath: string): Promise<{ healthz: string; keyId: string }> {
+export async function kmsStatus(socketPath: string): Promise<{ version: string; healthz: string; keyId: string }> {
   const kms = grpcClient(KeyManagementService, `unix:${socketPath}`);
   try {
     return await kms.status({});
