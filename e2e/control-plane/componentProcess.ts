@@ -86,6 +86,11 @@ export class ComponentProcess {
     return this.child.pid;
   }
 
+  /** How the process ended, once it has. */
+  get exitStatus(): { code: number | null; signal: NodeJS.Signals | null } | undefined {
+    return this.exited;
+  }
+
   get running(): boolean {
     return this.exited === undefined;
   }
