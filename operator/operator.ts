@@ -45,7 +45,8 @@ const informerRestartMs = 1000;
 export async function startOperator(config: OperatorConfig, log: Logger): Promise<Operator> {
   const identity = config.identity ?? `${hostname()}-${process.pid}`;
   const metrics = new OperatorMetrics();
-  const token = HsmToken.open({ modulePath: config.modulePath, tokenLabel: config.tokenLabel, pin: config.pin, poolSize: 4 });
+  // A wrong PIN or an absent token shows on the KeyRings as Ready=False, retried with backoff.
+  const token = HsmToken.connectOnDemand({ modulePath: config.modulePath, tokenLabel: config.tokenLabel, pin: config.pin, poolSize: 4 });
   const store = new RingStore(token, config.now);
   let leading = false;
   let metricsServer: MetricsServer;

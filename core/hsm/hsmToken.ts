@@ -68,6 +68,14 @@ export class HsmToken {
     private readonly config: Required<HsmTokenConfig>,
   ) {}
 
+  /**
+   * A pool that connects (and logs in) on first use, and again after every failure: for
+   * long-running components that must report an HSM problem as a status, not die of it.
+   */
+  static connectOnDemand(config: HsmTokenConfig): HsmToken {
+    return new HsmToken(acquirePkcs11Module(config.modulePath), { poolSize: 4, ...config });
+  }
+
   static open(config: HsmTokenConfig): HsmToken {
     const token = new HsmToken(acquirePkcs11Module(config.modulePath), { poolSize: 4, ...config });
     try {
