@@ -13,6 +13,7 @@ import { RingStore } from '../../core/hsm/ringStore.js';
 import { keyIdFor, type RingState } from '../../core/hsm/ringState.js';
 import { createSoftHsmToken, type SoftHsmToken } from '../../core/hsm/softHsmToken.js';
 import { KeyManagementService } from '../../proto/gen/kms/v2/api_pb.js';
+import { eventually } from '../../test/eventually.js';
 import { startKmsPlugin, type KmsPlugin } from './kmsPlugin.js';
 import { formatAnnotation } from './kmsService.js';
 
@@ -24,14 +25,6 @@ async function rejectsWith(promise: Promise<unknown>, code: status, message: Reg
     assert.match(err.details, message);
     return true;
   });
-}
-
-async function eventually(check: () => Promise<boolean> | boolean, timeoutMs: number, what: string): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > deadline) assert.fail(`${what} did not happen within ${timeoutMs} ms`);
-    await sleep(50);
-  }
 }
 
 describe('KMS v2 plugin over a real SoftHSM2 token', function () {
@@ -135,7 +128,7 @@ describe('KMS v2 plugin over a real SoftHSM2 token', function () {
     for (let i = 0; i < 2; i++) {
       const rotated = await store.rotate({ ringId: ring.ringId });
       const newKeyId = rotated.versions.at(-1)!.keyId;
-      await eventually(async () => (await kms.status({})).keyId === newKeyId, 10_000, `rotation ${i + 1} reaching Status`);
+      await eventually(`rotation ${i + 1} reaching Status`, 10_000, async () => ((await kms.status({})).keyId === newKeyId ? true : undefined));
       const enc = await kms.encrypt({ plaintext: secret(), uid: `r${i + 1}` });
       assert.equal(enc.keyId, newKeyId, 'new writes carry the new key id');
       made.push({ enc, plaintext: secrets.at(-1)! });
@@ -156,10 +149,10 @@ describe('KMS v2 plugin over a real SoftHSM2 token', function () {
     const underOld = Buffer.from(enc.ciphertext);
     underOld.writeUInt32BE(old.number, 2);
     await store.setVersionState({ ringId: ring.ringId }, old.number, 'Disabled');
-    await eventually(() => plugin.view.snapshot()?.byKeyId.get(old.keyId)?.version.state === 'Disabled', 10_000, 'disable reaching the plugin');
+    await eventually('disable reaching the plugin', 10_000, () => (plugin.view.snapshot()?.byKeyId.get(old.keyId)?.version.state === 'Disabled' ? true : undefined));
     await rejectsWith(kms.decrypt({ ciphertext: underOld, keyId: old.keyId, annotations: {}, uid: 'd1' }), status.FAILED_PRECONDITION, /is Disabled; it may not decrypt/);
     await store.setVersionState({ ringId: ring.ringId }, old.number, 'Enabled');
-    await eventually(() => plugin.view.snapshot()?.byKeyId.get(old.keyId)?.version.state === 'Enabled', 10_000, 're-enable reaching the plugin');
+    await eventually('re-enable reaching the plugin', 10_000, () => (plugin.view.snapshot()?.byKeyId.get(old.keyId)?.version.state === 'Enabled' ? true : undefined));
   });
 
   it('exposes metrics and a health endpoint that reflect real HSM checks', async () => {
@@ -178,7 +171,7 @@ describe('KMS v2 plugin over a real SoftHSM2 token', function () {
     const away = `${softhsm.tokenDir}.away`;
     renameSync(softhsm.tokenDir, away);
     try {
-      await eventually(async () => (await kms.status({})).healthz !== 'ok', 10_000, 'the outage showing in Status');
+      await eventually('the outage showing in Status', 10_000, async () => ((await kms.status({})).healthz !== 'ok' ? true : undefined));
       const during = await kms.status({});
       assert.equal(during.keyId, keyId, 'the last good key id is kept');
       assert.match(during.healthz, /HSM/);
@@ -187,7 +180,7 @@ describe('KMS v2 plugin over a real SoftHSM2 token', function () {
     } finally {
       renameSync(away, softhsm.tokenDir);
     }
-    await eventually(async () => (await kms.status({})).healthz === 'ok', 10_000, 'recovery');
+    await eventually('recovery', 10_000, async () => ((await kms.status({})).healthz === 'ok' ? true : undefined));
     const enc = await kms.encrypt({ plaintext: secret(), uid: 'o2' });
     assert.equal(enc.keyId, keyId);
   });
