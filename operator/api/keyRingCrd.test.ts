@@ -1,6 +1,5 @@
 import {
   ApiException,
-  ApiextensionsV1Api,
   CustomObjectsApi,
   loadYaml,
   setHeaderOptions,
@@ -11,6 +10,7 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { startControlPlane, type ControlPlane } from '../../e2e/control-plane/controlPlane.js';
+import { installCrds } from '../../e2e/operator/crds.js';
 import { crdFiles } from './generateCrds.js';
 import { algorithmsByPurpose, keyRingCrd, keyRingResource, type KeyRing, type KeyRingSpec, type KeyRingStatus } from './keyRing.js';
 import type { Schema } from './schema.js';
@@ -199,16 +199,8 @@ describe('KeyRing admission by a real kube-apiserver', function () {
   before(async () => {
     cp = await startControlPlane();
     api = cp.kubeConfig.makeApiClient(CustomObjectsApi);
-    const extensions = cp.kubeConfig.makeApiClient(ApiextensionsV1Api);
     // Installed from the committed file, as an administrator would.
-    const crd = loadYaml<V1CustomResourceDefinition>(readFileSync(join(repoRoot, crdPath), 'utf8'));
-    await extensions.createCustomResourceDefinition({ body: crd });
-    for (let attempt = 0; ; attempt++) {
-      const { status } = await extensions.readCustomResourceDefinition({ name: crd.metadata?.name ?? '' });
-      if (status?.conditions?.some((c) => c.type === 'Established' && c.status === 'True')) break;
-      if (attempt === 600) assert.fail(`the CRD is not Established: ${JSON.stringify(status?.conditions)}`);
-      await new Promise((resolve) => setTimeout(resolve, 100));
-    }
+    await installCrds(cp.kubeConfig);
   });
   after(async () => {
     await cp?.stop();
