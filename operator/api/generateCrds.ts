@@ -52,7 +52,10 @@ export const toYaml = (document: Json): string => `${lines(document, '').join('\
 if (process.argv[1] === fileURLToPath(import.meta.url)) {
   const root = join(import.meta.dirname, '..', '..', '..');
   for (const { path, text } of crdFiles()) {
-    writeFileSync(join(root, path), text);
-    console.error(`wrote ${path}`);
+    // The Helm chart carries its own copy: a chart cannot reach files outside its folder.
+    for (const target of [path, join('charts', 'keyward', path)]) {
+      writeFileSync(join(root, target), text);
+      console.error(`wrote ${target}`);
+    }
   }
 }

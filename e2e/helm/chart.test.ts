@@ -1,0 +1,477 @@
+// The Helm chart, twice over. Rendered: helm lint, then every object read back: RBAC is exactly
+// what the operator's code calls (no wildcards), every container is non-root with a read-only
+// root filesystem and no capabilities, the PIN only ever travels as a file, and the flags are
+// ones the real CLI accepts. Installed on a real control plane: the real operator process runs as
+// the chart's ServiceAccount (a TokenRequest token, nothing else) and takes a KeyRing through
+// creation and deletion, so the RBAC is shown to suffice; access reviews show what it may not do.
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { chmodSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import {
+  ApiException,
+  AppsV1Api,
+  AuthorizationV1Api,
+  CoordinationV1Api,
+  CoreV1Api,
+  CustomObjectsApi,
+  KubeConfig,
+  RbacAuthorizationV1Api,
+  type KubernetesObject,
+  type V1Container,
+  type V1DaemonSet,
+  type V1Deployment,
+  type V1Pod,
+  type V1PodSpec,
+  type V1PolicyRule,
+  type V1ResourceAttributes,
+} from '@kubernetes/client-node';
+import { readPinFile } from '../../core/hsm/pinFile.js';
+import { createSoftHsmToken, type SoftHsmToken } from '../../core/hsm/softHsmToken.js';
+import { keyRingResource, type KeyRing } from '../../operator/api/keyRing.js';
+import { keyRingFinalizer } from '../../operator/keyRing/keyRingClient.js';
+import { eventually } from '../../test/eventually.js';
+import { logTail } from '../control-plane/componentProcess.js';
+import { startControlPlane, type ControlPlane } from '../control-plane/controlPlane.js';
+import { keywardCli, kmsPluginNodeFlags } from '../kms/kmsPluginProcess.js';
+import { startOperatorProcess, type OperatorProcess } from '../operator/operatorProcess.js';
+import { chartDir, helmIn, parseManifests, renderChart, repoRoot, type Helm } from './helm.js';
+
+const releaseNamespace = 'keyward-system';
+const softhsmHostPath = '/var/lib/keyward/softhsm';
+const withPlugin = ['--set', 'kmsPlugin.enabled=true', '--set', `hsm.softhsm.hostPath=${softhsmHostPath}`];
+
+/** What the operator's code calls, verb by verb (see charts/keyward/templates/rbac.yaml). */
+const expectedClusterRules: V1PolicyRule[] = [
+  { apiGroups: ['keyward.dev'], resources: ['keyrings'], verbs: ['list', 'watch', 'patch'] },
+  { apiGroups: ['keyward.dev'], resources: ['keyrings/status'], verbs: ['patch'] },
+  { apiGroups: [''], resources: ['events'], verbs: ['create'] },
+];
+const expectedLeaseRules: V1PolicyRule[] = [
+  { apiGroups: ['coordination.k8s.io'], resources: ['leases'], resourceNames: ['keyward-operator'], verbs: ['get', 'update'] },
+  { apiGroups: ['coordination.k8s.io'], resources: ['leases'], verbs: ['create'] },
+];
+
+const ofKind = <T extends KubernetesObject>(objects: KubernetesObject[], kind: string): T[] => objects.filter((o) => o.kind === kind) as T[];
+const only = <T extends KubernetesObject>(objects: KubernetesObject[], kind: string): T => {
+  const found = ofKind<T>(objects, kind);
+  assert.equal(found.length, 1, `exactly one ${kind}`);
+  return found[0] as T;
+};
+
+/** Every pod spec in the manifests: Deployments, DaemonSets and bare Pods (the static pod). */
+function podSpecs(objects: KubernetesObject[]): { owner: string; spec: V1PodSpec }[] {
+  return objects.flatMap((o) => {
+    const owner = `${o.kind}/${o.metadata?.name}`;
+    if (o.kind === 'Deployment' || o.kind === 'DaemonSet') {
+      const spec = (o as V1Deployment | V1DaemonSet).spec?.template.spec;
+      return spec ? [{ owner, spec }] : [];
+    }
+    if (o.kind === 'Pod') return (o as V1Pod).spec ? [{ owner, spec: (o as V1Pod).spec as V1PodSpec }] : [];
+    return [];
+  });
+}
+
+const allContainers = (spec: V1PodSpec): V1Container[] => [...(spec.initContainers ?? []), ...spec.containers];
+
+function assertLockedDown(owner: string, spec: V1PodSpec, container: V1Container): void {
+  const where = `${owner} container ${container.name}`;
+  const sc = container.securityContext ?? {};
+  assert.equal(sc.runAsNonRoot, true, `${where}: runAsNonRoot`);
+  assert.ok((sc.runAsUser ?? spec.securityContext?.runAsUser ?? 0) > 0, `${where}: a non-zero uid`);
+  assert.equal(sc.readOnlyRootFilesystem, true, `${where}: readOnlyRootFilesystem`);
+  assert.equal(sc.allowPrivilegeEscalation, false, `${where}: allowPrivilegeEscalation false`);
+  assert.notEqual(sc.privileged, true, `${where}: not privileged`);
+  assert.deepEqual(sc.capabilities?.drop, ['ALL'], `${where}: drops ALL capabilities`);
+  assert.equal(sc.capabilities?.add, undefined, `${where}: adds none`);
+  assert.equal((sc.seccompProfile ?? spec.securityContext?.seccompProfile)?.type, 'RuntimeDefault', `${where}: RuntimeDefault seccomp`);
+  for (const kind of ['cpu', 'memory']) {
+    assert.ok(container.resources?.requests?.[kind], `${where}: ${kind} request`);
+    assert.ok(container.resources?.limits?.[kind], `${where}: ${kind} limit`);
+  }
+}
+
+function assertNoPinInEnvOrArgs(owner: string, container: V1Container): void {
+  const where = `${owner} container ${container.name}`;
+  assert.equal(container.envFrom, undefined, `${where}: no envFrom`);
+  for (const env of container.env ?? []) {
+    assert.equal(env.valueFrom?.secretKeyRef, undefined, `${where}: env ${env.name} comes from no Secret`);
+    assert.doesNotMatch(env.name, /pin|password|secret/i, `${where}: env ${env.name}`);
+  }
+  for (const arg of [...(container.command ?? []), ...(container.args ?? [])]) {
+    if (/pin/i.test(arg) && arg.startsWith('--')) assert.match(arg, /^--pin-file=\//, `${where}: the PIN is passed as a file (${arg})`);
+  }
+}
+
+/** The chart's command and args as a local `node` invocation of dist/cli/keyward.js, $(VAR)s expanded as the kubelet does. */
+function localInvocation(container: V1Container, env: Record<string, string>): string[] {
+  const command = container.command ?? [];
+  const head = command[0] === 'keyward' ? [keywardCli, ...command.slice(1)] : command.slice(1).map((a) => (a === '/app/dist/cli/keyward.js' ? keywardCli : a));
+  assert.ok(command[0] === 'keyward' || command[0] === 'node', `${container.name}: runs keyward or node (${command.join(' ')})`);
+  return [...head, ...(container.args ?? [])].map((a) =>
+    a.replace(/\$\((\w+)\)/g, (_, name: string) => {
+      const value = env[name];
+      assert.ok(value !== undefined, `${container.name}: $(${name}) is defined`);
+      return value;
+    }),
+  );
+}
+
+function runNode(args: string[], env: NodeJS.ProcessEnv): Promise<{ code: number; stderr: string }> {
+  return new Promise((resolve) => {
+    execFile(process.execPath, args, { env, timeout: 60_000 }, (err, _stdout, stderr) => {
+      resolve({ code: err ? ((err as { code?: number }).code ?? -1) : 0, stderr });
+    });
+  });
+}
+
+describe('Helm chart charts/keyward', function () {
+  this.timeout(300_000);
+  let home: string;
+  let helm: Helm;
+  let defaults: KubernetesObject[];
+  let plugin: KubernetesObject[];
+
+  before(async () => {
+    home = mkdtempSync(join(tmpdir(), 'keyward-helm-'));
+    helm = helmIn(home);
+    defaults = await renderChart(helm, releaseNamespace);
+    plugin = await renderChart(helm, releaseNamespace, withPlugin);
+  });
+  after(() => {
+    if (home) rmSync(home, { recursive: true, force: true });
+  });
+
+  describe('rendered', () => {
+    it('passes helm lint --strict, with defaults and with the KMS plugin', async () => {
+      await helm(['lint', '--strict', chartDir]);
+      await helm(['lint', '--strict', chartDir, ...withPlugin]);
+    });
+
+    it('ships exactly the CRDs of crds/, byte for byte (the copy cannot drift from the generated source)', () => {
+      const source = join(repoRoot, 'crds');
+      const copy = join(chartDir, 'crds');
+      const yamlFiles = (dir: string): string[] => readdirSync(dir).filter((f) => f.endsWith('.yaml')).sort();
+      assert.deepEqual(yamlFiles(copy), yamlFiles(source), 'charts/keyward/crds/ holds the same files as crds/ (cp crds/*.yaml charts/keyward/crds/)');
+      for (const file of yamlFiles(source)) {
+        assert.equal(readFileSync(join(copy, file), 'utf8'), readFileSync(join(source, file), 'utf8'), `charts/keyward/crds/${file} equals crds/${file}`);
+      }
+    });
+
+    it('renders the operator alone by default, and the DaemonSet only when asked', () => {
+      assert.deepEqual(ofKind(defaults, 'DaemonSet'), []);
+      assert.equal(only<V1Deployment>(defaults, 'Deployment').spec?.replicas, 2, 'two replicas, leader-elected');
+      assert.equal(only<V1DaemonSet>(plugin, 'DaemonSet').metadata?.name, 'keyward-kms-plugin');
+    });
+
+    it('grants exactly the RBAC the operator uses: no wildcard, nothing cluster-wide but KeyRings and Events', () => {
+      for (const objects of [defaults, plugin]) {
+        const clusterRole = only<KubernetesObject & { rules: V1PolicyRule[] }>(objects, 'ClusterRole');
+        const role = only<KubernetesObject & { rules: V1PolicyRule[] }>(objects, 'Role');
+        for (const rule of [...clusterRole.rules, ...role.rules]) {
+          for (const field of ['verbs', 'resources', 'apiGroups', 'resourceNames', 'nonResourceURLs'] as const) {
+            assert.ok(!(rule[field] ?? []).some((v) => v.includes('*')), `no '*' in ${field}: ${JSON.stringify(rule)}`);
+          }
+        }
+        assert.deepEqual(clusterRole.rules, expectedClusterRules);
+        assert.deepEqual(role.rules, expectedLeaseRules);
+        assert.equal(role.metadata?.namespace, releaseNamespace, 'the Lease rules hold in the release namespace only');
+        const saName = only<V1Deployment>(objects, 'Deployment').spec?.template.spec?.serviceAccountName;
+        const subjects = [only<KubernetesObject & { subjects: unknown[] }>(objects, 'ClusterRoleBinding'), only<KubernetesObject & { subjects: unknown[] }>(objects, 'RoleBinding')];
+        for (const binding of subjects) {
+          assert.deepEqual(binding.subjects, [{ kind: 'ServiceAccount', name: saName, namespace: releaseNamespace }]);
+        }
+      }
+    });
+
+    it('runs every container non-root, read-only, without privilege escalation or capabilities, with resources', () => {
+      const staticPod = parseManifests(readFileSync(join(chartDir, 'files', 'kms-plugin-static-pod.yaml'), 'utf8'));
+      const specs = [...podSpecs(defaults), ...podSpecs(plugin), ...podSpecs(staticPod)];
+      assert.equal(specs.length, 4, 'operator (twice), DaemonSet, static pod');
+      for (const { owner, spec } of specs) {
+        assert.equal(spec.securityContext?.runAsNonRoot, true, `${owner}: pod runAsNonRoot`);
+        assert.ok(!spec.hostPID && !spec.hostIPC, `${owner}: no host PID or IPC namespace`);
+        if (owner !== 'Pod/keyward-kms-plugin') assert.ok(!spec.hostNetwork, `${owner}: pod network`);
+        for (const container of allContainers(spec)) assertLockedDown(owner, spec, container);
+      }
+      const operator = only<V1Deployment>(defaults, 'Deployment').spec?.template.spec;
+      assert.equal(operator?.securityContext?.runAsUser, 65532);
+      assert.equal(operator?.containers[0]?.securityContext?.runAsUser, 65532);
+    });
+
+    it('never puts the PIN in an environment variable or an argument: a Secret volume, copied to a 0600 file', () => {
+      for (const { owner, spec } of [...podSpecs(defaults), ...podSpecs(plugin)]) {
+        for (const container of allContainers(spec)) assertNoPinInEnvOrArgs(owner, container);
+        const secretVolume = spec.volumes?.find((v) => v.name === 'pin-secret');
+        assert.equal(secretVolume?.secret?.secretName, 'keyward-hsm-pin', `${owner}: PIN Secret volume`);
+        assert.equal(secretVolume?.secret?.defaultMode, 0o400, `${owner}: PIN Secret files 0400`);
+        assert.equal(spec.volumes?.find((v) => v.name === 'pin')?.emptyDir?.medium, 'Memory', `${owner}: the copy lives in memory`);
+        const main = spec.containers[0];
+        assert.ok(main?.args?.includes('--pin-file=/run/keyward/pin/pin'), `${owner}: --pin-file`);
+        assert.deepEqual(main?.volumeMounts?.find((m) => m.name === 'pin'), { name: 'pin', mountPath: '/run/keyward/pin', readOnly: true });
+        assert.equal(main?.volumeMounts?.find((m) => m.name === 'pin-secret'), undefined, `${owner}: only the init container sees the Secret`);
+      }
+    });
+
+    it("copies the PIN, in its init container's own command, to a file keyward accepts", async () => {
+      const init = only<V1Deployment>(defaults, 'Deployment').spec?.template.spec?.initContainers?.[0];
+      const command = init?.command ?? [];
+      assert.deepEqual(command.slice(-2), ['/etc/keyward/pin-secret/pin', '/run/keyward/pin/pin']);
+      const dir = mkdtempSync(join(home, 'pin-'));
+      const secretFile = join(dir, 'secret-pin');
+      const copy = join(dir, 'pin');
+      writeFileSync(secretFile, 'pin-from-secret\n');
+      // What the kubelet makes of defaultMode 0400 under fsGroup: group-readable, which keyward refuses.
+      chmodSync(secretFile, 0o440);
+      assert.throws(() => readPinFile(secretFile), /readable by group or others/);
+      for (let run = 0; run < 2; run++) {
+        // Twice: init containers run again when the pod's sandbox is recreated.
+        const result = await runNode([...command.slice(1, -2), secretFile, copy], process.env);
+        assert.equal(result.code, 0, result.stderr);
+        assert.equal(statSync(copy).mode & 0o777, 0o600);
+        assert.equal(readPinFile(copy), 'pin-from-secret');
+      }
+    });
+
+    it('wires the operator: HSM flags, metrics and probes on 9465, Lease namespace from the downward API', () => {
+      const spec = only<V1Deployment>(defaults, 'Deployment').spec?.template.spec;
+      const container = spec?.containers[0];
+      assert.deepEqual(container?.command, ['keyward', 'operator']);
+      for (const flag of ['--pkcs11-module=/usr/lib/softhsm/libsofthsm2.so', '--token-label=keyward', '--metrics-address=0.0.0.0:9465', '--lease-namespace=$(POD_NAMESPACE)']) {
+        assert.ok(container?.args?.includes(flag), `operator arg ${flag}`);
+      }
+      assert.deepEqual(container?.env?.find((e) => e.name === 'POD_NAMESPACE')?.valueFrom, { fieldRef: { fieldPath: 'metadata.namespace' } });
+      assert.deepEqual(container?.env?.find((e) => e.name === 'SOFTHSM2_CONF'), { name: 'SOFTHSM2_CONF', value: '/etc/keyward/softhsm/softhsm2.conf' });
+      assert.deepEqual(container?.ports, [{ name: 'metrics', containerPort: 9465, protocol: 'TCP' }]);
+      assert.deepEqual([container?.livenessProbe?.httpGet?.path, container?.livenessProbe?.httpGet?.port], ['/livez', 'metrics']);
+      assert.deepEqual([container?.readinessProbe?.httpGet?.path, container?.readinessProbe?.httpGet?.port], ['/healthz', 'metrics']);
+      assert.equal(spec?.automountServiceAccountToken, true);
+      const conf = only<KubernetesObject & { data: Record<string, string> }>(defaults, 'ConfigMap').data['softhsm2.conf'];
+      assert.match(conf ?? '', /^directories\.tokendir = \/var\/lib\/softhsm\/tokens$/m);
+      assert.equal(spec?.volumes?.find((v) => v.name === 'softhsm-tokens')?.persistentVolumeClaim?.claimName, 'keyward-softhsm-tokens');
+    });
+
+    it('runs the KMS plugin with its node flags on control-plane nodes, socket on a hostPath, no API token', () => {
+      const staticPod = only<V1Pod>(parseManifests(readFileSync(join(chartDir, 'files', 'kms-plugin-static-pod.yaml'), 'utf8')), 'Pod');
+      const daemonSet = only<V1DaemonSet>(plugin, 'DaemonSet').spec?.template.spec;
+      for (const [owner, spec] of [['DaemonSet', daemonSet], ['static pod', staticPod.spec]] as const) {
+        const container = spec?.containers[0];
+        assert.deepEqual(container?.command, ['node', ...kmsPluginNodeFlags, '/app/dist/cli/keyward.js', 'kms-plugin'], owner);
+        for (const flag of ['--socket=/var/run/keyward/kms.sock', '--ring=etcd-secrets', '--namespace=kube-system', '--token-label=keyward']) {
+          assert.ok(container?.args?.includes(flag), `${owner} arg ${flag}`);
+        }
+        assert.ok(container?.args?.some((a) => a.startsWith('--metrics-address=')), `${owner}: --metrics-address`);
+        assert.equal(spec?.automountServiceAccountToken, false, `${owner}: no ServiceAccount token`);
+        assert.equal(spec?.volumes?.find((v) => v.name === 'socket-dir')?.hostPath?.path, '/var/run/keyward', `${owner}: socket dir on the node`);
+      }
+      assert.deepEqual(daemonSet?.nodeSelector, { 'node-role.kubernetes.io/control-plane': '' });
+      assert.ok(daemonSet?.tolerations?.some((t) => t.key === 'node-role.kubernetes.io/control-plane' && t.operator === 'Exists'));
+      assert.ok(!staticPod.spec?.volumes?.some((v) => v.secret || v.configMap), 'a static pod can use neither Secrets nor ConfigMaps');
+      assert.deepEqual(ofKind(plugin, 'ClusterRole').length + ofKind(plugin, 'Role').length, 2, 'the plugin adds no RBAC');
+    });
+
+    it("passes flags the real CLI accepts: it gets as far as reading the PIN file", async () => {
+      const env = { POD_NAMESPACE: releaseNamespace, POD_NAME: 'keyward-operator-7d9f-abcde' };
+      const childEnv = { PATH: process.env.PATH, HOME: home, KUBECONFIG: '' };
+      const operator = only<V1Deployment>(defaults, 'Deployment').spec?.template.spec?.containers[0] as V1Container;
+      const daemonSet = only<V1DaemonSet>(plugin, 'DaemonSet').spec?.template.spec?.containers[0] as V1Container;
+      for (const [command, container] of [['operator', operator], ['kms-plugin', daemonSet]] as const) {
+        const result = await runNode(localInvocation(container, env), childEnv);
+        // Every flag parsed (strict parsing refuses unknown ones) and every number in range: the
+        // first thing the command cannot do here is read the PIN file, which only the pod has.
+        assert.equal(result.stderr, `keyward ${command}: PIN file /run/keyward/pin/pin does not exist\n`);
+        assert.equal(result.code, 2);
+      }
+    });
+  });
+
+  describe('installed on a real control plane, the operator running as its ServiceAccount', () => {
+    const keyRingNamespace = 'payments';
+    const identity = 'chart-sa';
+    let dir: string;
+    let cp: ControlPlane;
+    let hsm: SoftHsmToken;
+    let operator: OperatorProcess | undefined;
+    let saName: string;
+    let saKubeConfig: KubeConfig;
+    let installOutput: string;
+
+    const objects = (): CustomObjectsApi => cp.kubeConfig.makeApiClient(CustomObjectsApi);
+    const getKeyRing = async (name: string): Promise<KeyRing> =>
+      (await objects().getNamespacedCustomObject({ ...keyRingResource, namespace: keyRingNamespace, name })) as KeyRing;
+    const eventReasons = async (name: string): Promise<string[]> =>
+      (await cp.kubeConfig.makeApiClient(CoreV1Api).listNamespacedEvent({ namespace: keyRingNamespace, fieldSelector: `involvedObject.name=${name}` })).items.map(
+        (e) => e.reason ?? '',
+      );
+    /** What the apiserver's authorizer says the ServiceAccount's own token may do. */
+    const mayI = async (attributes: V1ResourceAttributes): Promise<boolean> => {
+      const review = await saKubeConfig.makeApiClient(AuthorizationV1Api).createSelfSubjectAccessReview({ body: { spec: { resourceAttributes: attributes } } });
+      return review.status?.allowed === true;
+    };
+
+    before(async function () {
+      this.timeout(600_000);
+      dir = mkdtempSync(join(tmpdir(), 'keyward-e2e-helm-'));
+      // OwnerReferencesPermissionEnforcement on, as in many production clusters: the operator must
+      // not need keyrings/finalizers even so.
+      cp = await startControlPlane({ extraApiserverArgs: ['--enable-admission-plugins=OwnerReferencesPermissionEnforcement'] });
+      // The namespace warns about any pod template below the "restricted" Pod Security Standard.
+      await cp.kubeConfig.makeApiClient(CoreV1Api).createNamespace({
+        body: { metadata: { name: releaseNamespace, labels: { 'pod-security.kubernetes.io/warn': 'restricted', 'pod-security.kubernetes.io/enforce': 'restricted' } } },
+      });
+      await cp.kubeConfig.makeApiClient(CoreV1Api).createNamespace({ body: { metadata: { name: keyRingNamespace } } });
+      const installed = await helm(['install', 'keyward', chartDir, '--namespace', releaseNamespace, '--create-namespace', '--kubeconfig', cp.kubeconfigPath]);
+      installOutput = installed.stdout + installed.stderr;
+      saName = only<V1Deployment>(defaults, 'Deployment').spec?.template.spec?.serviceAccountName ?? '';
+
+      const token = await cp.kubeConfig.makeApiClient(CoreV1Api).createNamespacedServiceAccountToken({
+        name: saName,
+        namespace: releaseNamespace,
+        body: { spec: { audiences: [], expirationSeconds: 3600 } },
+      });
+      const saKubeconfigPath = join(dir, 'operator-sa.kubeconfig');
+      writeFileSync(
+        saKubeconfigPath,
+        JSON.stringify({
+          apiVersion: 'v1',
+          kind: 'Config',
+          clusters: [{ name: 'keyward-test', cluster: { server: cp.apiserverUrl, 'certificate-authority': join(cp.dir, 'pki', 'ca.crt') } }],
+          users: [{ name: saName, user: { token: token.status?.token } }],
+          contexts: [{ name: saName, context: { cluster: 'keyward-test', user: saName } }],
+          'current-context': saName,
+        }),
+        { mode: 0o600 },
+      );
+      saKubeConfig = new KubeConfig();
+      saKubeConfig.loadFromFile(saKubeconfigPath);
+      hsm = createSoftHsmToken({ parentDir: dir });
+      operator = await startOperatorProcess({ hsm, kubeconfigPath: saKubeconfigPath, dir, identity, leaseNamespace: releaseNamespace, leaseSeconds: 4 });
+    });
+    after(async () => {
+      await operator?.process.stop();
+      await cp?.stop();
+      if (dir) rmSync(dir, { recursive: true, force: true });
+    });
+    afterEach(function () {
+      if (this.currentTest?.state === 'failed' && operator) console.error(`operator log (${operator.logFile}):\n${logTail(operator.logFile, 60)}`);
+    });
+
+    it('installs the CRD and every object, with no Pod Security warning under "restricted"', async () => {
+      assert.doesNotMatch(installOutput, /PodSecurity|would violate/i, installOutput);
+      // The CRD from crds/ is served (a new resource's storage may answer 429 for a moment).
+      await eventually('KeyRings served', 30_000, () => objects().listClusterCustomObject({ ...keyRingResource }));
+      const apps = cp.kubeConfig.makeApiClient(AppsV1Api);
+      const deployment = await apps.readNamespacedDeployment({ name: 'keyward-operator', namespace: releaseNamespace });
+      assert.equal(deployment.spec?.template.spec?.serviceAccountName, saName);
+      assert.equal(deployment.spec?.template.spec?.volumes?.find((v) => v.name === 'pin-secret')?.secret?.defaultMode, 0o400, 'the apiserver read 0400');
+      const rbac = cp.kubeConfig.makeApiClient(RbacAuthorizationV1Api);
+      const plain = (rules: V1PolicyRule[] | undefined): unknown => JSON.parse(JSON.stringify(rules ?? []));
+      assert.deepEqual(plain((await rbac.readClusterRole({ name: 'keyward-operator' })).rules), expectedClusterRules);
+      assert.deepEqual(plain((await rbac.readNamespacedRole({ name: 'keyward-operator-leader-election', namespace: releaseNamespace })).rules), expectedLeaseRules);
+      await cp.kubeConfig.makeApiClient(CoreV1Api).readNamespacedServiceAccount({ name: saName, namespace: releaseNamespace });
+      const { stdout } = await helm(['status', 'keyward', '--namespace', releaseNamespace, '--kubeconfig', cp.kubeconfigPath]);
+      assert.match(stdout, /STATUS: deployed/);
+    });
+
+    it('reconciles a KeyRing with only the chart RBAC: Lease, finalizer, status and Event', async () => {
+      await objects().createNamespacedCustomObject({
+        ...keyRingResource,
+        namespace: keyRingNamespace,
+        body: { apiVersion: 'keyward.dev/v1alpha1', kind: 'KeyRing', metadata: { name: 'invoices' }, spec: { purpose: 'encryption' } },
+      });
+      const lease = await eventually('the operator holds its Lease in the release namespace', 30_000, async () => {
+        const l = await cp.kubeConfig.makeApiClient(CoordinationV1Api).readNamespacedLease({ name: 'keyward-operator', namespace: releaseNamespace });
+        return l.spec?.holderIdentity === identity ? l : undefined;
+      });
+      assert.equal(lease.metadata?.namespace, releaseNamespace);
+      const kr = await eventually('KeyRing invoices Ready (status patched)', 60_000, async () => {
+        const k = await getKeyRing('invoices');
+        return k.status?.conditions?.some((c) => c.type === 'Ready' && c.status === 'True') ? k : undefined;
+      });
+      assert.equal(kr.status?.primaryVersion, 1);
+      assert.ok(kr.metadata.finalizers?.includes(keyRingFinalizer), 'finalizer added (server-side apply = patch)');
+      // Events are best effort in the operator, so only their presence shows `create events` works.
+      await eventually('a Created Event', 30_000, async () => ((await eventReasons('invoices')).includes('Created') ? true : undefined));
+      assert.doesNotMatch(readFileSync(operator?.logFile ?? '', 'utf8'), /forbidden|\b403\b/i, 'no request of the operator was refused');
+    });
+
+    it('finalizes a deleted KeyRing: the finalizer comes off and the KeyRing is gone', async () => {
+      await objects().deleteNamespacedCustomObject({ ...keyRingResource, namespace: keyRingNamespace, name: 'invoices' });
+      await eventually('KeyRing invoices gone', 60_000, async () => {
+        try {
+          await getKeyRing('invoices');
+          return undefined;
+        } catch (err) {
+          if (err instanceof ApiException && err.code === 404) return true;
+          throw err;
+        }
+      });
+      await eventually('a KeysRetained Event', 30_000, async () => ((await eventReasons('invoices')).includes('KeysRetained') ? true : undefined));
+      assert.doesNotMatch(readFileSync(operator?.logFile ?? '', 'utf8'), /forbidden|\b403\b/i, 'no request of the operator was refused');
+    });
+
+    it('lets the ServiceAccount do what the operator does, and nothing else', async () => {
+      const keyrings = { group: 'keyward.dev', resource: 'keyrings' };
+      const leases = { group: 'coordination.k8s.io', resource: 'leases' };
+      const allowed: V1ResourceAttributes[] = [
+        { ...keyrings, verb: 'list' },
+        { ...keyrings, verb: 'watch' },
+        { ...keyrings, verb: 'patch', namespace: keyRingNamespace, name: 'invoices' },
+        { ...keyrings, verb: 'patch', subresource: 'status', namespace: keyRingNamespace, name: 'invoices' },
+        { group: '', resource: 'events', verb: 'create', namespace: keyRingNamespace },
+        { ...leases, verb: 'get', namespace: releaseNamespace, name: 'keyward-operator' },
+        { ...leases, verb: 'update', namespace: releaseNamespace, name: 'keyward-operator' },
+        { ...leases, verb: 'create', namespace: releaseNamespace },
+      ];
+      const denied: V1ResourceAttributes[] = [
+        { group: '', resource: 'secrets', verb: 'get', namespace: releaseNamespace, name: 'keyward-hsm-pin' },
+        { group: '', resource: 'secrets', verb: 'list' },
+        { group: '', resource: 'configmaps', verb: 'get', namespace: releaseNamespace },
+        { group: '', resource: 'pods', verb: 'create', namespace: releaseNamespace },
+        { group: '', resource: 'serviceaccounts', subresource: 'token', verb: 'create', namespace: releaseNamespace, name: saName },
+        { ...keyrings, verb: 'get', namespace: keyRingNamespace, name: 'invoices' },
+        { ...keyrings, verb: 'create', namespace: keyRingNamespace },
+        { ...keyrings, verb: 'update', namespace: keyRingNamespace, name: 'invoices' },
+        { ...keyrings, verb: 'delete', namespace: keyRingNamespace, name: 'invoices' },
+        { ...keyrings, verb: 'deletecollection', namespace: keyRingNamespace },
+        { ...keyrings, verb: 'update', subresource: 'status', namespace: keyRingNamespace, name: 'invoices' },
+        { ...keyrings, verb: 'update', subresource: 'finalizers', namespace: keyRingNamespace, name: 'invoices' },
+        { group: '', resource: 'events', verb: 'delete', namespace: keyRingNamespace },
+        { group: '', resource: 'events', verb: 'patch', namespace: keyRingNamespace },
+        { ...leases, verb: 'update', namespace: 'kube-system', name: 'keyward-operator' },
+        { ...leases, verb: 'create', namespace: 'kube-system' },
+        { ...leases, verb: 'get', namespace: 'kube-system', name: 'kube-controller-manager' },
+        { ...leases, verb: 'update', namespace: releaseNamespace, name: 'some-other-lease' },
+        { ...leases, verb: 'delete', namespace: releaseNamespace, name: 'keyward-operator' },
+        { ...leases, verb: 'list', namespace: releaseNamespace },
+        { group: 'apiextensions.k8s.io', resource: 'customresourcedefinitions', verb: 'update', name: 'keyrings.keyward.dev' },
+        { group: 'rbac.authorization.k8s.io', resource: 'clusterroles', verb: 'escalate', name: 'keyward-operator' },
+        { group: 'rbac.authorization.k8s.io', resource: 'clusterrolebindings', verb: 'create' },
+        { group: '', resource: 'users', verb: 'impersonate', name: 'admin' },
+      ];
+      const label = (a: V1ResourceAttributes): string => `${a.verb} ${a.group ? `${a.group}/` : ''}${a.resource}${a.subresource ? `/${a.subresource}` : ''} ${a.namespace ?? '(cluster)'}/${a.name ?? '*'}`;
+      const wrong: string[] = [];
+      for (const a of allowed) if (!(await mayI(a))) wrong.push(`denied but needed: ${label(a)}`);
+      for (const a of denied) if (await mayI(a)) wrong.push(`allowed but not needed: ${label(a)}`);
+      assert.deepEqual(wrong, []);
+      // And for real: the PIN Secret's namespace is closed to the operator's token.
+      await assert.rejects(
+        saKubeConfig.makeApiClient(CoreV1Api).listNamespacedSecret({ namespace: releaseNamespace }),
+        (err: unknown) => err instanceof ApiException && err.code === 403,
+      );
+    });
+
+    it('upgrades to the KMS plugin DaemonSet: accepted by the apiserver, only hostPath falls short of "restricted"', async () => {
+      const { stdout, stderr } = await helm(['upgrade', 'keyward', chartDir, '--namespace', releaseNamespace, '--kubeconfig', cp.kubeconfigPath, ...withPlugin]);
+      const daemonSet = await cp.kubeConfig.makeApiClient(AppsV1Api).readNamespacedDaemonSet({ name: 'keyward-kms-plugin', namespace: releaseNamespace });
+      assert.equal(daemonSet.spec?.template.spec?.automountServiceAccountToken, false);
+      const warnings = `${stdout}\n${stderr}`.split('\n').filter((line) => /would violate PodSecurity/.test(line));
+      assert.ok(warnings.length > 0, 'hostPath volumes are below "restricted": the namespace warns');
+      for (const warning of warnings) {
+        assert.match(warning, /restricted volume types? .*hostPath/);
+        assert.doesNotMatch(warning, /runAsNonRoot|allowPrivilegeEscalation|capabilities|seccompProfile|privileged/, warning);
+      }
+    });
+  });
+});
