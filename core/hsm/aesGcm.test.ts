@@ -3,21 +3,12 @@ import { randomBytes } from 'node:crypto';
 import pkcs11js from 'pkcs11js';
 import { aesGcmDecrypt, aesGcmEncrypt, generateAesKey } from './aesGcm.js';
 import { HsmToken, pkcs11Code } from './hsmToken.js';
-import { createSoftHsmToken, type SoftHsmToken } from './softHsmToken.js';
+import { useSoftHsmToken } from '../../test/softHsmFixture.js';
 
 describe('AES-256-GCM in a real SoftHSM2 token', () => {
-  let softhsm: SoftHsmToken;
+  const hsm = useSoftHsmToken();
   let token: HsmToken;
-
-  before(() => {
-    softhsm = createSoftHsmToken();
-    process.env.SOFTHSM2_CONF = softhsm.configPath;
-    token = HsmToken.open({ modulePath: softhsm.modulePath, tokenLabel: softhsm.label, pin: softhsm.pin });
-  });
-  after(() => {
-    token?.close();
-    softhsm?.remove();
-  });
+  before(() => (token = hsm.token));
 
   it('generates a sensitive, non-extractable key, round-trips through the HSM, and never reveals the key', async () => {
     const key = await generateAesKey(token, { label: 'k-test', id: randomBytes(16) });
@@ -80,9 +71,9 @@ describe('AES-256-GCM in a real SoftHSM2 token', () => {
     // Login is per process: log out (close the only user of the module) before trying a wrong PIN.
     token.close();
     assert.throws(
-      () => HsmToken.open({ modulePath: softhsm.modulePath, tokenLabel: softhsm.label, pin: 'wrong-pin' }),
+      () => HsmToken.open({ modulePath: hsm.softhsm.modulePath, tokenLabel: hsm.softhsm.label, pin: 'wrong-pin' }),
       /wrong PIN/,
     );
-    token = HsmToken.open({ modulePath: softhsm.modulePath, tokenLabel: softhsm.label, pin: softhsm.pin });
+    token = hsm.token = HsmToken.open({ modulePath: hsm.softhsm.modulePath, tokenLabel: hsm.softhsm.label, pin: hsm.softhsm.pin });
   });
 });

@@ -5,22 +5,15 @@ import { generateAesKey } from './aesGcm.js';
 import { HsmToken } from './hsmToken.js';
 import { keyIdFor, keyObjectId, keyObjectLabel, type RingState } from './ringState.js';
 import { RingStore } from './ringStore.js';
-import { createSoftHsmToken, type SoftHsmToken } from './softHsmToken.js';
+import { useSoftHsmToken } from '../../test/softHsmFixture.js';
 
 describe('Ring lifecycle in a real SoftHSM2 token', () => {
-  let softhsm: SoftHsmToken;
+  const hsm = useSoftHsmToken();
   let token: HsmToken;
   let store: RingStore;
-
   before(() => {
-    softhsm = createSoftHsmToken();
-    process.env.SOFTHSM2_CONF = softhsm.configPath;
-    token = HsmToken.open({ modulePath: softhsm.modulePath, tokenLabel: softhsm.label, pin: softhsm.pin });
+    token = hsm.token;
     store = new RingStore(token);
-  });
-  after(() => {
-    token?.close();
-    softhsm?.remove();
   });
 
   /** How many key objects carry one version's deterministic id. */

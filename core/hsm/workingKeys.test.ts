@@ -3,22 +3,13 @@ import { randomBytes } from 'node:crypto';
 import pkcs11js from 'pkcs11js';
 import { aesGcmDecrypt, aesGcmEncrypt, generateAesKey } from './aesGcm.js';
 import { HsmToken, pkcs11Code, type Handle } from './hsmToken.js';
-import { createSoftHsmToken, type SoftHsmToken } from './softHsmToken.js';
+import { useSoftHsmToken } from '../../test/softHsmFixture.js';
 import { WorkingKeys } from './workingKeys.js';
 
 describe('Working copies of HSM keys', () => {
-  let softhsm: SoftHsmToken;
+  const hsm = useSoftHsmToken();
   let token: HsmToken;
-
-  before(() => {
-    softhsm = createSoftHsmToken();
-    process.env.SOFTHSM2_CONF = softhsm.configPath;
-    token = HsmToken.open({ modulePath: softhsm.modulePath, tokenLabel: softhsm.label, pin: softhsm.pin });
-  });
-  after(() => {
-    token?.close();
-    softhsm?.remove();
-  });
+  before(() => (token = hsm.token));
 
   const attribute = (key: Handle, type: number): Promise<Buffer | undefined> =>
     token.withSession((s) => token.pkcs11.C_GetAttributeValue(s, key, [{ type }])[0]?.value);
