@@ -3,7 +3,7 @@
 // several concurrencies, p99 at a fixed rate, and the plugin's own CPU time and memory per run.
 // One JSON line per run on stdout; progress on stderr.
 import { execFileSync, spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync } from 'node:fs';
+import { mkdtempSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -13,6 +13,7 @@ import { RingStore } from '../core/hsm/ringStore.js';
 import { createSoftHsmToken, type SoftHsmToken } from '../core/hsm/softHsmToken.js';
 import { trackDirectory } from '../e2e/control-plane/componentProcess.js';
 import { startKmsPluginProcess, type KmsPluginProcess } from '../e2e/kms/kmsPluginProcess.js';
+import { cpuSeconds, rssMib, watchPeakRss } from './procStats.js';
 
 type Method = 'encrypt' | 'decrypt';
 
@@ -92,37 +93,6 @@ export function warnIfBusy(log: (line: string) => void): void {
   if (oneMinute > 0.5) log(`WARNING: load average is ${oneMinute.toFixed(2)} before starting; other work will skew the figures`);
 }
 
-// ---------------------------------------------------------------- /proc sampling
-
-const clockTicksPerSecond = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
-
-/** utime + stime of every thread of the process, in seconds. */
-function cpuSeconds(pid: number): number {
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  // The command name may hold spaces; the fields after it are fixed. utime and stime are fields
-  // 14 and 15, which are 12th and 13th after the ')' that ends field 2.
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return (Number(fields[11]) + Number(fields[12])) / clockTicksPerSecond;
-}
-
-function rssMib(pid: number): number {
-  const match = /^VmRSS:\s+(\d+) kB$/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
-  if (!match) throw new Error(`no VmRSS in /proc/${pid}/status`);
-  return Number(match[1]) / 1024;
-}
-
-/** Samples RSS every rssSampleMs until stopped; returns the peak seen. */
-function watchPeakRss(pid: number): () => number {
-  let peak = rssMib(pid);
-  const timer = setInterval(() => {
-    peak = Math.max(peak, rssMib(pid));
-  }, rssSampleMs);
-  return () => {
-    clearInterval(timer);
-    return Math.max(peak, rssMib(pid));
-  };
-}
-
 // ---------------------------------------------------------------- load generator
 
 function buildLoadGenerator(): string {
@@ -178,7 +148,7 @@ const round = (value: number, places: number): number => Number(value.toFixed(pl
  * at the measured rate, so warm-up and set-up calls do not count.
  */
 async function measure(bin: string, pid: number, socketPath: string, run: LoadRun): Promise<Record<string, unknown>> {
-  const stopRssWatch = watchPeakRss(pid);
+  const stopRssWatch = watchPeakRss(pid, rssSampleMs);
   const cpuWindow = measureCpuWindow(pid, (warmupSeconds + 0.3) * 1000, (run.seconds - 0.6) * 1000);
   const report = await runLoadGenerator(bin, loadArgs(socketPath, run));
   const { cpuSecondsUsed, wallSeconds } = await cpuWindow;
