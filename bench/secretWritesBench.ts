@@ -2,19 +2,12 @@
 // Secret creates with the apiserver encrypting through the Keyward plugin and through the
 // built-in aesgcm provider, each on a fresh control plane, and prints the time ratio.
 // One JSON line per trial and a final ratio line on stdout; progress on stderr.
-import {
-  CoreV1Api,
-  createConfiguration,
-  ServerConfiguration,
-  type KubeConfig,
-  type RequestContext,
-  type SecurityAuthentication,
-} from '@kubernetes/client-node';
+import { CoreV1Api } from '@kubernetes/client-node';
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync } from 'node:fs';
-import { Agent } from 'node:https';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { keepAliveApiClient } from '../core/kube/keepAliveApiClient.js';
 import { trackDirectory } from '../e2e/control-plane/componentProcess.js';
 import { startControlPlane, type ControlPlane } from '../e2e/control-plane/controlPlane.js';
 import { readEtcdKey, secretEtcdKey } from '../e2e/control-plane/etcdClient.js';
@@ -36,27 +29,6 @@ const progress = (line: string): void => console.error(`[bench:secrets] ${line}`
 
 // ---------------------------------------------------------------- client
 
-/**
- * A CoreV1Api whose requests share one keep-alive agent. client-node builds a new https.Agent
- * per request, so every write would pay a fresh TCP and TLS handshake, which no real client
- * (client-go, kubectl) does and which would swamp the encryption cost being compared.
- */
-function keepAliveCoreApi(kubeConfig: KubeConfig): CoreV1Api {
-  const cluster = kubeConfig.getCurrentCluster();
-  if (!cluster) throw new Error('the kubeconfig has no current cluster');
-  let shared: Agent | undefined;
-  const auth: SecurityAuthentication = {
-    getName: () => 'kubeconfig with a shared keep-alive agent',
-    applySecurityAuthentication: async (context: RequestContext) => {
-      await kubeConfig.applySecurityAuthentication(context);
-      // Same TLS options (CA, client certificate) as client-node chose, on one pooled agent.
-      shared ??= new Agent({ ...(context.getAgent() as Agent).options, keepAlive: true, maxSockets: writeConcurrency });
-      context.setAgent(shared);
-    },
-  };
-  const config = createConfiguration({ baseServer: new ServerConfiguration(cluster.server, {}), authMethods: { default: auth } });
-  return new CoreV1Api(config);
-}
 
 // ---------------------------------------------------------------- writes
 
@@ -124,7 +96,8 @@ async function runTrial(provider: Provider, trial: number): Promise<TrialResult>
     plugin = encryption.plugin;
     progress(`trial ${trial} (${provider}): starting a fresh control plane`);
     cp = await startControlPlane({ encryptionConfig: encryption.config, progress: (line) => progress(`  ${line}`) });
-    const core = keepAliveCoreApi(cp.kubeConfig);
+    // One keep-alive pool, as client-go and kubectl use: fresh TLS handshakes would swamp the encryption cost.
+    const core = keepAliveApiClient(cp.kubeConfig, CoreV1Api);
     await timedWrites(core, 'warmup', warmupWrites);
     const callsBefore = plugin ? await pluginCalls(plugin) : {};
     progress(`trial ${trial} (${provider}): ${secretCount} writes, ${writeConcurrency} in flight`);

@@ -23,15 +23,20 @@ export function startHsmJanitor(options: HsmJanitorOptions): { stop(): Promise<v
 
   const runPass = async (): Promise<void> => {
     try {
-      for (const ring of await store.list()) {
+      // Every full listing searches the whole token (O(objects) in SoftHSM2): list again only if needed.
+      let rings = await store.list();
+      let destroyed = 0;
+      for (const ring of rings) {
         if (options.isOwned(ring.ringId)) continue;
         for (const { version } of await metrics.hsm('destroy', () => store.destroyDue(options.now(), ring.ringId))) {
           log.info({ ringId: ring.ringId, version }, 'key material of a deleted KeyRing destroyed');
+          destroyed++;
         }
       }
       const orphans = await store.orphanKeys();
       for (const orphan of orphans) log.warn(orphan, 'Keyward key in the HSM that no ring accounts for; left in place');
-      metrics.observeInventory(await store.list(), orphans.length);
+      if (destroyed > 0) rings = await store.list();
+      metrics.observeInventory(rings, orphans.length);
     } catch (err) {
       log.warn({ err: (err as Error).message }, 'HSM janitor pass failed; trying again next interval');
     }

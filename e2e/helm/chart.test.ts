@@ -35,7 +35,7 @@ import { eventually } from '../../test/eventually.js';
 import { logTail } from '../control-plane/componentProcess.js';
 import { startControlPlane, type ControlPlane } from '../control-plane/controlPlane.js';
 import { keywardCli, kmsPluginNodeFlags } from '../kms/kmsPluginProcess.js';
-import { startOperatorProcess, type OperatorProcess } from '../operator/operatorProcess.js';
+import { operatorNodeFlags, startOperatorProcess, type OperatorProcess } from '../operator/operatorProcess.js';
 import { chartDir, helmIn, parseManifests, renderChart, repoRoot, type Helm } from './helm.js';
 
 const releaseNamespace = 'keyward-system';
@@ -237,7 +237,7 @@ describe('Helm chart charts/keyward', function () {
     it('wires the operator: HSM flags, metrics and probes on 9465, Lease namespace from the downward API', () => {
       const spec = only<V1Deployment>(defaults, 'Deployment').spec?.template.spec;
       const container = spec?.containers[0];
-      assert.deepEqual(container?.command, ['keyward', 'operator']);
+      assert.deepEqual(container?.command, ['node', ...operatorNodeFlags, '/app/dist/cli/keyward.js', 'operator']);
       for (const flag of ['--pkcs11-module=/usr/lib/softhsm/libsofthsm2.so', '--token-label=keyward', '--metrics-address=0.0.0.0:9465', '--lease-namespace=$(POD_NAMESPACE)']) {
         assert.ok(container?.args?.includes(flag), `operator arg ${flag}`);
       }

@@ -130,6 +130,14 @@ describe('KeyRing operator: HSM keys through their lifecycle', function () {
     assert.deepEqual([ring.name, ring.namespace, ring.primary], ['orders', namespace, 1], 'the ring in the HSM the KMS plugin reads');
   });
 
+  it('refuses purposes it does not generate yet, with a reason, and creates nothing in the HSM', async () => {
+    const created = await createKeyRing('signer', { purpose: 'signing', algorithm: 'ECDSA-P384' });
+    const kr = await statusWhen('signer', 'a Ready condition', (k) => k.status?.conditions?.some((c) => c.type === 'Ready') ?? false);
+    const condition = kr.status?.conditions?.find((c) => c.type === 'Ready');
+    assert.deepEqual([condition?.status, condition?.reason], ['False', 'PurposeNotSupported']);
+    assert.equal(await store.get({ ringId: created.metadata.uid ?? '' }), undefined);
+  });
+
   it('rotates on request exactly once per request value', async () => {
     await patchSpec('orders', { rotationRequest: 'first' });
     let kr = await statusWhen('orders', 'version 2 primary', (k) => k.status?.primaryVersion === 2 && ready(k));

@@ -7,6 +7,9 @@ import { ComponentProcess } from '../control-plane/componentProcess.js';
 import { freePort } from '../control-plane/network.js';
 import { keywardCli } from '../kms/kmsPluginProcess.js';
 
+/** How the operator's Node runs in production (the chart): a small young generation keeps its resident set low. */
+export const operatorNodeFlags = ['--max-semi-space-size=4'];
+
 export interface OperatorProcessOptions {
   hsm: Pick<SoftHsmToken, 'modulePath' | 'label' | 'pin' | 'env'>;
   kubeconfigPath: string;
@@ -36,6 +39,7 @@ export async function startOperatorProcess(options: OperatorProcessOptions): Pro
     `keyward operator (${identity})`,
     process.execPath,
     [
+      ...operatorNodeFlags,
       keywardCli,
       'operator',
       `--pkcs11-module=${hsm.modulePath}`,

@@ -1,8 +1,9 @@
 // What the KeyRing reconciler writes to the apiserver: status and the finalizer through
 // server-side apply (each under its own field manager, so neither clobbers other writers), and
-// Events for every lifecycle action.
+// Events for every lifecycle action; all over keep-alive connections.
 import { randomBytes } from 'node:crypto';
 import { CoreV1Api, CustomObjectsApi, PatchStrategy, setHeaderOptions, type KubeConfig } from '@kubernetes/client-node';
+import { keepAliveApiClient } from '../../core/kube/keepAliveApiClient.js';
 import { keyRingResource, type KeyRing, type KeyRingStatus } from '../api/keyRing.js';
 
 export const keyRingFinalizer = 'keyward.dev/hsm-keys';
@@ -18,8 +19,8 @@ export class KeyRingClient {
   private readonly core: CoreV1Api;
 
   constructor(kubeConfig: KubeConfig, private readonly instance: string) {
-    this.objects = kubeConfig.makeApiClient(CustomObjectsApi);
-    this.core = kubeConfig.makeApiClient(CoreV1Api);
+    this.objects = keepAliveApiClient(kubeConfig, CustomObjectsApi);
+    this.core = keepAliveApiClient(kubeConfig, CoreV1Api);
   }
 
   async applyStatus(keyRing: KeyRing, status: KeyRingStatus): Promise<void> {
