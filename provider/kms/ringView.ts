@@ -103,7 +103,9 @@ export class RingView {
   private async load(): Promise<void> {
     try {
       const sessions = this.token.sessionGeneration;
-      const ring = await this.store.get(this.ref);
+      // By id once known: a lookup by name searches the whole token (O(objects) in SoftHSM2).
+      const known = this.current?.ring.ringId;
+      const ring = (known !== undefined ? await this.store.get({ ringId: known }) : undefined) ?? (await this.store.get(this.ref));
       if (!ring) throw new KeywardError('NotFound', 'the ring does not exist in the HSM');
       const byKeyId = new Map<string, VersionView>();
       const enabledKeys: Handle[] = [];
