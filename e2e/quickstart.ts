@@ -8,8 +8,8 @@ import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { findSoftHsmModule } from '../core/hsm/pkcs11Module.js';
+import { eventually } from '../test/eventually.js';
 import { keyRingResource, type KeyRing } from '../operator/api/keyRing.js';
 import { startControlPlane, type ControlPlane } from './control-plane/controlPlane.js';
 import { parseKmsV2Value } from './control-plane/encryptedObject.js';
@@ -55,11 +55,11 @@ async function main(dir: string): Promise<void> {
       body: { apiVersion: 'keyward.dev/v1alpha1', kind: 'KeyRing', metadata: { name: ring.name }, spec: { purpose: 'encryption', rotationPeriod: '720h' } },
     });
     const primary = async (version: number): Promise<KeyRing> =>
-      waitFor(`KeyRing primary version ${version}`, 30_000, async () => {
+      eventually(`KeyRing primary version ${version}`, 30_000, async () => {
         const kr = (await objects.getNamespacedCustomObject({ ...keyRingResource, ...ring })) as KeyRing;
         const ready = kr.status?.conditions?.some((c) => c.type === 'Ready' && c.status === 'True');
         return ready && kr.status?.primaryVersion === version ? kr : undefined;
-      });
+      }, 1000);
     const created = await primary(1);
     const v1 = created.status?.versions?.[0];
     step(`    Ready: version 1 ${v1?.algorithm} in HSM token '${v1?.hsmToken}' object ${v1?.hsmObjectId}, key_id ${v1?.keyId}`);
@@ -71,8 +71,9 @@ async function main(dir: string): Promise<void> {
     step(`    Status: version=${status.version} healthz=${status.healthz} key_id=${status.keyId}`);
 
     const value = 'correct-horse-battery-staple';
-    const secret = await waitFor('the first Secret write', 60_000, () =>
+    const secret = await eventually('the first Secret write', 60_000, () =>
       core.createNamespacedSecret({ namespace: 'default', body: { metadata: { name: 'db-password' }, stringData: { password: value } } }),
+      1000,
     );
     const raw = await readEtcdKey(control.etcdEndpoint, secretEtcdKey('default', secret.metadata?.name ?? ''));
     const stored = raw && parseKmsV2Value(raw);
@@ -87,16 +88,16 @@ async function main(dir: string): Promise<void> {
     );
     const v2 = (await primary(2)).status?.versions?.find((v) => v.number === 2);
     step(`    the operator made version 2 primary: key_id ${v2?.keyId}`);
-    await waitFor('the plugin reporting version 2', 10_000, async () => ((await kmsStatus(socketPath)).keyId === v2?.keyId ? true : undefined));
+    await eventually('the plugin reporting version 2', 10_000, async () => ((await kmsStatus(socketPath)).keyId === v2?.keyId ? true : undefined), 1000);
     step('    the plugin reports it without a restart (read from the HSM); waiting for kube-apiserver (it asks about once a minute)');
     let n = 0;
-    await waitFor('new Secrets under version 2', 150_000, async () => {
+    await eventually('new Secrets under version 2', 150_000, async () => {
       await apiserverKmsHealthStatus(control);
       const name = `after-rotation-${n++}`;
       await core.createNamespacedSecret({ namespace: 'default', body: { metadata: { name }, stringData: { password: 'new' } } });
       const after = await readEtcdKey(control.etcdEndpoint, secretEtcdKey('default', name));
       return after && parseKmsV2Value(after)?.keyId === v2?.keyId ? true : undefined;
-    });
+    }, 1000);
     const old = await core.readNamespacedSecret({ namespace: 'default', name: 'db-password' });
     step(`    new Secrets are stored under version 2; the old one still reads back: ${Buffer.from(old.data?.password ?? '', 'base64').toString() === value}`);
     const events = await core.listNamespacedEvent({ namespace: ring.namespace, fieldSelector: `involvedObject.name=${ring.name}` });
@@ -107,16 +108,6 @@ async function main(dir: string): Promise<void> {
     await plugin?.process.stop();
     await operator?.process.stop();
     await cp?.stop();
-  }
-}
-
-async function waitFor<T>(what: string, timeoutMs: number, fn: () => Promise<T | undefined>): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await fn().catch(() => undefined);
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`${what}: gave up after ${timeoutMs / 1000} s`);
-    await sleep(1000);
   }
 }
 

@@ -88,44 +88,39 @@ export async function apiserverKmsHealthStatus(cp: ControlPlane): Promise<number
 
 /** An EncryptionConfiguration that encrypts Secrets through the plugin, keeping identity for old data. */
 export function kmsEncryptionConfig(dir: string, providerName: string, socketPath: string): string {
-  const path = join(dir, 'encryption-config.yaml');
-  writeFileSync(
-    path,
-    `apiVersion: apiserver.config.k8s.io/v1
-kind: EncryptionConfiguration
-resources:
-  - resources: [secrets]
-    providers:
-      - kms:
+  return writeEncryptionConfig(
+    join(dir, 'encryption-config.yaml'),
+    `      - kms:
           apiVersion: v2
           name: ${providerName}
           endpoint: unix://${socketPath}
           timeout: 3s
-      - identity: {}
 `,
-    { mode: 0o600 },
   );
-  return path;
 }
 
 /** The built-in aesgcm provider, for comparing write cost against the plugin. */
 export function aesgcmEncryptionConfig(dir: string): string {
-  const path = join(dir, 'aesgcm-config.yaml');
   const key = Buffer.from(crypto.getRandomValues(new Uint8Array(32))).toString('base64');
-  writeFileSync(
-    path,
-    `apiVersion: apiserver.config.k8s.io/v1
+  return writeEncryptionConfig(
+    join(dir, 'aesgcm-config.yaml'),
+    `      - aesgcm:
+          keys:
+            - name: key1
+              secret: ${key}
+`,
+  );
+}
+
+/** Secrets through `provider` (YAML list items), with identity after it so older data stays readable. */
+function writeEncryptionConfig(path: string, provider: string): string {
+  const config = `apiVersion: apiserver.config.k8s.io/v1
 kind: EncryptionConfiguration
 resources:
   - resources: [secrets]
     providers:
-      - aesgcm:
-          keys:
-            - name: key1
-              secret: ${key}
-      - identity: {}
-`,
-    { mode: 0o600 },
-  );
+${provider}      - identity: {}
+`;
+  writeFileSync(path, config, { mode: 0o600 });
   return path;
 }
