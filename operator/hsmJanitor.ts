@@ -11,8 +11,8 @@ export interface HsmJanitorOptions {
   log: Logger;
   intervalMs: number;
   now: () => Date;
-  /** Whether a live KeyRing owns the ring (its reconciler then handles destruction). */
-  isOwned: (ringId: string) => boolean;
+  /** Ring ids owned by live KeyRings (their reconcilers handle destruction). */
+  ownedRingIds: () => Set<string>;
 }
 
 export function startHsmJanitor(options: HsmJanitorOptions): { stop(): Promise<void> } {
@@ -26,8 +26,9 @@ export function startHsmJanitor(options: HsmJanitorOptions): { stop(): Promise<v
       // Every full listing searches the whole token (O(objects) in SoftHSM2): list again only if needed.
       let rings = await store.list();
       let destroyed = 0;
+      const owned = options.ownedRingIds();
       for (const ring of rings) {
-        if (options.isOwned(ring.ringId)) continue;
+        if (owned.has(ring.ringId)) continue;
         for (const { version } of await metrics.hsm('destroy', () => store.destroyDue(options.now(), ring.ringId))) {
           log.info({ ringId: ring.ringId, version }, 'key material of a deleted KeyRing destroyed');
           destroyed++;

@@ -104,7 +104,7 @@ export async function startOperator(config: OperatorConfig, log: Logger): Promis
       intervalMs: config.janitorIntervalMs ?? 60_000,
       now: config.now ?? (() => new Date()),
       // Rings of live KeyRings are their reconciler's; the janitor finishes those of deleted ones.
-      isOwned: (ringId) => informer.list().some((keyRing) => keyRing.metadata.uid === ringId),
+      ownedRingIds: () => new Set(informer.list().map((keyRing) => keyRing.metadata.uid ?? '')),
     });
     await informer.start().catch((err: unknown) => log.warn({ err: (err as Error).message }, 'first KeyRing list failed; retrying'));
     await new Promise<void>((resolve) => signal.addEventListener('abort', () => resolve(), { once: true }));
