@@ -1,10 +1,24 @@
 // AES-256-GCM keys that live in the HSM. Keys are generated sensitive and non-extractable, and
 // every cipher operation runs inside the HSM: no function here can read a key value.
 import pkcs11js from 'pkcs11js';
-import type { Handle, HsmToken } from './hsmToken.js';
+import { KeywardError } from '../errors.js';
+import { pkcs11Code, type Handle, type HsmToken } from './hsmToken.js';
 
 export const gcmIvBytes = 12;
 export const gcmTagBytes = 16;
+
+/** Codes with which a module refuses a key of another type or use for a mechanism. */
+const wrongKeyCodes = new Set<number>([pkcs11js.CKR_KEY_TYPE_INCONSISTENT, pkcs11js.CKR_KEY_FUNCTION_NOT_PERMITTED]);
+
+/** Starts an AES-GCM operation; a key of another kind (a derivation ring's, say) is refused by name. */
+function startGcm(start: () => void): void {
+  try {
+    start();
+  } catch (err) {
+    if (!wrongKeyCodes.has(pkcs11Code(err) ?? -1)) throw err;
+    throw new KeywardError('FailedPrecondition', `the key is not an AES-256-GCM encryption key (${(err as Error).message})`, { cause: err });
+  }
+}
 
 export interface AesKeyIdentity {
   /** CKA_LABEL: opaque, never a ring name or other sensitive metadata. */
@@ -48,7 +62,7 @@ export function aesGcmEncrypt(token: HsmToken, key: Handle, plaintext: Buffer, a
   return token.withSession((session) => {
     const iv = token.pkcs11.C_GenerateRandom(session, Buffer.alloc(gcmIvBytes));
     const params: pkcs11js.GcmParams = { type: pkcs11js.CK_PARAMS_GCM, iv, ivBits: gcmIvBytes * 8, aad, tagBits: gcmTagBytes * 8 };
-    token.pkcs11.C_EncryptInit(session, { mechanism: pkcs11js.CKM_AES_GCM, parameter: params }, key);
+    startGcm(() => token.pkcs11.C_EncryptInit(session, { mechanism: pkcs11js.CKM_AES_GCM, parameter: params }, key));
     const sealed = token.pkcs11.C_Encrypt(session, plaintext, Buffer.alloc(plaintext.length + gcmTagBytes));
     return { iv, sealed: Buffer.from(sealed) };
   });
@@ -58,7 +72,7 @@ export function aesGcmEncrypt(token: HsmToken, key: Handle, plaintext: Buffer, a
 export function aesGcmDecrypt(token: HsmToken, key: Handle, { iv, sealed }: GcmSealed, aad: Buffer): Promise<Buffer> {
   return token.withSession((session) => {
     const params: pkcs11js.GcmParams = { type: pkcs11js.CK_PARAMS_GCM, iv, ivBits: gcmIvBytes * 8, aad, tagBits: gcmTagBytes * 8 };
-    token.pkcs11.C_DecryptInit(session, { mechanism: pkcs11js.CKM_AES_GCM, parameter: params }, key);
+    startGcm(() => token.pkcs11.C_DecryptInit(session, { mechanism: pkcs11js.CKM_AES_GCM, parameter: params }, key));
     return Buffer.from(token.pkcs11.C_Decrypt(session, sealed, Buffer.alloc(sealed.length)));
   });
 }

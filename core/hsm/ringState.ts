@@ -6,6 +6,13 @@ import { KeywardError } from '../errors.js';
 export const versionStates = ['PendingGeneration', 'Enabled', 'Disabled', 'DestroyScheduled', 'Destroyed'] as const;
 export type VersionState = (typeof versionStates)[number];
 
+/** The algorithm of every version of a ring, as kept in the HSM (the CRD spells them with dashes). */
+export const ringAlgorithms = ['AES_256_GCM', 'HMAC_SHA_384'] as const;
+export type RingAlgorithm = (typeof ringAlgorithms)[number];
+export type RingPurpose = 'encryption' | 'derivation';
+
+export const purposeOf: Record<RingAlgorithm, RingPurpose> = { AES_256_GCM: 'encryption', HMAC_SHA_384: 'derivation' };
+
 export interface RingVersion {
   number: number;
   state: VersionState;
@@ -26,8 +33,9 @@ export interface RingState {
   name: string;
   /** Empty for rings made with the CLI outside any namespace. */
   namespace: string;
-  purpose: 'encryption';
-  algorithm: 'AES_256_GCM';
+  purpose: RingPurpose;
+  /** Rings written before derivation rings existed are AES_256_GCM (see parseRingState). */
+  algorithm: RingAlgorithm;
   createdAt: string;
   primary: number;
   versions: RingVersion[];
@@ -73,10 +81,23 @@ export function primaryVersion(ring: RingState): RingVersion {
   return primary;
 }
 
+/** Refuses to use a ring for an operation of another algorithm, naming what the ring is and what is needed. */
+export function assertRingAlgorithm(ring: RingState, algorithm: RingAlgorithm, operation: string): void {
+  if (ring.algorithm === algorithm) return;
+  const name = `ring '${ring.namespace ? `${ring.namespace}/` : ''}${ring.name}'`;
+  throw new KeywardError(
+    'FailedPrecondition',
+    `${name} has purpose ${ring.purpose} (${ring.algorithm}); ${operation} needs purpose ${purposeOf[algorithm]} (${algorithm})`,
+  );
+}
+
 export function parseRingState(value: Buffer): RingState {
-  const state = JSON.parse(value.toString('utf8')) as RingState;
+  const state = JSON.parse(value.toString('utf8')) as Partial<RingState>;
   if (state.schema !== 1 || typeof state.ringId !== 'string' || !Array.isArray(state.versions)) {
     throw new KeywardError('Internal', 'ring state object in the HSM is not of schema 1');
   }
-  return state;
+  // An algorithm this version does not know is kept as read: listing rings must not fail over it;
+  // generating its keys does (RingStore), and using it fails assertRingAlgorithm.
+  const algorithm = state.algorithm ?? 'AES_256_GCM';
+  return { ...state, algorithm, purpose: state.purpose ?? purposeOf[algorithm] } as RingState;
 }

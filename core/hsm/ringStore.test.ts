@@ -1,9 +1,11 @@
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import pkcs11js from 'pkcs11js';
-import { generateAesKey } from './aesGcm.js';
-import { HsmToken } from './hsmToken.js';
-import { keyIdFor, keyObjectId, keyObjectLabel, type RingState } from './ringState.js';
+import { KeywardError } from '../errors.js';
+import { aesGcmDecrypt, aesGcmEncrypt, generateAesKey } from './aesGcm.js';
+import { deriveKey, generateHmacKey } from './hmacDerivation.js';
+import { HsmToken, pkcs11Code, type Handle } from './hsmToken.js';
+import { assertRingAlgorithm, keyIdFor, keyObjectId, keyObjectLabel, parseRingState, ringObjectLabel, type RingState } from './ringState.js';
 import { RingStore } from './ringStore.js';
 import { useSoftHsmToken } from '../../test/softHsmFixture.js';
 
@@ -99,5 +101,130 @@ describe('Ring lifecycle in a real SoftHSM2 token', () => {
     // The rings of the tests above hold many keys; only the stray one is unaccounted for.
     assert.deepEqual(await store.orphanKeys(), [{ ringId: strayRing, version: 1 }]);
     assert.equal(await keyCount(strayRing, 1), 1, 'never deleted');
+  });
+});
+
+describe('Derivation rings in a real SoftHSM2 token', () => {
+  const hsm = useSoftHsmToken();
+  let token: HsmToken;
+  let store: RingStore;
+  before(() => {
+    token = hsm.token;
+    store = new RingStore(token);
+  });
+
+  const keyOf = async (ringId: string, version: number): Promise<Handle> => {
+    const handle = await store.keyHandle(ringId, version);
+    assert.ok(handle, `version ${version} has a key`);
+    return handle;
+  };
+  const attribute = (key: Handle, type: number): Promise<Buffer | undefined> =>
+    token.withSession((s) => token.pkcs11.C_GetAttributeValue(s, key, [{ type }])[0]?.value);
+  const refused = (pattern: RegExp) => (err: unknown) =>
+    err instanceof KeywardError && err.code === 'FailedPrecondition' && pattern.test(err.message);
+  const context = (text: string): Uint8Array => new TextEncoder().encode(text);
+
+  it('creates and rotates a derivation ring whose versions are HMAC-SHA-384 keys kept in the HSM', async () => {
+    const ringId = randomUUID();
+    const ring = await store.create({ name: 'workloads', namespace: 'shop', ringId, algorithm: 'HMAC_SHA_384' });
+    assert.equal(ring.algorithm, 'HMAC_SHA_384');
+    assert.equal(ring.purpose, 'derivation');
+    assert.equal(ring.primary, 1);
+    assert.equal(ring.versions[0]?.state, 'Enabled');
+    assert.deepEqual((await store.require({ ringId })).algorithm, 'HMAC_SHA_384', 'recorded in the HSM');
+
+    const rotated = await store.rotate({ ringId });
+    assert.equal(rotated.primary, 2);
+    assert.equal(rotated.algorithm, 'HMAC_SHA_384');
+    for (const version of [1, 2]) {
+      const key = await keyOf(ringId, version);
+      assert.equal((await attribute(key, pkcs11js.CKA_KEY_TYPE))?.readUInt32LE(0), pkcs11js.CKK_GENERIC_SECRET);
+      assert.equal((await attribute(key, pkcs11js.CKA_VALUE_LEN))?.readUInt32LE(0), 48);
+      assert.equal((await attribute(key, pkcs11js.CKA_LABEL))?.toString('utf8'), keyObjectLabel(ringId, version));
+      assert.deepEqual(await attribute(key, pkcs11js.CKA_ID), keyObjectId(ringId, version));
+      assert.equal((await attribute(key, pkcs11js.CKA_EXTRACTABLE))?.readUInt8(0), 0, 'CKA_EXTRACTABLE is false');
+      await assert.rejects(attribute(key, pkcs11js.CKA_VALUE), (err) => pkcs11Code(err) === pkcs11js.CKR_ATTRIBUTE_SENSITIVE);
+    }
+
+    const [v1, v2] = [await keyOf(ringId, 1), await keyOf(ringId, 2)];
+    const derived = await deriveKey(token, v1, context('orders'));
+    assert.deepEqual(await deriveKey(token, v1, context('orders')), derived, 'same version and context: same key');
+    assert.notDeepEqual(await deriveKey(token, v1, context('payments')), derived, 'another context: another key');
+    assert.notDeepEqual(await deriveKey(token, v2, context('orders')), derived, 'another version: another key');
+  });
+
+  it('reuses an HMAC key an interrupted rotation left behind', async () => {
+    const { ringId } = await store.create({ name: 'resumed', algorithm: 'HMAC_SHA_384' });
+    await generateHmacKey(token, { label: keyObjectLabel(ringId, 2), id: keyObjectId(ringId, 2) });
+    const left = await keyOf(ringId, 2);
+    assert.equal((await store.rotate({ ringId })).primary, 2);
+    assert.deepEqual(await keyOf(ringId, 2), left, 'no second key for version 2');
+  });
+
+  it('keeps encryption and derivation rings apart', async () => {
+    const aes = await store.create({ name: 'secrets', namespace: 'shop' });
+    const hmac = await store.create({ name: 'derive', namespace: 'shop', algorithm: 'HMAC_SHA_384' });
+    assert.equal(aes.algorithm, 'AES_256_GCM', 'encryption when no algorithm is given');
+    assert.equal(aes.purpose, 'encryption');
+
+    assert.throws(
+      () => assertRingAlgorithm(aes, 'HMAC_SHA_384', 'deriveKey'),
+      refused(/ring 'shop\/secrets' has purpose encryption \(AES_256_GCM\); deriveKey needs purpose derivation \(HMAC_SHA_384\)/),
+    );
+    assert.throws(
+      () => assertRingAlgorithm(hmac, 'AES_256_GCM', 'encrypt'),
+      refused(/ring 'shop\/derive' has purpose derivation \(HMAC_SHA_384\); encrypt needs purpose encryption \(AES_256_GCM\)/),
+    );
+    assertRingAlgorithm(hmac, 'HMAC_SHA_384', 'deriveKey');
+
+    // The HSM refuses as well, should a caller skip the check.
+    const [aesKey, hmacKey] = [await keyOf(aes.ringId, 1), await keyOf(hmac.ringId, 1)];
+    await assert.rejects(deriveKey(token, aesKey, context('x')), refused(/not an HMAC-SHA-384 derivation key/));
+    await assert.rejects(aesGcmEncrypt(token, hmacKey, Buffer.from('x'), Buffer.alloc(0)), refused(/not an AES-256-GCM encryption key/));
+
+    const again = { name: 'derive', namespace: 'shop', ringId: hmac.ringId };
+    await assert.rejects(store.ensure({ ...again, algorithm: 'AES_256_GCM' }), refused(/exists with algorithm HMAC_SHA_384, not AES_256_GCM/));
+    assert.equal((await store.ensure(again)).created, false, 'no algorithm asked: the ring as it is');
+  });
+
+  it('refuses an unknown algorithm before recording anything', async () => {
+    const ringId = randomUUID();
+    const bogus = { name: 'bogus', ringId, algorithm: 'DES' } as unknown as Parameters<RingStore['create']>[0];
+    await assert.rejects(
+      store.create(bogus),
+      (err) => err instanceof KeywardError && err.code === 'InvalidArgument' && /algorithm DES is not one of AES_256_GCM, HMAC_SHA_384/.test(err.message),
+    );
+    assert.equal(await store.get({ ringId }), undefined);
+  });
+
+  it('reads a ring state written before rings had an algorithm as AES-256-GCM, and rotates it with AES keys', async () => {
+    const ringId = randomUUID();
+    const now = new Date().toISOString();
+    // As an older Keyward wrote it, minus the fields this one added.
+    const old = { schema: 1, ringId, revision: 1, name: 'legacy', namespace: '', createdAt: now, primary: 1, versions: [] };
+    assert.equal(parseRingState(Buffer.from(JSON.stringify(old))).algorithm, 'AES_256_GCM');
+    await generateAesKey(token, { label: keyObjectLabel(ringId, 1), id: keyObjectId(ringId, 1) });
+    const version1 = { number: 1, state: 'Enabled', keyId: keyIdFor(ringId, 1), createdAt: now, stateChangedAt: now };
+    await token.withSession((s) =>
+      token.pkcs11.C_CreateObject(s, [
+        { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_DATA },
+        { type: pkcs11js.CKA_TOKEN, value: true },
+        { type: pkcs11js.CKA_PRIVATE, value: true },
+        { type: pkcs11js.CKA_APPLICATION, value: 'keyward.dev/ring-state' },
+        { type: pkcs11js.CKA_LABEL, value: ringObjectLabel(ringId) },
+        { type: pkcs11js.CKA_VALUE, value: Buffer.from(JSON.stringify({ ...old, versions: [version1] })) },
+      ]),
+    );
+    const read = await store.require({ name: 'legacy' });
+    assert.equal(read.algorithm, 'AES_256_GCM');
+    assert.equal(read.purpose, 'encryption');
+
+    const rotated = await store.rotate({ ringId });
+    assert.equal(rotated.primary, 2);
+    assert.equal(rotated.algorithm, 'AES_256_GCM', 'written down from now on');
+    const key = await keyOf(ringId, 2);
+    assert.equal((await attribute(key, pkcs11js.CKA_KEY_TYPE))?.readUInt32LE(0), pkcs11js.CKK_AES);
+    const sealed = await aesGcmEncrypt(token, key, Buffer.from('still encrypts'), Buffer.alloc(0));
+    assert.deepEqual(await aesGcmDecrypt(token, key, sealed, Buffer.alloc(0)), Buffer.from('still encrypts'));
   });
 });

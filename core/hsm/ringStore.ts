@@ -1,10 +1,12 @@
 // Key rings in the HSM: one private data object per ring holding its RingState (only readable
-// after login; labels carry only the opaque ring id), and one AES-256 key object per version.
+// after login; labels carry only the opaque ring id), and one key object per version, of the
+// ring's algorithm: AES-256-GCM for encryption rings, HMAC-SHA-384 for derivation rings.
 // The operator and the admin CLI write through this; the KMS plugin and CSI provider read.
 import { randomUUID } from 'node:crypto';
 import pkcs11js from 'pkcs11js';
 import { KeywardError } from '../errors.js';
 import { generateAesKey } from './aesGcm.js';
+import { generateHmacKey } from './hmacDerivation.js';
 import { pkcs11Code, type Handle, type HsmToken } from './hsmToken.js';
 import {
   keyIdFor,
@@ -12,7 +14,10 @@ import {
   keyObjectLabel,
   parseKeyObjectLabel,
   parseRingState,
+  purposeOf,
+  ringAlgorithms,
   ringObjectLabel,
+  type RingAlgorithm,
   type RingState,
   type RingVersion,
   type VersionState,
@@ -147,25 +152,38 @@ export class RingStore {
   }
 
   /**
-   * Creates a ring with version 1 primary. Idempotent for a given ringId: the ring is recorded with
-   * version 1 PendingGeneration first, so a creation that dies half-way is finished by the next call.
+   * Creates a ring with version 1 primary, of `algorithm` (AES_256_GCM when unset). Idempotent for a
+   * given ringId: the ring is recorded with version 1 PendingGeneration first, so a creation that
+   * dies half-way is finished by the next call.
    */
-  async create(spec: { name: string; namespace?: string; ringId?: string }): Promise<RingState> {
+  async create(spec: RingSpec & { ringId?: string }): Promise<RingState> {
+    assertKnownAlgorithm(spec);
     if (spec.ringId !== undefined) return (await this.ensure({ ...spec, ringId: spec.ringId })).ring;
     const ref = { name: spec.name, namespace: spec.namespace ?? '' };
     if (await this.get(ref)) throw new KeywardError('FailedPrecondition', `${describe(ref)} already exists`);
     return this.createNew({ ...spec, ringId: randomUUID() });
   }
 
-  /** create() for a given ringId, also saying whether this call made the ring (rather than found it). */
-  async ensure(spec: { name: string; namespace?: string; ringId: string }): Promise<{ ring: RingState; created: boolean }> {
+  /**
+   * create() for a given ringId, also saying whether this call made the ring (rather than found it).
+   * A ring found with another algorithm than the one asked for is refused: its keys cannot change kind.
+   */
+  async ensure(spec: RingSpec & { ringId: string }): Promise<{ ring: RingState; created: boolean }> {
+    assertKnownAlgorithm(spec);
     const existing = await this.get({ ringId: spec.ringId });
-    if (existing) return { ring: await this.finishPending(existing), created: false };
+    if (existing) {
+      if (spec.algorithm !== undefined && existing.algorithm !== spec.algorithm) {
+        const message = `ring id ${spec.ringId} exists with algorithm ${existing.algorithm}, not ${spec.algorithm}`;
+        throw new KeywardError('FailedPrecondition', message);
+      }
+      return { ring: await this.finishPending(existing), created: false };
+    }
     return { ring: await this.createNew(spec), created: true };
   }
 
-  private async createNew(spec: { name: string; namespace?: string; ringId: string }): Promise<RingState> {
+  private async createNew(spec: RingSpec & { ringId: string }): Promise<RingState> {
     const { ringId } = spec;
+    const algorithm = spec.algorithm ?? 'AES_256_GCM';
     const now = this.now().toISOString();
     const ring: RingState = {
       schema: 1,
@@ -173,8 +191,8 @@ export class RingStore {
       revision: 1,
       name: spec.name,
       namespace: spec.namespace ?? '',
-      purpose: 'encryption',
-      algorithm: 'AES_256_GCM',
+      purpose: purposeOf[algorithm],
+      algorithm,
       createdAt: now,
       primary: 1,
       versions: [pendingVersion(ringId, 1, now)],
@@ -318,7 +336,7 @@ export class RingStore {
     for (const { number } of pending) {
       if (options.keysAbsent || (await this.keyHandle(ring.ringId, number)) === undefined) {
         const sessions = this.token.sessionGeneration;
-        const handle = await generateAesKey(this.token, { label: keyObjectLabel(ring.ringId, number), id: keyObjectId(ring.ringId, number) });
+        const handle = await generateKey(this.token, ring, number);
         if (sessions === this.token.sessionGeneration) this.handles().keys.set(`${ring.ringId}/${number}`, handle);
       }
     }
@@ -380,6 +398,35 @@ function isStaleHandle(err: unknown): boolean {
     err instanceof SyntaxError ||
     (err instanceof KeywardError && err.code === 'Internal')
   );
+}
+
+export interface RingSpec {
+  name: string;
+  namespace?: string;
+  algorithm?: RingAlgorithm;
+}
+
+/** Callers may pass what a user typed: refuse it before a ring is recorded with a version it cannot generate. */
+function assertKnownAlgorithm({ algorithm }: RingSpec): void {
+  if (algorithm === undefined || (ringAlgorithms as readonly string[]).includes(algorithm)) return;
+  throw new KeywardError('InvalidArgument', `algorithm ${String(algorithm)} is not one of ${ringAlgorithms.join(', ')}`);
+}
+
+/** Generates one version's key object, of the ring's algorithm. */
+async function generateKey(token: HsmToken, ring: RingState, number: number): Promise<Handle> {
+  const identity = { label: keyObjectLabel(ring.ringId, number), id: keyObjectId(ring.ringId, number) };
+  switch (ring.algorithm) {
+    case 'AES_256_GCM':
+      return generateAesKey(token, identity);
+    case 'HMAC_SHA_384':
+      return generateHmacKey(token, identity);
+    default:
+      // A ring written by a newer Keyward: refuse rather than make a key of the wrong kind.
+      throw new KeywardError(
+        'FailedPrecondition',
+        `ring id ${ring.ringId} has algorithm ${String(ring.algorithm satisfies never)}, which this version of Keyward cannot generate`,
+      );
+  }
 }
 
 function pendingVersion(ringId: string, number: number, now: string): RingVersion {
