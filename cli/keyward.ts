@@ -5,6 +5,7 @@ import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { createAuditLog } from '../core/audit/auditLog.js';
 import { KeywardError } from '../core/errors.js';
 import { HsmToken } from '../core/hsm/hsmToken.js';
 import { findSoftHsmModule } from '../core/hsm/pkcs11Module.js';
@@ -42,6 +43,10 @@ operator options (the apiserver from KUBECONFIG, or in-cluster):
   --identity ID          this replica's name in the Lease (default: host name and pid)
   --workers N            KeyRings reconciled at once (default 4)
   --lease-duration SECONDS  how long a dead leader blocks its successor (default 15)
+  --audit-log PATH       audit records (default: standard output)
+  --webhook-address H:P  serve the admission webhook here (KeyPolicy enforcement; default: off)
+  --webhook-cert-dir DIR holds tls.crt and tls.key for the webhook
+  --approval-window MINUTES  how long a destruction request waits for approval (default 60)
 `;
 
 const hsmOptions = {
@@ -178,7 +183,14 @@ async function operator(args: string[]): Promise<void> {
     identity: { type: 'string' },
     workers: { type: 'string', default: '4' },
     'lease-duration': { type: 'string', default: '15' },
+    'audit-log': { type: 'string', default: '-' },
+    'webhook-address': { type: 'string' },
+    'webhook-cert-dir': { type: 'string' },
+    'approval-window': { type: 'string', default: '60' },
   });
+  const approvalMinutes = Number(values['approval-window']);
+  if (!(approvalMinutes >= 1 && approvalMinutes <= 7 * 24 * 60)) throw new KeywardError('InvalidArgument', '--approval-window must be between 1 and 10080 minutes');
+  if (values['webhook-address'] && !values['webhook-cert-dir']) throw new KeywardError('InvalidArgument', '--webhook-address needs --webhook-cert-dir (tls.crt and tls.key)');
   const workers = Number(values.workers);
   if (!Number.isInteger(workers) || workers < 1 || workers > 64) throw new KeywardError('InvalidArgument', '--workers must be a whole number from 1 to 64');
   const leaseSeconds = Number(values['lease-duration']);
@@ -203,6 +215,9 @@ async function operator(args: string[]): Promise<void> {
       leaseDurationMs: leaseSeconds * 1000,
       renewDeadlineMs: (leaseSeconds * 2000) / 3,
       retryPeriodMs: (leaseSeconds * 2000) / 15,
+      audit: createAuditLog('operator', values['audit-log']),
+      admission: values['webhook-address'] ? { address: values['webhook-address'], certDir: values['webhook-cert-dir'] ?? '' } : undefined,
+      approvalWindowMs: approvalMinutes * 60_000,
     },
     log,
   );

@@ -1,18 +1,24 @@
-// The operator process: a leader-elected KeyRing controller (informer → work queue → reconcilers)
-// and an HSM janitor, over one PKCS#11 token. Only the leader touches the HSM or the KeyRings.
+// The operator process: leader-elected KeyRing and KeyPolicy controllers (informer → work queue →
+// reconcilers) and an HSM janitor over one PKCS#11 token; only the leader touches the HSM or
+// writes status. Every replica serves the admission webhook from its own KeyPolicy cache.
 import { hostname } from 'node:os';
-import { CustomObjectsApi, makeInformer, type KubeConfig } from '@kubernetes/client-node';
+import type { KubeConfig } from '@kubernetes/client-node';
+import type { AuditLog } from '../core/audit/auditLog.js';
 import { HsmToken } from '../core/hsm/hsmToken.js';
 import { RingStore } from '../core/hsm/ringStore.js';
 import { startMetricsServer, type MetricsServer } from '../core/observability/metricsServer.js';
 import type { Logger } from '../core/observability/logger.js';
 import { keyRingResource, type KeyRing } from './api/keyRing.js';
+import { startAdmissionServer, type AdmissionServer } from './admission/admissionServer.js';
 import { startHsmJanitor } from './hsmJanitor.js';
+import { keyPolicyReconciler, policiesToReconcile } from './keyPolicy/keyPolicyReconciler.js';
+import { PolicyCache } from './keyPolicy/policyCache.js';
 import { KeyRingClient } from './keyRing/keyRingClient.js';
 import { keyRingReconciler } from './keyRing/keyRingReconciler.js';
 import { OperatorMetrics } from './operatorMetrics.js';
 import { startControllerLoop } from './runtime/controllerLoop.js';
 import { startLeaderElection } from './runtime/leaderElection.js';
+import { resourceInformer } from './runtime/resourceInformer.js';
 import { WorkQueue } from './runtime/workQueue.js';
 
 export interface OperatorConfig {
@@ -29,18 +35,24 @@ export interface OperatorConfig {
   leaseDurationMs?: number;
   renewDeadlineMs?: number;
   retryPeriodMs?: number;
+  /** Where audit records go. */
+  audit: AuditLog;
+  /** Serve the admission webhook (KeyPolicy enforcement for KeyRing changes) here. */
+  admission?: { address: string; certDir: string };
+  /** How long a destruction request waits for approval, and an approval for use (default 1 h). */
+  approvalWindowMs?: number;
   /** The clock for rotation and destruction times; tests move it forward. */
   now?: () => Date;
 }
 
 export interface Operator {
   readonly metricsAddress: string;
+  /** host:port of the admission webhook, when served. */
+  readonly admissionAddress: string | undefined;
   /** Settles when this process stops leading or campaigning; a Deployment restarts it. */
   readonly done: Promise<void>;
   stop(): Promise<void>;
 }
-
-const informerRestartMs = 1000;
 
 export async function startOperator(config: OperatorConfig, log: Logger): Promise<Operator> {
   const identity = config.identity ?? `${hostname()}-${process.pid}`;
@@ -59,28 +71,42 @@ export async function startOperator(config: OperatorConfig, log: Logger): Promis
     throw err;
   }
 
+  const now = config.now ?? (() => new Date());
+  const policies = new PolicyCache(config.kubeConfig, log);
+  let admission: AdmissionServer | undefined;
+  try {
+    await policies.start();
+    if (config.admission) {
+      admission = await startAdmissionServer({
+        ...config.admission,
+        policies,
+        audit: config.audit,
+        log,
+        now,
+        approvalWindowMs: config.approvalWindowMs,
+      });
+      log.info({ address: admission.address }, 'admission webhook serving');
+    }
+  } catch (err) {
+    await policies.stop();
+    await metricsServer.close();
+    token.close();
+    throw err;
+  }
+  let policyQueue: WorkQueue | undefined;
+  policies.onChange((policy) => {
+    for (const key of policiesToReconcile(policies, policy)) policyQueue?.add(key);
+  });
+
   const lead = async (signal: AbortSignal): Promise<void> => {
     leading = true;
     log.info({ identity }, 'leading: starting the KeyRing controller');
-    const objects = config.kubeConfig.makeApiClient(CustomObjectsApi);
-    const informer = makeInformer<KeyRing>(
-      config.kubeConfig,
-      `/apis/${keyRingResource.group}/${keyRingResource.version}/${keyRingResource.plural}`,
-      () => objects.listClusterCustomObject({ ...keyRingResource }),
-    );
+    const informer = resourceInformer<KeyRing>(config.kubeConfig, keyRingResource, log);
     const queue = new WorkQueue({ name: 'keyrings', registry: metrics.registry });
     const enqueue = (keyRing: KeyRing): void => queue.add(`${keyRing.metadata.namespace}/${keyRing.metadata.name}`);
     informer.on('add', enqueue);
     informer.on('update', enqueue);
     informer.on('delete', enqueue);
-    // A dropped watch (apiserver restart, timeout) ends with an error: list again and carry on.
-    informer.on('error', (err: unknown) => {
-      if (signal.aborted) return;
-      log.warn({ err: (err as Error)?.message }, 'KeyRing watch failed; listing again');
-      setTimeout(() => {
-        if (!signal.aborted) informer.start().catch(() => undefined);
-      }, informerRestartMs);
-    });
     const loop = startControllerLoop({
       name: 'keyring',
       queue,
@@ -94,24 +120,37 @@ export async function startOperator(config: OperatorConfig, log: Logger): Promis
         metrics,
         log,
         recoverHsm: () => token.recover(),
+        audit: config.audit,
+        approvalWindowMs: config.approvalWindowMs,
         now: config.now,
       }),
     });
+    policyQueue = new WorkQueue({ name: 'keypolicies', registry: metrics.registry });
+    const policyLoop = startControllerLoop({
+      name: 'keypolicy',
+      queue: policyQueue,
+      workers: 1,
+      logger: log,
+      reconcile: keyPolicyReconciler({ kubeConfig: config.kubeConfig, policies, log, now }),
+    });
+    for (const policy of policies.list()) policyQueue.add(`${policy.metadata.namespace}/${policy.metadata.name}`);
     const janitor = startHsmJanitor({
       store,
       metrics,
       log,
       intervalMs: config.janitorIntervalMs ?? 60_000,
-      now: config.now ?? (() => new Date()),
+      now,
       // Rings of live KeyRings are their reconciler's; the janitor finishes those of deleted ones.
       ownedRingIds: () => new Set(informer.list().map((keyRing) => keyRing.metadata.uid ?? '')),
     });
-    await informer.start().catch((err: unknown) => log.warn({ err: (err as Error).message }, 'first KeyRing list failed; retrying'));
+    await informer.start();
     await new Promise<void>((resolve) => signal.addEventListener('abort', () => resolve(), { once: true }));
     log.info('leadership ending: draining the KeyRing controller');
     await informer.stop();
     await janitor.stop();
     await loop.stop();
+    await policyLoop.stop();
+    policyQueue = undefined;
     leading = false;
   };
 
@@ -134,9 +173,11 @@ export async function startOperator(config: OperatorConfig, log: Logger): Promis
   const stop = (): Promise<void> =>
     (stopping ??= (async () => {
       await elector.stop();
+      await admission?.close();
+      await policies.stop();
       await metricsServer.close();
       token.close();
     })());
 
-  return { metricsAddress: metricsServer.address, done: elector.done, stop };
+  return { metricsAddress: metricsServer.address, admissionAddress: admission?.address, done: elector.done, stop };
 }

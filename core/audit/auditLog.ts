@@ -14,9 +14,15 @@ export interface AuditRecord {
   ringId?: string;
   keyVersion?: number;
   keyId?: string;
-  /** A status code or rule name that decided the outcome. */
+  /** A status code or decision reason (e.g. Granted, NotGranted, SeparationOfDuties). */
   code?: string;
+  /** The KeyPolicy rule that decided, as namespace/policy#rule. */
+  rule?: string;
   reason?: string;
+  /** Allowed through a BreakGlassAdministrator grant. */
+  breakGlass?: boolean;
+  /** A dry-run request: authorised, but nothing was done. */
+  dryRun?: boolean;
 }
 
 export interface AuditLog {

@@ -32,6 +32,8 @@ export interface ControlPlane {
   readonly etcdEndpoint: string;
   readonly kubeconfigPath: string;
   readonly kubeConfig: KubeConfig;
+  /** The throw-away CA and certificates; issue more with pki.ts. */
+  readonly pki: ControlPlanePki & { dir: string };
   readonly kubernetesVersion: string;
   readonly apiserver: ComponentProcess;
   readonly etcd: ComponentProcess;
@@ -183,6 +185,7 @@ export async function startControlPlane(options: ControlPlaneOptions = {}): Prom
       apiserverUrl,
       etcdEndpoint,
       kubeconfigPath,
+      pki: { ...pki, dir: pkiDir },
       kubeConfig,
       kubernetesVersion: versions.kubernetes,
       get apiserver() {

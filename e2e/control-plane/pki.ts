@@ -56,6 +56,25 @@ export function createPki(dir: string): ControlPlanePki {
   };
 }
 
+/**
+ * A client certificate for a user in groups (the apiserver reads CN as the user, O as groups),
+ * signed by the control plane's CA; `dir` is the PKI directory.
+ */
+export function issueClientCertificate(dir: string, file: string, user: string, groups: readonly string[] = []): { cert: string; key: string } {
+  const subject = [...groups.map((g) => `/O=${g}`), `/CN=${user}`].join('');
+  keyAndCsr(dir, file, subject);
+  sign(dir, file, 'extendedKeyUsage=clientAuth\n');
+  return { cert: join(dir, `${file}.crt`), key: join(dir, `${file}.key`) };
+}
+
+/** A serving certificate for 127.0.0.1 and the given DNS names (e.g. a webhook), signed by the CA. */
+export function issueServingCertificate(dir: string, file: string, dnsNames: readonly string[] = []): { cert: string; key: string } {
+  keyAndCsr(dir, file, `/CN=${dnsNames[0] ?? '127.0.0.1'}`);
+  const names = ['IP:127.0.0.1', ...dnsNames.map((n) => `DNS:${n}`)].join(',');
+  sign(dir, file, `subjectAltName=${names}\nextendedKeyUsage=serverAuth\n`);
+  return { cert: join(dir, `${file}.crt`), key: join(dir, `${file}.key`) };
+}
+
 export function kubeconfigYaml(server: string, pki: ControlPlanePki): string {
   const b64 = (file: string): string => readFileSync(file).toString('base64');
   return `apiVersion: v1

@@ -5,6 +5,7 @@ import { CustomObjectsApi } from '@kubernetes/client-node';
 import { HsmToken } from '../../core/hsm/hsmToken.js';
 import { RingStore } from '../../core/hsm/ringStore.js';
 import { createSoftHsmToken, type SoftHsmToken } from '../../core/hsm/softHsmToken.js';
+import { createAuditLog } from '../../core/audit/auditLog.js';
 import { createLogger } from '../../core/observability/logger.js';
 import { keyRingResource, type KeyRing } from '../../operator/api/keyRing.js';
 import { startOperator, type Operator } from '../../operator/operator.js';
@@ -35,6 +36,7 @@ describe('KeyRing operator with an HSM that refuses its PIN', function () {
         leaseDurationMs: 4000,
         renewDeadlineMs: 2700,
         retryPeriodMs: 500,
+        audit: createAuditLog('operator', '/dev/null'),
       },
       createLogger('operator', 'fatal'),
     );

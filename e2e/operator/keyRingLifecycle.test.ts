@@ -11,12 +11,14 @@ import { keyObjectId, keyObjectLabel } from '../../core/hsm/ringState.js';
 import { generateAesKey } from '../../core/hsm/aesGcm.js';
 import { RingStore } from '../../core/hsm/ringStore.js';
 import { createSoftHsmToken, type SoftHsmToken } from '../../core/hsm/softHsmToken.js';
+import { createAuditLog } from '../../core/audit/auditLog.js';
 import { createLogger } from '../../core/observability/logger.js';
 import { keyRingResource, type KeyRing, type KeyRingSpec } from '../../operator/api/keyRing.js';
 import { keyRingFinalizer } from '../../operator/keyRing/keyRingClient.js';
 import { startOperator, type Operator } from '../../operator/operator.js';
 import { eventually } from '../../test/eventually.js';
 import { startControlPlane, type ControlPlane } from '../control-plane/controlPlane.js';
+import { approvedDestruction } from './approvedDestruction.js';
 import { installCrds } from './crds.js';
 
 const namespace = 'default';
@@ -53,7 +55,8 @@ describe('KeyRing operator: HSM keys through their lifecycle', function () {
         leaseDurationMs: 4000,
         renewDeadlineMs: 2700,
         retryPeriodMs: 500,
-        now: () => new Date(Date.now() + clockOffsetMs),
+        now: () => operatorNow(),
+        audit: createAuditLog('operator', '/dev/null'),
       },
       createLogger('operator', 'warn'),
     );
@@ -64,6 +67,8 @@ describe('KeyRing operator: HSM keys through their lifecycle', function () {
     softhsm?.remove();
     await cp?.stop();
   });
+
+  const operatorNow = (offsetMs = 0): Date => new Date(Date.now() + clockOffsetMs + offsetMs);
 
   const getKeyRing = async (name: string): Promise<KeyRing> =>
     (await objects.getNamespacedCustomObject({ ...keyRingResource, namespace, name })) as KeyRing;
@@ -182,7 +187,18 @@ describe('KeyRing operator: HSM keys through their lifecycle', function () {
 
     await patchSpec('orders', { versions: [{ number: 1, state: 'Disabled' }] });
     await statusWhen('orders', 'version 1 Disabled', (k) => versionState(k, 1) === 'Disabled');
+    // Two-person rule, checked again by the operator: no approval, or one gone stale, is not acted on.
     await patchSpec('orders', { versions: [{ number: 1, state: 'DestroyScheduled' }] });
+    kr = await statusWhen('orders', 'refusal without an approval', (k) =>
+      k.status?.conditions?.some((c) => c.type === 'VersionRequestsApplied' && c.reason === 'DestroyNotApproved' && /no requester recorded/.test(c.message)) ?? false,
+    );
+    assert.equal(versionState(kr, 1), 'Disabled');
+    await patchSpec('orders', { versions: [{ number: 1, state: 'DestroyScheduled', destroyRequest: approvedDestruction(operatorNow(-2 * hour)) }] });
+    kr = await statusWhen('orders', 'refusal of a stale approval', (k) =>
+      k.status?.conditions?.some((c) => c.type === 'VersionRequestsApplied' && /expired unused/.test(c.message)) ?? false,
+    );
+    assert.equal(versionState(kr, 1), 'Disabled');
+    await patchSpec('orders', { versions: [{ number: 1, state: 'DestroyScheduled', destroyRequest: approvedDestruction(operatorNow()) }] });
     kr = await statusWhen('orders', 'version 1 DestroyScheduled', (k) => versionState(k, 1) === 'DestroyScheduled');
     const when = Date.parse(kr.status?.versions?.find((v) => v.number === 1)?.destroyTime ?? '');
     assert.ok(Math.abs(when - (Date.now() + clockOffsetMs + 720 * hour)) < 60_000, 'destroyed after the default 30-day window');
@@ -192,7 +208,7 @@ describe('KeyRing operator: HSM keys through their lifecycle', function () {
     const uid = kr.status?.ringId ?? '';
     assert.ok(await keyAttributes(uid, 1), 'the key is still in the HSM');
 
-    await patchSpec('orders', { versions: [{ number: 1, state: 'DestroyScheduled' }] });
+    await patchSpec('orders', { versions: [{ number: 1, state: 'DestroyScheduled', destroyRequest: approvedDestruction(operatorNow()) }] });
     await statusWhen('orders', 'version 1 DestroyScheduled again', (k) => versionState(k, 1) === 'DestroyScheduled');
     assert.ok(await keyAttributes(uid, 1), 'nothing is destroyed before the window has passed');
     clockOffsetMs += 721 * hour;
@@ -214,7 +230,7 @@ describe('KeyRing operator: HSM keys through their lifecycle', function () {
   });
 
   it('schedules every version of a KeyRing deleted with deletionPolicy Destroy, and destroys them only after the window', async () => {
-    const created = await createKeyRing('dropped', { deletionPolicy: 'Destroy', destroyScheduledDuration: '48h' });
+    const created = await createKeyRing('dropped', { deletionPolicy: 'Destroy', destroyScheduledDuration: '48h', deletionDestroyRequest: approvedDestruction(operatorNow()) });
     await statusWhen('dropped', 'Ready', ready);
     const uid = created.metadata.uid ?? '';
     await objects.deleteNamespacedCustomObject({ ...keyRingResource, namespace, name: 'dropped' });

@@ -18,6 +18,7 @@ import { keyRingResource, type KeyRing, type KeyRingDesiredVersion, type KeyRing
 import { eventually } from '../../test/eventually.js';
 import { trackDirectory } from '../control-plane/componentProcess.js';
 import { startControlPlane, type ControlPlane } from '../control-plane/controlPlane.js';
+import { approvedDestruction } from './approvedDestruction.js';
 import { installCrds } from './crds.js';
 import { startOperatorProcess, type OperatorProcess } from './operatorProcess.js';
 
@@ -150,12 +151,19 @@ describe('KeyRing operator: SIGKILLed at random points, it loses and duplicates 
         apiVersion: 'keyward.dev/v1alpha1',
         kind: 'KeyRing',
         metadata: { name },
-        spec: { purpose: 'encryption', deletionPolicy: plan.deletionPolicy, destroyScheduledDuration: '24h' },
+        spec: {
+          purpose: 'encryption',
+          deletionPolicy: plan.deletionPolicy,
+          destroyScheduledDuration: '24h',
+          ...(plan.deletionPolicy === 'Destroy' ? { deletionDestroyRequest: approvedDestruction(new Date()) } : {}),
+        },
       },
     })) as KeyRing;
     const ring: Driven = { ...plan, uid: created.metadata.uid ?? '', requests: [], desired: new Map() };
     const patchVersions = (): Promise<unknown> =>
-      patchSpec(name, { versions: [...ring.desired].map(([number, state]) => ({ number, state })) });
+      patchSpec(name, {
+        versions: [...ring.desired].map(([number, state]) => ({ number, state, ...(state === 'DestroyScheduled' ? { destroyRequest: approvedDestruction(new Date()) } : {}) })),
+      });
     const remove = async (): Promise<void> => {
       await objects.deleteNamespacedCustomObject({ ...keyRingResource, namespace, name });
       await step(() => eventually(`${name} deleted (finalizer removed)`, stepTimeoutMs, async () => ((await getKeyRing(name)) ? undefined : true), 50));

@@ -4,6 +4,7 @@
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { keyPolicyCrd } from './keyPolicy.js';
 import { keyRingCrd } from './keyRing.js';
 
 type Json = string | number | boolean | readonly Json[] | { readonly [key: string]: Json };
@@ -14,6 +15,7 @@ const header = (source: string): string =>
 /** Repository-relative path and text of each generated CRD file. */
 export const crdFiles = (): { path: string; text: string }[] => [
   { path: 'crds/keyward.dev_keyrings.yaml', text: header('operator/api/keyRing.ts') + toYaml(keyRingCrd) },
+  { path: 'crds/keyward.dev_keypolicies.yaml', text: header('operator/api/keyPolicy.ts') + toYaml(keyPolicyCrd) },
 ];
 
 // Plain when it cannot be read as anything but this string, JSON-quoted (valid YAML) otherwise.

@@ -44,6 +44,27 @@ const unchangeable = (field: string): ValidationRule => ({
   message: `${field} cannot be changed once set; create a new KeyRing instead`,
 });
 
+// Two-person destruction: who asked and who approved, as the apiserver authenticated them. The
+// admission webhook writes these and restores them if a request changes them.
+const destroyRequestSchema = {
+  type: 'object',
+  description:
+    'Who requested this destruction and who approved it, written by Keyward admission from the authenticated ' +
+    'identities; a value you write is replaced. The operator acts only on a request approved by a second person.',
+  required: ['requestedBy', 'requestedAt'],
+  properties: {
+    requestedBy: { type: 'string', maxLength: 512, description: 'The user that requested destruction.' },
+    requestedAt: { type: 'string', format: 'date-time', description: 'When it was requested.' },
+    approvedBy: { type: 'string', maxLength: 512, description: 'The second user, who approved it.' },
+    approvedAt: { type: 'string', format: 'date-time', description: 'When it was approved; an approval is void if not used within the approval window (1h by default).' },
+  },
+} as const satisfies ObjectSchema;
+
+const approveDestroySchema = {
+  type: 'boolean',
+  description: 'Set to true by a second person holding approveDestroy to approve the pending destruction request.',
+} as const;
+
 const desiredVersionSchema = {
   type: 'object',
   description: 'The state an administrator wants for one non-primary key version.',
@@ -61,8 +82,11 @@ const desiredVersionSchema = {
       description:
         'Enabled: usable. Disabled: kept but refused for use until enabled again. DestroyScheduled: disabled, ' +
         'and its material is destroyed after spec.destroyScheduledDuration unless set back to Disabled or Enabled first. ' +
-        'The operator refuses transitions it cannot make (e.g. from Destroyed) with a condition.',
+        'The operator refuses transitions it cannot make (e.g. from Destroyed) with a condition. ' +
+        'DestroyScheduled is a request: it takes effect once a second person approves it (approveDestroy).',
     },
+    approveDestroy: approveDestroySchema,
+    destroyRequest: destroyRequestSchema,
   },
 } as const satisfies ObjectSchema;
 
@@ -121,8 +145,11 @@ const keyRingSpecSchema = {
       default: 'Retain',
       description:
         'What happens to the key material in the HSM when the KeyRing is deleted. Retain (the default): it stays ' +
-        'in the HSM. Destroy: every version is scheduled for destruction after spec.destroyScheduledDuration.',
+        'in the HSM. Destroy: every version is scheduled for destruction after spec.destroyScheduledDuration; ' +
+        'Destroy is a request that takes effect only once a second person approves it (spec.approveDestroy).',
     },
+    approveDestroy: { ...approveDestroySchema, description: 'Set to true by a second person holding approveDestroy to approve deletionPolicy Destroy.' },
+    deletionDestroyRequest: { ...destroyRequestSchema, description: 'Who set deletionPolicy Destroy and who approved it; written by Keyward admission.' },
     rotationRequest: {
       type: 'string',
       minLength: 1,
@@ -303,6 +330,7 @@ export const keyRingCrd = {
 
 export type KeyRingSpec = FromSchema<typeof keyRingSpecSchema>;
 export type KeyRingDesiredVersion = FromSchema<typeof desiredVersionSchema>;
+export type DestroyRequest = FromSchema<typeof destroyRequestSchema>;
 export type KeyRingStatus = FromSchema<typeof keyRingStatusSchema>;
 export type KeyRingVersionStatus = FromSchema<typeof keyRingVersionStatusSchema>;
 export type KeyRingVersionState = KeyRingVersionStatus['state'];

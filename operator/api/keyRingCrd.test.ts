@@ -31,8 +31,17 @@ const fullKeyRing: KeyRing = {
     rotationPeriod: '2160h',
     destroyScheduledDuration: '1440h',
     deletionPolicy: 'Destroy',
+    approveDestroy: true,
+    deletionDestroyRequest: { requestedBy: 'alice', requestedAt: '2025-06-01T11:00:00Z', approvedBy: 'bob', approvedAt: '2025-06-01T11:10:00Z' },
     rotationRequest: '2025-06-01T12:00:00Z',
-    versions: [{ number: 1, state: 'DestroyScheduled' }],
+    versions: [
+      {
+        number: 1,
+        state: 'DestroyScheduled',
+        approveDestroy: true,
+        destroyRequest: { requestedBy: 'alice', requestedAt: '2025-06-01T12:00:00Z', approvedBy: 'bob', approvedAt: '2025-06-01T12:10:00Z' },
+      },
+    ],
   },
   status: {
     conditions: [

@@ -30,6 +30,10 @@ export interface StringSchema extends SchemaNode {
   readonly maxLength?: number;
 }
 
+export interface BooleanSchema extends SchemaNode {
+  readonly type: 'boolean';
+}
+
 export interface IntegerSchema extends SchemaNode {
   readonly type: 'integer';
   readonly format?: 'int32' | 'int64';
@@ -46,12 +50,13 @@ export interface ObjectSchema extends SchemaNode {
 export interface ArraySchema extends SchemaNode {
   readonly type: 'array';
   readonly items: Schema;
+  readonly minItems?: number;
   readonly maxItems?: number;
   readonly 'x-kubernetes-list-type'?: 'atomic' | 'set' | 'map';
   readonly 'x-kubernetes-list-map-keys'?: readonly string[];
 }
 
-export type Schema = StringSchema | IntegerSchema | ObjectSchema | ArraySchema;
+export type Schema = StringSchema | BooleanSchema | IntegerSchema | ObjectSchema | ArraySchema;
 
 /**
  * The TypeScript type of the objects a schema (declared `as const`) admits, as the apiserver
@@ -63,6 +68,8 @@ export type FromSchema<S> = S extends { readonly type: 'string'; readonly enum: 
     ? string
     : S extends { readonly type: 'integer' }
       ? number
+      : S extends { readonly type: 'boolean' }
+        ? boolean
       : S extends { readonly type: 'array'; readonly items: infer I }
         ? FromSchema<I>[]
         : S extends { readonly type: 'object'; readonly properties: infer P }

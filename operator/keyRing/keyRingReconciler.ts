@@ -6,11 +6,13 @@
 import pkcs11js from 'pkcs11js';
 import { KeywardError } from '../../core/errors.js';
 import { pkcs11Code } from '../../core/hsm/hsmToken.js';
+import type { AuditLog } from '../../core/audit/auditLog.js';
 import type { Logger } from '../../core/observability/logger.js';
 import type { RingState, RingVersion, VersionState } from '../../core/hsm/ringState.js';
 import type { RingStore } from '../../core/hsm/ringStore.js';
 import { parseDuration } from '../api/duration.js';
-import type { KeyRing, KeyRingDesiredVersion } from '../api/keyRing.js';
+import type { DestroyRequest, KeyRing, KeyRingDesiredVersion } from '../api/keyRing.js';
+import { defaultApprovalWindowMs } from '../admission/keyRingAdmission.js';
 import type { OperatorMetrics } from '../operatorMetrics.js';
 import type { Reconcile } from '../runtime/controllerLoop.js';
 import { keyRingFinalizer, type KeyRingClient } from './keyRingClient.js';
@@ -26,6 +28,9 @@ export interface KeyRingReconcilerDeps {
   log: Logger;
   /** Called after an HSM failure, so the next attempt reconnects (and re-initialises the module). */
   recoverHsm: () => void;
+  audit: AuditLog;
+  /** How long a destruction approval stays usable; see operator/admission/keyRingAdmission.ts. */
+  approvalWindowMs?: number;
   now?: () => Date;
 }
 
@@ -68,7 +73,7 @@ async function reconcileRing(deps: KeyRingReconcilerDeps, keyRing: KeyRing, now:
 
   let ring: RingState;
   const rotationPeriodMs = spec.rotationPeriod ? parseDuration(spec.rotationPeriod) : undefined;
-  const refused: string[] = [];
+  const refused: Refusal[] = [];
   try {
     const ensured = await metrics.hsm('create', () => store.ensure({ ringId: uid, name, namespace }));
     ring = ensured.ring;
@@ -87,7 +92,7 @@ async function reconcileRing(deps: KeyRingReconcilerDeps, keyRing: KeyRing, now:
     const destroyWindowMs = parseDuration(spec.destroyScheduledDuration ?? defaultDestroyWindow);
     for (const desired of [...(spec.versions ?? [])].sort((a, b) => a.number - b.number)) {
       const outcome = await applyDesiredState(deps, keyRing, ring, desired, new Date(now.getTime() + destroyWindowMs));
-      if (typeof outcome === 'string') refused.push(outcome);
+      if ('refused' in outcome) refused.push(outcome);
       else ring = outcome;
     }
 
@@ -105,7 +110,7 @@ async function reconcileRing(deps: KeyRingReconcilerDeps, keyRing: KeyRing, now:
     { type: 'Ready', status: 'True', reason: 'KeyAvailable', message: `version ${ring.primary} is primary in HSM token ${deps.tokenLabel}` },
     refused.length === 0
       ? { type: 'VersionRequestsApplied', status: 'True', reason: 'Applied', message: 'spec.versions is in effect' }
-      : { type: 'VersionRequestsApplied', status: 'False', reason: 'TransitionRefused', message: refused.join('; ') },
+      : { type: 'VersionRequestsApplied', status: 'False', reason: refused[0]?.reason ?? 'TransitionRefused', message: refused.map((r) => r.refused).join('; ') },
   ];
   await client.applyStatus(keyRing, keyRingStatus(keyRing, ring, { tokenLabel: deps.tokenLabel, rotationPeriodMs, conditions, now }));
   const next = nextRotationTime(ring, rotationPeriodMs);
@@ -116,6 +121,12 @@ async function reconcileRing(deps: KeyRingReconcilerDeps, keyRing: KeyRing, now:
 async function announceRotation(deps: KeyRingReconcilerDeps, keyRing: KeyRing, ring: RingState, why: string): Promise<void> {
   const primary = ring.versions.find((v) => v.number === ring.primary);
   await deps.client.event(keyRing, 'Normal', 'Rotated', `version ${ring.primary} is now primary (${why}): key id ${primary?.keyId}`);
+}
+
+/** A desired state the operator does not carry out, and why. */
+interface Refusal {
+  refused: string;
+  reason: 'TransitionRefused' | 'DestroyNotApproved';
 }
 
 /** The steps from one state to another that an admin may ask for; a string says why not. */
@@ -148,11 +159,16 @@ async function applyDesiredState(
   ring: RingState,
   desired: KeyRingDesiredVersion,
   destroyAt: Date,
-): Promise<RingState | string> {
+): Promise<RingState | Refusal> {
   const version = ring.versions.find((v) => v.number === desired.number);
-  if (!version) return `version ${desired.number} does not exist`;
+  if (!version) return { refused: `version ${desired.number} does not exist`, reason: 'TransitionRefused' };
   const steps = stepsTo(version, desired.state, ring.primary);
-  if (typeof steps === 'string') return steps;
+  if (typeof steps === 'string') return { refused: steps, reason: 'TransitionRefused' };
+  if (steps.includes('DestroyScheduled')) {
+    const refusal = twoPersonRefusal(desired.destroyRequest, deps.approvalWindowMs ?? defaultApprovalWindowMs, deps.now?.() ?? new Date());
+    auditDestruction(deps, keyRing, desired.destroyRequest, refusal, desired.number);
+    if (refusal) return { refused: `version ${desired.number}: ${refusal}`, reason: 'DestroyNotApproved' };
+  }
   let current = ring;
   for (const state of steps) {
     const cancelling = version.state === 'DestroyScheduled' && state === 'Disabled';
@@ -168,7 +184,9 @@ async function applyDesiredState(
 async function finalize(deps: KeyRingReconcilerDeps, keyRing: KeyRing, now: Date): Promise<void> {
   if (!keyRing.metadata.finalizers?.includes(keyRingFinalizer)) return;
   const uid = keyRing.metadata.uid ?? '';
-  if (keyRing.spec.deletionPolicy === 'Destroy') {
+  const refusal = keyRing.spec.deletionPolicy === 'Destroy' ? twoPersonRefusal(keyRing.spec.deletionDestroyRequest, Number.POSITIVE_INFINITY, now) : undefined;
+  if (keyRing.spec.deletionPolicy === 'Destroy') auditDestruction(deps, keyRing, keyRing.spec.deletionDestroyRequest, refusal);
+  if (keyRing.spec.deletionPolicy === 'Destroy' && !refusal) {
     const destroyAt = new Date(now.getTime() + parseDuration(keyRing.spec.destroyScheduledDuration ?? defaultDestroyWindow));
     try {
       if (await deps.store.get({ ringId: uid })) {
@@ -180,10 +198,46 @@ async function finalize(deps: KeyRingReconcilerDeps, keyRing: KeyRing, now: Date
       throw err;
     }
     await deps.client.event(keyRing, 'Normal', 'DestroyScheduled', `KeyRing deleted with deletionPolicy Destroy: every version is destroyed at ${destroyAt.toISOString()}`);
+  } else if (refusal) {
+    await deps.client.event(keyRing, 'Warning', 'DestroyNotApproved', `KeyRing deleted with deletionPolicy Destroy, but ${refusal}: its keys stay in HSM token ${deps.tokenLabel}`);
   } else {
     await deps.client.event(keyRing, 'Normal', 'KeysRetained', `KeyRing deleted with deletionPolicy Retain: its keys stay in HSM token ${deps.tokenLabel}`);
   }
   await deps.client.setFinalizer(keyRing, false);
+}
+
+/**
+ * Why a destruction may not go ahead, or undefined: it needs a request and an approval by two
+ * distinct people, stamped by admission, and an approval not older than the window.
+ */
+function twoPersonRefusal(stamp: DestroyRequest | undefined, windowMs: number, now: Date): string | undefined {
+  if (!stamp) return 'destruction was not requested through Keyward admission (no requester recorded); request it again';
+  if (!stamp.approvedBy || !stamp.approvedAt) return `destruction requested by ${stamp.requestedBy} awaits approval by a second person holding approveDestroy`;
+  if (stamp.approvedBy === stamp.requestedBy) return `destruction was requested and approved by the same person (${stamp.requestedBy}); a second person must approve`;
+  const expiresAt = Date.parse(stamp.approvedAt) + windowMs;
+  if (now.getTime() > expiresAt) return `the approval by ${stamp.approvedBy} expired unused at ${new Date(expiresAt).toISOString()}; request and approve again`;
+  return undefined;
+}
+
+// Reconciles repeat while a request waits for approval; its refusal is audited once.
+const auditedDestructions = new Set<string>();
+
+function auditDestruction(deps: KeyRingReconcilerDeps, keyRing: KeyRing, stamp: DestroyRequest | undefined, refusal: string | undefined, version?: number): void {
+  const key = `${keyRing.metadata.uid ?? ''}/${version ?? 'ring'}/${JSON.stringify(stamp ?? {})}/${refusal ?? ''}`;
+  if (auditedDestructions.has(key)) return;
+  if (auditedDestructions.size > 10_000) auditedDestructions.clear();
+  auditedDestructions.add(key);
+  deps.audit.record({
+    requestId: `${keyRing.metadata.uid ?? ''}/${keyRing.metadata.generation ?? 0}`,
+    actor: stamp?.requestedBy ?? '',
+    operation: 'scheduleDestroy',
+    result: refusal ? 'denied' : 'allowed',
+    ring: `${keyRing.metadata.namespace ?? ''}/${keyRing.metadata.name ?? ''}`,
+    ringId: keyRing.metadata.uid,
+    keyVersion: version,
+    code: refusal ? 'TwoPersonRule' : 'Approved',
+    reason: refusal ?? `requested by ${stamp?.requestedBy ?? ''}, approved by ${stamp?.approvedBy ?? ''}`,
+  });
 }
 
 /** Ready=False with a reason the admin can act on; the caller retries with backoff. */
