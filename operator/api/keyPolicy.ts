@@ -15,7 +15,8 @@ const rolesWithKind = (kind: OperationKind): string[] =>
   roleNames.filter((role) => (roles[role].operations as readonly string[]).some((op) => operationsOfKind(kind).includes(op)));
 
 const dnsLabel = '^[a-z0-9]([-a-z0-9]*[a-z0-9])?$';
-const dnsSubdomain = '^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$';
+// A character class, not a backslash escape: CEL string literals would need the escape doubled.
+const dnsSubdomain = '^[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*$';
 // Groups that stand for every user or every ServiceAccount: naming one is a wildcard.
 const everyoneGroups = ['system:authenticated', 'system:unauthenticated', 'system:serviceaccounts'];
 
