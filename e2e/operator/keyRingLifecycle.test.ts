@@ -143,6 +143,14 @@ describe('KeyRing operator: HSM keys through their lifecycle', function () {
     assert.equal(await store.get({ ringId: created.metadata.uid ?? '' }), undefined);
   });
 
+  it('generates derivation rings as HMAC-SHA-384 keys', async () => {
+    const created = await createKeyRing('deriver', { purpose: 'derivation' });
+    const kr = await statusWhen('deriver', 'Ready', ready);
+    assert.equal(kr.status?.versions?.[0]?.algorithm, 'HMAC-SHA-384');
+    assert.equal((await store.require({ ringId: created.metadata.uid ?? '' })).algorithm, 'HMAC_SHA_384');
+    assert.deepEqual(await keyAttributes(created.metadata.uid ?? '', 1), { extractable: false, sensitive: true });
+  });
+
   it('rotates on request exactly once per request value', async () => {
     await patchSpec('orders', { rotationRequest: 'first' });
     let kr = await statusWhen('orders', 'version 2 primary', (k) => k.status?.primaryVersion === 2 && ready(k));
