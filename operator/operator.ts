@@ -81,6 +81,7 @@ export async function startOperator(config: OperatorConfig, log: Logger): Promis
         ...config.admission,
         policies,
         audit: config.audit,
+        decisions: metrics.policyDecisions,
         log,
         now,
         approvalWindowMs: config.approvalWindowMs,

@@ -21,6 +21,14 @@ export class OperatorMetrics {
     registers: [this.registry],
   });
 
+  /** Admission decisions on KeyRing management; a rise in denials is worth an alert. */
+  readonly policyDecisions = new Counter({
+    name: 'keyward_policy_decisions_total',
+    help: 'KeyPolicy decisions on KeyRing management requests, by operation and decision reason (Granted, NotGranted, NoPolicy, ...).',
+    labelNames: ['operation', 'reason'] as const,
+    registers: [this.registry],
+  });
+
   readonly hsmOperationDuration = new Histogram({
     name: 'keyward_hsm_operation_duration_seconds',
     help: 'Time of the operator ring operations in the HSM, by operation.',

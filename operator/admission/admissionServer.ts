@@ -25,6 +25,8 @@ export interface AdmissionServerConfig {
   certDir: string;
   policies: PolicyCache;
   audit: AuditLog;
+  /** Counts each decision by operation and reason. */
+  decisions: { inc(labels: { operation: string; reason: string }): void };
   log: Logger;
   now: () => Date;
   approvalWindowMs?: number;
@@ -128,6 +130,7 @@ function admitKeyRingRequest(config: AdmissionServerConfig, request: AdmissionRe
     approvalWindowMs: config.approvalWindowMs,
   });
   auditActs(config.audit, request, `${request.namespace ?? ''}/${request.name ?? ''}`, verdict.acts ?? []);
+  for (const act of verdict.acts ?? []) config.decisions.inc({ operation: act.operation, reason: act.decision.reason });
   return verdict;
 }
 
