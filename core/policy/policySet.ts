@@ -202,7 +202,7 @@ export class PolicySet {
     if (mixesUseAndManagement(live.flatMap((g) => g.operations))) {
       return deny(
         'SeparationOfDuties',
-        `${requester.username} would both use and manage ${ringName} through ${live.map((g) => g.rule).join(' and ')}; refused until one grant goes`,
+        `separation of duties: ${requester.username} would both use and manage ${ringName} through ${live.map((g) => g.rule).join(' and ')}; refused until one grant goes`,
       );
     }
     const granting = live.filter((g) => g.operations.includes(operation)).sort((a, b) => Number(a.breakGlass) - Number(b.breakGlass));

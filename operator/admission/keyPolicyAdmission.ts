@@ -21,9 +21,12 @@ export function admitKeyPolicy(input: KeyPolicyAdmissionInput): string | undefin
 
 function expiryProblems({ object, oldObject, now }: KeyPolicyAdmissionInput): string[] {
   // An expiry already admitted keeps its meaning: only new or changed ones are judged against now.
-  const admittedExpiries = new Set((oldObject?.spec.rules ?? []).map((r) => r.expiresAt).filter((e) => e !== undefined));
+  // A break-glass expiry counts as admitted only if it was admitted for a break-glass rule: one
+  // admitted for an ordinary grant (say 10 days) must not let a rule become break-glass for as long.
+  const expiryKey = (rule: { roles?: readonly string[]; expiresAt?: string }): string => `${rule.roles?.includes(breakGlassRole) ? 'break-glass ' : ''}${rule.expiresAt}`;
+  const admittedExpiries = new Set((oldObject?.spec.rules ?? []).filter((r) => r.expiresAt !== undefined).flatMap((r) => [`${r.expiresAt}`, expiryKey(r)]));
   return object.spec.rules.flatMap((rule, index) => {
-    if (!rule.expiresAt || admittedExpiries.has(rule.expiresAt)) return [];
+    if (!rule.expiresAt || admittedExpiries.has(expiryKey(rule))) return [];
     const field = `spec.rules[${index}].expiresAt`;
     const expires = Date.parse(rule.expiresAt);
     if (expires <= now.getTime()) return [`${field} ${rule.expiresAt} is already past`];

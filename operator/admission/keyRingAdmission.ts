@@ -68,12 +68,15 @@ export function admitKeyRing(input: KeyRingAdmissionInput): Verdict {
     window,
   });
 
-  // Version level: desired states, destruction requests and approvals.
+  // Version level: desired states, destruction requests and approvals. A version with no entry
+  // before is judged from its state in status: dropping an entry changes nothing in the HSM, so
+  // dropping and adding it back must not turn a cancelDestroy into an enableVersion.
   const oldVersions = new Map((old.versions ?? []).map((v) => [v.number, v]));
+  const actualStates = new Map((input.oldObject?.status?.versions ?? []).map((v) => [v.number, v.state]));
   const versions = (next.versions ?? []).map((desired): KeyRingDesiredVersion => {
     const before = oldVersions.get(desired.number);
     const target = `version ${desired.number}`;
-    const was = before?.state;
+    const was = before?.state ?? desiredState(actualStates.get(desired.number));
     const version = desired.number;
     if (desired.state !== was) {
       if (was === 'DestroyScheduled') acts.push({ operation: 'cancelDestroy', target, version });
@@ -111,12 +114,16 @@ export function admitKeyRing(input: KeyRingAdmissionInput): Verdict {
 
   const audited: AuditAct[] = [];
   const denials: string[] = [];
+  // An act the two-person rule refuses is judged once: by policy if policy refuses it, else by the rule.
+  const twoPerson = new Map(refusals.map((refusal) => [refusal.act, refusal]));
   for (const act of acts) {
     const decision = input.policies.decide(requester, input.namespace, input.name, act.operation, now);
+    if (decision.allowed && twoPerson.has(act)) continue;
+    twoPerson.delete(act);
     audited.push({ operation: act.operation, keyVersion: act.version, decision });
     if (!decision.allowed) denials.push(`${act.operation} on ${act.target}: ${decision.message}`);
   }
-  for (const refusal of refusals) {
+  for (const refusal of twoPerson.values()) {
     audited.push({
       operation: refusal.act.operation,
       keyVersion: refusal.act.version,
@@ -186,6 +193,11 @@ function destroyStamps(s: StampInput): DestroyRequest | undefined {
     return standing;
   }
   return { ...standing, approvedBy: s.requester.username, approvedAt: s.now.toISOString() };
+}
+
+/** A state from status as a desired state; undefined for states nobody asks for (Destroyed, ...). */
+function desiredState(state: string | undefined): KeyRingDesiredVersion['state'] | undefined {
+  return state === 'Enabled' || state === 'Disabled' || state === 'DestroyScheduled' ? state : undefined;
 }
 
 function without<T extends object, K extends keyof T>(value: T, ...keys: K[]): Omit<T, K> {
