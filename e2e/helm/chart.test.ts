@@ -4,37 +4,54 @@
 // ones the real CLI accepts. Installed on a real control plane: the real operator process runs as
 // the chart's ServiceAccount (a TokenRequest token, nothing else) and takes a KeyRing through
 // creation and deletion, so the RBAC is shown to suffice; access reviews show what it may not do.
+// The admission webhooks are reached the way a cluster reaches them: kube-apiserver resolves the
+// chart's Service (to the operator process's address, with endpoint routing, as there is no
+// cluster network) and trusts the chart's caBundle for the certificate in the chart's Secret.
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { chmodSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { createPrivateKey, X509Certificate } from 'node:crypto';
+import { chmodSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { networkInterfaces, tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { connect } from 'node:tls';
 import {
+  AdmissionregistrationV1Api,
   ApiException,
   AppsV1Api,
   AuthorizationV1Api,
   CoordinationV1Api,
   CoreV1Api,
   CustomObjectsApi,
+  DiscoveryV1Api,
   KubeConfig,
+  PatchStrategy,
   RbacAuthorizationV1Api,
+  setHeaderOptions,
   type KubernetesObject,
   type V1Container,
   type V1DaemonSet,
   type V1Deployment,
+  type V1MutatingWebhookConfiguration,
   type V1Pod,
   type V1PodSpec,
   type V1PolicyRule,
   type V1ResourceAttributes,
+  type V1Secret,
+  type V1Service,
+  type V1ValidatingWebhookConfiguration,
 } from '@kubernetes/client-node';
 import { readPinFile } from '../../core/hsm/pinFile.js';
 import { createSoftHsmToken, type SoftHsmToken } from '../../core/hsm/softHsmToken.js';
+import { keyPolicyResource, type KeyPolicy } from '../../operator/api/keyPolicy.js';
 import { keyRingResource, type KeyRing } from '../../operator/api/keyRing.js';
+import { keyPolicyWebhookPath, keyRingWebhookPath } from '../../operator/admission/admissionServer.js';
 import { keyRingFinalizer } from '../../operator/keyRing/keyRingClient.js';
 import { eventually } from '../../test/eventually.js';
 import { logTail } from '../control-plane/componentProcess.js';
 import { startControlPlane, type ControlPlane } from '../control-plane/controlPlane.js';
+import { freePort } from '../control-plane/network.js';
 import { keywardCli, kmsPluginNodeFlags } from '../kms/kmsPluginProcess.js';
+import { userKubeConfig } from '../operator/admissionWebhooks.js';
 import { operatorNodeFlags, startOperatorProcess, type OperatorProcess } from '../operator/operatorProcess.js';
 import { chartDir, helmIn, parseManifests, renderChart, repoRoot, type Helm } from './helm.js';
 
@@ -46,6 +63,8 @@ const withPlugin = ['--set', 'kmsPlugin.enabled=true', '--set', `hsm.softhsm.hos
 const expectedClusterRules: V1PolicyRule[] = [
   { apiGroups: ['keyward.dev'], resources: ['keyrings'], verbs: ['list', 'watch', 'patch'] },
   { apiGroups: ['keyward.dev'], resources: ['keyrings/status'], verbs: ['patch'] },
+  { apiGroups: ['keyward.dev'], resources: ['keypolicies'], verbs: ['list', 'watch'] },
+  { apiGroups: ['keyward.dev'], resources: ['keypolicies/status'], verbs: ['patch'] },
   { apiGroups: [''], resources: ['events'], verbs: ['create'] },
 ];
 const expectedLeaseRules: V1PolicyRule[] = [
@@ -59,6 +78,74 @@ const only = <T extends KubernetesObject>(objects: KubernetesObject[], kind: str
   assert.equal(found.length, 1, `exactly one ${kind}`);
   return found[0] as T;
 };
+const named = <T extends KubernetesObject>(objects: KubernetesObject[], kind: string, name: string): T => {
+  const found = ofKind<T>(objects, kind).find((o) => o.metadata?.name === name);
+  assert.ok(found, `${kind} ${name} rendered`);
+  return found;
+};
+
+// ---------------------------------------------------------------- the admission webhooks
+
+const webhookService = 'keyward-operator-webhook';
+const webhookSecret = 'keyward-operator-webhook-tls';
+/** The name kube-apiserver checks the webhook's certificate against. */
+const webhookDnsName = `${webhookService}.${releaseNamespace}.svc`;
+const webhookConfigurations = [
+  { kind: 'MutatingWebhookConfiguration', name: 'keyward-keyrings', webhook: 'keyrings.keyward.dev', resource: 'keyrings', path: keyRingWebhookPath },
+  { kind: 'ValidatingWebhookConfiguration', name: 'keyward-keypolicies', webhook: 'keypolicies.keyward.dev', resource: 'keypolicies', path: keyPolicyWebhookPath },
+] as const;
+type WebhookConfiguration = V1MutatingWebhookConfiguration | V1ValidatingWebhookConfiguration;
+
+const fromBase64 = (value: string | undefined): string => Buffer.from(value ?? '', 'base64').toString('utf8');
+
+/** The certificates of a caBundle (base64 of concatenated PEM), in order. */
+function bundleCertificates(caBundle: string | undefined): X509Certificate[] {
+  return (fromBase64(caBundle).match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? []).map((pem) => new X509Certificate(pem));
+}
+
+/**
+ * What kube-apiserver asks of a webhook's certificate when it trusts `caBundle`: signed by one of
+ * its CAs, the DNS name in a subjectAltName (Go ignores the common name), valid now, for serving;
+ * and tls.key is its key.
+ */
+function assertServesFor(crt: string, key: string, caBundle: string | undefined, dnsName: string): void {
+  const cert = new X509Certificate(crt);
+  const cas = bundleCertificates(caBundle);
+  assert.ok(cas.length > 0, 'the caBundle holds certificates');
+  assert.ok(cas.some((ca) => ca.ca && cert.checkIssued(ca) && cert.verify(ca.publicKey)), `signed by a CA of the caBundle (issuer ${cert.issuer})`);
+  assert.equal(cert.checkHost(dnsName, { subject: 'never' }), dnsName, `names ${dnsName} (${cert.subjectAltName ?? 'no subjectAltName'})`);
+  assert.ok(Date.parse(cert.validFrom) <= Date.now() && Date.now() < Date.parse(cert.validTo), `valid now (${cert.validFrom} to ${cert.validTo})`);
+  assert.ok(!cert.ca, 'a leaf, not a CA');
+  assert.ok(cert.checkPrivateKey(createPrivateKey(key)), 'tls.key is the key of tls.crt');
+}
+
+function assertWebhook(config: WebhookConfiguration, expected: (typeof webhookConfigurations)[number]): NonNullable<WebhookConfiguration['webhooks']>[number] {
+  assert.equal(config.metadata?.name, expected.name);
+  assert.equal(config.webhooks?.length, 1, `${expected.name}: one webhook`);
+  const webhook = config.webhooks?.[0];
+  assert.ok(webhook);
+  assert.equal(webhook.name, expected.webhook);
+  assert.deepEqual(webhook.clientConfig.service, { name: webhookService, namespace: releaseNamespace, path: expected.path, port: 443 }, `${expected.name}: through the Service`);
+  assert.equal(webhook.clientConfig.url, undefined);
+  assert.deepEqual(webhook.rules, [{ apiGroups: ['keyward.dev'], apiVersions: ['v1alpha1'], operations: ['CREATE', 'UPDATE'], resources: [expected.resource], scope: 'Namespaced' }]);
+  assert.deepEqual(
+    { failurePolicy: webhook.failurePolicy, sideEffects: webhook.sideEffects, admissionReviewVersions: webhook.admissionReviewVersions, timeoutSeconds: webhook.timeoutSeconds },
+    { failurePolicy: 'Fail', sideEffects: 'None', admissionReviewVersions: ['v1'], timeoutSeconds: 5 },
+    `${expected.name}: fails closed`,
+  );
+  // No selector lets a request around the webhook (an empty one, as the apiserver defaults it, matches all).
+  for (const selector of [webhook.namespaceSelector, webhook.objectSelector]) assert.ok(!selector || Object.keys(selector).length === 0, `${expected.name}: no selector`);
+  return webhook;
+}
+
+/** A non-loopback IPv4 address of this machine: kube-apiserver refuses loopback endpoints for a Service. */
+function hostAddress(): string {
+  const address = Object.values(networkInterfaces())
+    .flat()
+    .find((a) => a?.family === 'IPv4' && !a.internal)?.address;
+  if (!address) throw new Error('this test needs a non-loopback IPv4 address to route the webhook Service to (Endpoints refuse 127.0.0.0/8)');
+  return address;
+}
 
 /** Every pod spec in the manifests: Deployments, DaemonSets and bare Pods (the static pod). */
 function podSpecs(objects: KubernetesObject[]): { owner: string; spec: V1PodSpec }[] {
@@ -136,8 +223,8 @@ describe('Helm chart charts/keyward', function () {
   before(async () => {
     home = mkdtempSync(join(tmpdir(), 'keyward-helm-'));
     helm = helmIn(home);
-    defaults = await renderChart(helm, releaseNamespace);
-    plugin = await renderChart(helm, releaseNamespace, withPlugin);
+    // Side by side: each render generates a webhook CA and certificate (RSA 4096 keys take a while).
+    [defaults, plugin] = await Promise.all([renderChart(helm, releaseNamespace), renderChart(helm, releaseNamespace, withPlugin)]);
   });
   after(() => {
     if (home) rmSync(home, { recursive: true, force: true });
@@ -145,8 +232,7 @@ describe('Helm chart charts/keyward', function () {
 
   describe('rendered', () => {
     it('passes helm lint --strict, with defaults and with the KMS plugin', async () => {
-      await helm(['lint', '--strict', chartDir]);
-      await helm(['lint', '--strict', chartDir, ...withPlugin]);
+      await Promise.all([helm(['lint', '--strict', chartDir]), helm(['lint', '--strict', chartDir, ...withPlugin])]);
     });
 
     it('ships exactly the CRDs of crds/, byte for byte (the copy cannot drift from the generated source)', () => {
@@ -165,7 +251,7 @@ describe('Helm chart charts/keyward', function () {
       assert.equal(only<V1DaemonSet>(plugin, 'DaemonSet').metadata?.name, 'keyward-kms-plugin');
     });
 
-    it('grants exactly the RBAC the operator uses: no wildcard, nothing cluster-wide but KeyRings and Events', () => {
+    it('grants exactly the RBAC the operator uses: no wildcard, nothing cluster-wide but KeyRings, KeyPolicies and Events', () => {
       for (const objects of [defaults, plugin]) {
         const clusterRole = only<KubernetesObject & { rules: V1PolicyRule[] }>(objects, 'ClusterRole');
         const role = only<KubernetesObject & { rules: V1PolicyRule[] }>(objects, 'Role');
@@ -234,22 +320,94 @@ describe('Helm chart charts/keyward', function () {
       }
     });
 
-    it('wires the operator: HSM flags, metrics and probes on 9465, Lease namespace from the downward API', () => {
+    it('wires the operator: HSM flags, metrics on 9465, the webhook on 9443, Lease namespace from the downward API', () => {
       const spec = only<V1Deployment>(defaults, 'Deployment').spec?.template.spec;
       const container = spec?.containers[0];
       assert.deepEqual(container?.command, ['node', ...operatorNodeFlags, '/app/dist/cli/keyward.js', 'operator']);
-      for (const flag of ['--pkcs11-module=/usr/lib/softhsm/libsofthsm2.so', '--token-label=keyward', '--metrics-address=0.0.0.0:9465', '--lease-namespace=$(POD_NAMESPACE)']) {
+      const flags = [
+        '--pkcs11-module=/usr/lib/softhsm/libsofthsm2.so',
+        '--token-label=keyward',
+        '--metrics-address=0.0.0.0:9465',
+        '--lease-namespace=$(POD_NAMESPACE)',
+        '--approval-window=60',
+        '--webhook-address=0.0.0.0:9443',
+        '--webhook-cert-dir=/etc/keyward/webhook',
+      ];
+      for (const flag of flags) {
         assert.ok(container?.args?.includes(flag), `operator arg ${flag}`);
       }
       assert.deepEqual(container?.env?.find((e) => e.name === 'POD_NAMESPACE')?.valueFrom, { fieldRef: { fieldPath: 'metadata.namespace' } });
       assert.deepEqual(container?.env?.find((e) => e.name === 'SOFTHSM2_CONF'), { name: 'SOFTHSM2_CONF', value: '/etc/keyward/softhsm/softhsm2.conf' });
-      assert.deepEqual(container?.ports, [{ name: 'metrics', containerPort: 9465, protocol: 'TCP' }]);
+      assert.deepEqual(container?.ports, [
+        { name: 'metrics', containerPort: 9465, protocol: 'TCP' },
+        { name: 'webhook', containerPort: 9443, protocol: 'TCP' },
+      ]);
       assert.deepEqual([container?.livenessProbe?.httpGet?.path, container?.livenessProbe?.httpGet?.port], ['/livez', 'metrics']);
-      assert.deepEqual([container?.readinessProbe?.httpGet?.path, container?.readinessProbe?.httpGet?.port], ['/healthz', 'metrics']);
+      // Ready means the webhook answers: the Service sends admission requests to ready replicas only.
+      assert.deepEqual(container?.readinessProbe?.httpGet, { scheme: 'HTTPS', path: '/healthz', port: 'webhook' });
+      assert.deepEqual(container?.volumeMounts?.find((m) => m.name === 'webhook-tls'), { name: 'webhook-tls', mountPath: '/etc/keyward/webhook', readOnly: true });
+      assert.deepEqual(spec?.volumes?.find((v) => v.name === 'webhook-tls')?.secret, {
+        secretName: webhookSecret,
+        defaultMode: 0o440,
+        items: [
+          { key: 'tls.crt', path: 'tls.crt' },
+          { key: 'tls.key', path: 'tls.key' },
+        ],
+      });
       assert.equal(spec?.automountServiceAccountToken, true);
       const conf = only<KubernetesObject & { data: Record<string, string> }>(defaults, 'ConfigMap').data['softhsm2.conf'];
       assert.match(conf ?? '', /^directories\.tokendir = \/var\/lib\/softhsm\/tokens$/m);
       assert.equal(spec?.volumes?.find((v) => v.name === 'softhsm-tokens')?.persistentVolumeClaim?.claimName, 'keyward-softhsm-tokens');
+    });
+
+    it("registers both webhooks through the webhook Service, failing closed, with a caBundle that verifies the Secret's certificate for the Service's name", () => {
+      const deployment = only<V1Deployment>(defaults, 'Deployment');
+      const service = named<V1Service>(defaults, 'Service', webhookService);
+      assert.equal(service.metadata?.namespace, releaseNamespace);
+      assert.equal(service.spec?.type, 'ClusterIP');
+      assert.deepEqual(service.spec?.ports, [{ name: 'webhook', port: 443, targetPort: 'webhook', protocol: 'TCP' }]);
+      assert.deepEqual(service.spec?.selector, deployment.spec?.selector?.matchLabels, 'selects every operator replica, leader or not');
+      const secret = named<V1Secret>(defaults, 'Secret', webhookSecret);
+      assert.equal(secret.type, 'kubernetes.io/tls');
+      assert.equal(secret.metadata?.namespace, releaseNamespace);
+      const crt = fromBase64(secret.data?.['tls.crt']);
+      const key = fromBase64(secret.data?.['tls.key']);
+      for (const expected of webhookConfigurations) {
+        const webhook = assertWebhook(only<WebhookConfiguration>(defaults, expected.kind), expected);
+        assertServesFor(crt, key, webhook.clientConfig.caBundle, webhookDnsName);
+        assert.equal(webhook.clientConfig.caBundle, secret.data?.['ca.crt'], 'a first install trusts its own CA only');
+      }
+      const cert = new X509Certificate(crt);
+      assert.equal(cert.publicKey.asymmetricKeyDetails?.modulusLength, 4096, 'RSA 4096 (CNSA 1.0: at least 3072)');
+      const years = (Date.parse(cert.validTo) - Date.now()) / (365.25 * 86_400_000);
+      assert.ok(years > 9.9, `long-lived: ${years.toFixed(1)} years`);
+      // The annotation an upgrade reads to decide whether to keep the certificate.
+      assert.ok(Math.abs(Date.parse(secret.metadata?.annotations?.['keyward.dev/webhook-not-after'] ?? '') - Date.parse(cert.validTo)) < 60_000);
+      assert.equal(secret.metadata?.annotations?.['keyward.dev/webhook-dns-name'], webhookDnsName);
+    });
+
+    it('serves from an existing Secret instead, with its caBundle or with cert-manager injecting it; refuses one nobody vouches for', async () => {
+      const caBundle = named<V1Secret>(defaults, 'Secret', webhookSecret).data?.['ca.crt'] ?? '';
+      const existing = ['--set', 'operator.webhook.tls.existingSecret=webhook-cert'];
+      const given = await renderChart(helm, releaseNamespace, [...existing, '--set', `operator.webhook.tls.caBundle=${caBundle}`]);
+      const injected = await renderChart(helm, releaseNamespace, [...existing, '--set', 'operator.webhook.tls.certManagerInjectFrom=keyward-system/webhook-cert']);
+      for (const objects of [given, injected]) {
+        assert.deepEqual(ofKind(objects, 'Secret'), [], 'the chart generates no certificate');
+        assert.equal(only<V1Deployment>(objects, 'Deployment').spec?.template.spec?.volumes?.find((v) => v.name === 'webhook-tls')?.secret?.secretName, 'webhook-cert');
+      }
+      for (const expected of webhookConfigurations) {
+        const withBundle = only<WebhookConfiguration>(given, expected.kind);
+        assert.equal(assertWebhook(withBundle, expected).clientConfig.caBundle, caBundle);
+        assert.equal(withBundle.metadata?.annotations, undefined);
+        const withInjection = only<WebhookConfiguration>(injected, expected.kind);
+        assert.equal(assertWebhook(withInjection, expected).clientConfig.caBundle, undefined, "left for cert-manager's cainjector");
+        assert.deepEqual(withInjection.metadata?.annotations, { 'cert-manager.io/inject-ca-from': 'keyward-system/webhook-cert' });
+      }
+      await assert.rejects(renderChart(helm, releaseNamespace, existing), /existingSecret needs operator\.webhook\.tls\.caBundle .* or operator\.webhook\.tls\.certManagerInjectFrom/);
+      await assert.rejects(
+        renderChart(helm, releaseNamespace, ['--set', `operator.webhook.tls.caBundle=${caBundle}`]),
+        /caBundle and certManagerInjectFrom belong with operator\.webhook\.tls\.existingSecret/,
+      );
     });
 
     it('runs the KMS plugin with its node flags on control-plane nodes, socket on a hostPath, no API token', () => {
@@ -309,13 +467,35 @@ describe('Helm chart charts/keyward', function () {
       const review = await saKubeConfig.makeApiClient(AuthorizationV1Api).createSelfSubjectAccessReview({ body: { spec: { resourceAttributes: attributes } } });
       return review.status?.allowed === true;
     };
+    /** The webhook certificate in the release's Secret, and the caBundle both installed webhooks trust. */
+    const installedWebhooks = async (): Promise<{ crt: string; key: string; ca: string; caBundle: string | undefined }> => {
+      const secret = await cp.kubeConfig.makeApiClient(CoreV1Api).readNamespacedSecret({ name: webhookSecret, namespace: releaseNamespace });
+      const registration = cp.kubeConfig.makeApiClient(AdmissionregistrationV1Api);
+      const [mutating, validating] = webhookConfigurations;
+      const configs: WebhookConfiguration[] = [
+        await registration.readMutatingWebhookConfiguration({ name: mutating.name }),
+        await registration.readValidatingWebhookConfiguration({ name: validating.name }),
+      ];
+      const [keyRings, keyPolicies] = configs.map((config, i) => assertWebhook(JSON.parse(JSON.stringify(config)) as WebhookConfiguration, webhookConfigurations[i] ?? mutating));
+      assert.equal(keyRings?.clientConfig.caBundle, keyPolicies?.clientConfig.caBundle, 'both webhooks trust the same CAs');
+      const data = secret.data ?? {};
+      return { crt: fromBase64(data['tls.crt']), key: fromBase64(data['tls.key']), ca: fromBase64(data['ca.crt']), caBundle: keyRings?.clientConfig.caBundle };
+    };
+    /** A dry-run merge patch of a KeyRing's spec: the apiserver runs admission, webhooks included, and stores nothing. */
+    const dryRunPatch = (client: CustomObjectsApi, name: string, spec: Record<string, unknown>): Promise<unknown> =>
+      client.patchNamespacedCustomObject(
+        { ...keyRingResource, namespace: keyRingNamespace, name, body: { spec }, dryRun: 'All' },
+        setHeaderOptions('Content-Type', PatchStrategy.MergePatch),
+      );
 
     before(async function () {
       this.timeout(600_000);
       dir = mkdtempSync(join(tmpdir(), 'keyward-e2e-helm-'));
       // OwnerReferencesPermissionEnforcement on, as in many production clusters: the operator must
       // not need keyrings/finalizers even so.
-      cp = await startControlPlane({ extraApiserverArgs: ['--enable-admission-plugins=OwnerReferencesPermissionEnforcement'] });
+      // Endpoint routing: the apiserver calls a webhook Service at its endpoints' addresses (there
+      // is no cluster network for a ClusterIP), still checking the certificate for <svc>.<ns>.svc.
+      cp = await startControlPlane({ extraApiserverArgs: ['--enable-admission-plugins=OwnerReferencesPermissionEnforcement', '--enable-aggregator-routing=true'] });
       // The namespace warns about any pod template below the "restricted" Pod Security Standard.
       await cp.kubeConfig.makeApiClient(CoreV1Api).createNamespace({
         body: { metadata: { name: releaseNamespace, labels: { 'pod-security.kubernetes.io/warn': 'restricted', 'pod-security.kubernetes.io/enforce': 'restricted' } } },
@@ -346,7 +526,34 @@ describe('Helm chart charts/keyward', function () {
       saKubeConfig = new KubeConfig();
       saKubeConfig.loadFromFile(saKubeconfigPath);
       hsm = createSoftHsmToken({ parentDir: dir });
-      operator = await startOperatorProcess({ hsm, kubeconfigPath: saKubeconfigPath, dir, identity, leaseNamespace: releaseNamespace, leaseSeconds: 4 });
+      // The webhook certificate as the pod sees it: the chart's Secret, its two files.
+      const certDir = join(dir, 'webhook');
+      mkdirSync(certDir, { mode: 0o700 });
+      const { crt, key } = await installedWebhooks();
+      writeFileSync(join(certDir, 'tls.crt'), crt, { mode: 0o600 });
+      writeFileSync(join(certDir, 'tls.key'), key, { mode: 0o600 });
+      const ip = hostAddress();
+      const port = await freePort();
+      operator = await startOperatorProcess({
+        hsm,
+        kubeconfigPath: saKubeconfigPath,
+        dir,
+        identity,
+        leaseNamespace: releaseNamespace,
+        leaseSeconds: 4,
+        webhook: { address: `${ip}:${port}`, certDir },
+      });
+      // What the EndpointSlice controller would write for a ready operator pod (none runs here).
+      const endpointPort = { name: 'webhook', port, protocol: 'TCP' };
+      await cp.kubeConfig.makeApiClient(DiscoveryV1Api).createNamespacedEndpointSlice({
+        namespace: releaseNamespace,
+        body: {
+          metadata: { name: `${webhookService}-e2e`, labels: { 'kubernetes.io/service-name': webhookService } },
+          addressType: 'IPv4',
+          endpoints: [{ addresses: [ip], conditions: { ready: true } }],
+          ports: [endpointPort],
+        },
+      });
     });
     after(async () => {
       await operator?.process.stop();
@@ -372,6 +579,22 @@ describe('Helm chart charts/keyward', function () {
       await cp.kubeConfig.makeApiClient(CoreV1Api).readNamespacedServiceAccount({ name: saName, namespace: releaseNamespace });
       const { stdout } = await helm(['status', 'keyward', '--namespace', releaseNamespace, '--kubeconfig', cp.kubeconfigPath]);
       assert.match(stdout, /STATUS: deployed/);
+      // The webhooks as installed: through the Service, trusting the CA of the installed Secret.
+      const webhooks = await installedWebhooks();
+      assertServesFor(webhooks.crt, webhooks.key, webhooks.caBundle, webhookDnsName);
+      assert.equal(fromBase64(webhooks.caBundle), webhooks.ca);
+      const service = await cp.kubeConfig.makeApiClient(CoreV1Api).readNamespacedService({ name: webhookService, namespace: releaseNamespace });
+      assert.equal(service.spec?.ports?.[0]?.port, 443);
+      // A TLS client that trusts the caBundle and expects the Service's name accepts the operator.
+      const [host = '', port = ''] = (operator?.webhookAddress ?? '').split(':');
+      const authorized = await new Promise<string>((resolve, reject) => {
+        const socket = connect({ host, port: Number(port), servername: webhookDnsName, ca: fromBase64(webhooks.caBundle) }, () => {
+          resolve(socket.authorized ? 'authorized' : String(socket.authorizationError));
+          socket.end();
+        });
+        socket.once('error', reject);
+      });
+      assert.equal(authorized, 'authorized');
     });
 
     it('reconciles a KeyRing with only the chart RBAC: Lease, finalizer, status and Event', async () => {
@@ -396,6 +619,57 @@ describe('Helm chart charts/keyward', function () {
       assert.doesNotMatch(readFileSync(operator?.logFile ?? '', 'utf8'), /forbidden|\b403\b/i, 'no request of the operator was refused');
     });
 
+    it("calls the webhooks through the chart's Service and certificate: KeyPolicy decides who may rotate, the operator writes its status", async () => {
+      // RBAC lets dana patch KeyRings in the namespace: only KeyPolicy stands between her and a rotation.
+      const rbac = cp.kubeConfig.makeApiClient(RbacAuthorizationV1Api);
+      await rbac.createNamespacedRole({
+        namespace: keyRingNamespace,
+        body: { metadata: { name: 'keyring-editor' }, rules: [{ apiGroups: ['keyward.dev'], resources: ['keyrings'], verbs: ['get', 'patch'] }] },
+      });
+      await rbac.createNamespacedRoleBinding({
+        namespace: keyRingNamespace,
+        body: {
+          metadata: { name: 'keyring-editor-dana' },
+          roleRef: { apiGroup: 'rbac.authorization.k8s.io', kind: 'Role', name: 'keyring-editor' },
+          subjects: [{ kind: 'User', apiGroup: 'rbac.authorization.k8s.io', name: 'dana' }],
+        },
+      });
+      const dana = userKubeConfig(cp, 'dana').makeApiClient(CustomObjectsApi);
+      const refusedBy = (webhook: string, reason: RegExp) => (err: unknown) => {
+        if (!(err instanceof ApiException) || err.code !== 403) throw err;
+        const { message = '' } = JSON.parse(String(err.body)) as { message?: string };
+        assert.ok(message.startsWith(`admission webhook "${webhook}" denied the request`), message);
+        assert.match(message, reason);
+        return true;
+      };
+      await assert.rejects(dryRunPatch(dana, 'invoices', { rotationRequest: 'chart-1' }), refusedBy('keyrings.keyward.dev', /rotate/));
+
+      const policy = (name: string, rule: Record<string, unknown>): object => ({
+        apiVersion: 'keyward.dev/v1alpha1',
+        kind: 'KeyPolicy',
+        metadata: { name },
+        spec: { rules: [{ subjects: [{ kind: 'User', name: 'dana' }], keyRings: ['invoices'], ...rule }] },
+      });
+      const createPolicy = (body: object): Promise<unknown> => objects().createNamespacedCustomObject({ ...keyPolicyResource, namespace: keyRingNamespace, body });
+      // Only the validating webhook can see the clock: a break-glass grant two days out.
+      const tooLate = new Date(Date.now() + 48 * 3_600_000).toISOString();
+      await assert.rejects(createPolicy(policy('break-glass', { roles: ['BreakGlassAdministrator'], expiresAt: tooLate })), refusedBy('keypolicies.keyward.dev', /at most 24h/));
+      await createPolicy(policy('invoice-admins', { name: 'dana-administers', roles: ['Administrator'] }));
+      await eventually('dana may rotate (the operator cached the policy)', 10_000, () =>
+        dryRunPatch(dana, 'invoices', { rotationRequest: 'chart-1' }).then(
+          () => true,
+          () => undefined,
+        ),
+      );
+      // The leader wrote the policy's status (keypolicies/status patch) with the grant expanded.
+      const status = await eventually('KeyPolicy invoice-admins Ready', 30_000, async () => {
+        const p = (await objects().getNamespacedCustomObject({ ...keyPolicyResource, namespace: keyRingNamespace, name: 'invoice-admins' })) as KeyPolicy;
+        return p.status?.conditions?.some((c) => c.type === 'Ready' && c.status === 'True') ? p.status : undefined;
+      });
+      assert.ok(status.grants?.some((g) => g.subject === 'User dana' && g.keyRing === 'invoices' && g.operations.includes('rotate')));
+      assert.doesNotMatch(readFileSync(operator?.logFile ?? '', 'utf8'), /forbidden|\b403\b/i, 'no request of the operator was refused');
+    });
+
     it('finalizes a deleted KeyRing: the finalizer comes off and the KeyRing is gone', async () => {
       await objects().deleteNamespacedCustomObject({ ...keyRingResource, namespace: keyRingNamespace, name: 'invoices' });
       await eventually('KeyRing invoices gone', 60_000, async () => {
@@ -413,12 +687,17 @@ describe('Helm chart charts/keyward', function () {
 
     it('lets the ServiceAccount do what the operator does, and nothing else', async () => {
       const keyrings = { group: 'keyward.dev', resource: 'keyrings' };
+      const keypolicies = { group: 'keyward.dev', resource: 'keypolicies' };
       const leases = { group: 'coordination.k8s.io', resource: 'leases' };
+      const registration = { group: 'admissionregistration.k8s.io' };
       const allowed: V1ResourceAttributes[] = [
         { ...keyrings, verb: 'list' },
         { ...keyrings, verb: 'watch' },
         { ...keyrings, verb: 'patch', namespace: keyRingNamespace, name: 'invoices' },
         { ...keyrings, verb: 'patch', subresource: 'status', namespace: keyRingNamespace, name: 'invoices' },
+        { ...keypolicies, verb: 'list' },
+        { ...keypolicies, verb: 'watch' },
+        { ...keypolicies, verb: 'patch', subresource: 'status', namespace: keyRingNamespace, name: 'invoice-admins' },
         { group: '', resource: 'events', verb: 'create', namespace: keyRingNamespace },
         { ...leases, verb: 'get', namespace: releaseNamespace, name: 'keyward-operator' },
         { ...leases, verb: 'update', namespace: releaseNamespace, name: 'keyward-operator' },
@@ -437,6 +716,23 @@ describe('Helm chart charts/keyward', function () {
         { ...keyrings, verb: 'deletecollection', namespace: keyRingNamespace },
         { ...keyrings, verb: 'update', subresource: 'status', namespace: keyRingNamespace, name: 'invoices' },
         { ...keyrings, verb: 'update', subresource: 'finalizers', namespace: keyRingNamespace, name: 'invoices' },
+        // Policies are the customer's: the operator reads them and writes their status, nothing more.
+        { ...keypolicies, verb: 'get', namespace: keyRingNamespace, name: 'invoice-admins' },
+        { ...keypolicies, verb: 'create', namespace: keyRingNamespace },
+        { ...keypolicies, verb: 'update', namespace: keyRingNamespace, name: 'invoice-admins' },
+        { ...keypolicies, verb: 'patch', namespace: keyRingNamespace, name: 'invoice-admins' },
+        { ...keypolicies, verb: 'delete', namespace: keyRingNamespace, name: 'invoice-admins' },
+        { ...keypolicies, verb: 'deletecollection', namespace: keyRingNamespace },
+        { ...keypolicies, verb: 'update', subresource: 'status', namespace: keyRingNamespace, name: 'invoice-admins' },
+        // Nor may it read its own webhook key, or unregister or redirect the webhooks that check it.
+        { group: '', resource: 'secrets', verb: 'get', namespace: releaseNamespace, name: webhookSecret },
+        { ...registration, resource: 'mutatingwebhookconfigurations', verb: 'patch', name: 'keyward-keyrings' },
+        { ...registration, resource: 'mutatingwebhookconfigurations', verb: 'delete', name: 'keyward-keyrings' },
+        { ...registration, resource: 'validatingwebhookconfigurations', verb: 'update', name: 'keyward-keypolicies' },
+        { ...registration, resource: 'validatingadmissionpolicies', verb: 'create' },
+        { group: '', resource: 'services', verb: 'patch', namespace: releaseNamespace, name: webhookService },
+        { group: '', resource: 'endpoints', verb: 'update', namespace: releaseNamespace, name: webhookService },
+        { group: 'discovery.k8s.io', resource: 'endpointslices', verb: 'create', namespace: releaseNamespace },
         { group: '', resource: 'events', verb: 'delete', namespace: keyRingNamespace },
         { group: '', resource: 'events', verb: 'patch', namespace: keyRingNamespace },
         { ...leases, verb: 'update', namespace: 'kube-system', name: 'keyward-operator' },
@@ -462,8 +758,13 @@ describe('Helm chart charts/keyward', function () {
       );
     });
 
-    it('upgrades to the KMS plugin DaemonSet: accepted by the apiserver, only hostPath falls short of "restricted"', async () => {
-      const { stdout, stderr } = await helm(['upgrade', 'keyward', chartDir, '--namespace', releaseNamespace, '--kubeconfig', cp.kubeconfigPath, ...withPlugin]);
+    const upgrade = (...args: string[]): Promise<{ stdout: string; stderr: string }> =>
+      helm(['upgrade', 'keyward', chartDir, '--namespace', releaseNamespace, '--kubeconfig', cp.kubeconfigPath, ...withPlugin, ...args]);
+
+    it('upgrades to the KMS plugin DaemonSet: accepted by the apiserver, only hostPath falls short of "restricted"; the webhook certificate is kept', async () => {
+      const before = await installedWebhooks();
+      const { stdout, stderr } = await upgrade();
+      assert.deepEqual(await installedWebhooks(), before, 'the same certificate, key and caBundle (read back with lookup)');
       const daemonSet = await cp.kubeConfig.makeApiClient(AppsV1Api).readNamespacedDaemonSet({ name: 'keyward-kms-plugin', namespace: releaseNamespace });
       assert.equal(daemonSet.spec?.template.spec?.automountServiceAccountToken, false);
       const warnings = `${stdout}\n${stderr}`.split('\n').filter((line) => /would violate PodSecurity/.test(line));
@@ -472,6 +773,36 @@ describe('Helm chart charts/keyward', function () {
         assert.match(warning, /restricted volume types? .*hostPath/);
         assert.doesNotMatch(warning, /runAsNonRoot|allowPrivilegeEscalation|capabilities|seccompProfile|privileged/, warning);
       }
+    });
+
+    it('replaces a certificate near its end on upgrade, trusting the old CA beside the new one until the next upgrade', async () => {
+      const old = await installedWebhooks();
+      // 3650 days left is "near the end" when certificates are renewed 4000 days ahead.
+      const renewal = ['--set', 'operator.webhook.tls.validityDays=5000', '--set', 'operator.webhook.tls.renewBeforeDays=4000'];
+      await upgrade(...renewal);
+      const renewed = await installedWebhooks();
+      assert.notEqual(renewed.crt, old.crt, 'a new certificate');
+      assertServesFor(renewed.crt, renewed.key, renewed.caBundle, webhookDnsName);
+      const fingerprints = (pem: string): string[] => bundleCertificates(Buffer.from(pem).toString('base64')).map((c) => c.fingerprint256);
+      assert.deepEqual(fingerprints(fromBase64(renewed.caBundle)), [...fingerprints(renewed.ca), ...fingerprints(old.ca)], 'new CA, then the old one');
+      // Replicas keep serving the old certificate until the kubelet and the operator pick up the
+      // new one: the apiserver still trusts it. This operator serves the old one still.
+      assertServesFor(old.crt, old.key, renewed.caBundle, webhookDnsName);
+      await assert.rejects(
+        objects().createNamespacedCustomObject({
+          ...keyPolicyResource,
+          namespace: keyRingNamespace,
+          body: { apiVersion: 'keyward.dev/v1alpha1', kind: 'KeyPolicy', metadata: { name: 'late' }, spec: { rules: [{ subjects: [{ kind: 'User', name: 'erin' }], keyRings: ['invoices'], roles: ['BreakGlassAdministrator'], expiresAt: new Date(Date.now() + 48 * 3_600_000).toISOString() }] } },
+          dryRun: 'All',
+        }),
+        (err: unknown) => err instanceof ApiException && err.code === 403 && /at most 24h/.test(String(err.body)),
+        'the apiserver still reaches the webhook, which serves the old certificate',
+      );
+      // The next upgrade keeps the new certificate and trusts its CA alone.
+      await upgrade(...renewal);
+      const next = await installedWebhooks();
+      assert.equal(next.crt, renewed.crt);
+      assert.deepEqual(fingerprints(fromBase64(next.caBundle)), fingerprints(renewed.ca));
     });
   });
 });

@@ -40,6 +40,21 @@ app.kubernetes.io/component: {{ .component }}
 {{- default (include "keyward.operator.fullname" .) .Values.operator.serviceAccount.name }}
 {{- end }}
 
+{{/* The Service in front of every operator replica's admission webhook. */}}
+{{- define "keyward.operator.webhookServiceName" -}}
+{{- printf "%s-webhook" (include "keyward.operator.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The kubernetes.io/tls Secret the webhook serves from: the user's, or the one the chart generates. */}}
+{{- define "keyward.operator.webhookSecretName" -}}
+{{- default (printf "%s-webhook-tls" (include "keyward.operator.fullname" .) | trunc 63 | trimSuffix "-") .Values.operator.webhook.tls.existingSecret }}
+{{- end }}
+
+{{/* Where the webhook's tls.crt and tls.key are mounted. */}}
+{{- define "keyward.operator.webhookCertDir" -}}
+/etc/keyward/webhook
+{{- end }}
+
 {{- define "keyward.kmsPlugin.fullname" -}}
 {{- printf "%s-kms-plugin" (include "keyward.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
@@ -136,4 +151,33 @@ image's own node: no shell, nothing downloaded. Call with (dict "root" $ "securi
 {{- with .Values.hsm.extraEnv }}
 {{ toYaml . }}
 {{- end }}
+{{- end }}
+
+{{/*
+One admission webhook of the operator, as kube-apiserver calls it: through the webhook Service,
+trusting caBundle, for CREATE and UPDATE of one Keyward resource, failing closed. Call with
+(dict "root" $ "resource" "keyrings" "caBundle" ...); the path is /admit/<resource>
+(operator/admission/admissionServer.ts).
+*/}}
+{{- define "keyward.webhook" -}}
+clientConfig:
+  service:
+    name: {{ include "keyward.operator.webhookServiceName" .root }}
+    namespace: {{ .root.Release.Namespace }}
+    path: /admit/{{ .resource }}
+    port: 443
+  {{- with .caBundle }}
+  caBundle: {{ . }}
+  {{- end }}
+rules:
+  - apiGroups: [keyward.dev]
+    apiVersions: [v1alpha1]
+    operations: [CREATE, UPDATE]
+    resources: [{{ .resource }}]
+    scope: Namespaced
+failurePolicy: Fail
+matchPolicy: Equivalent
+sideEffects: None
+admissionReviewVersions: [v1]
+timeoutSeconds: {{ .root.Values.operator.webhook.timeoutSeconds }}
 {{- end }}
