@@ -25,6 +25,15 @@ describe('KeyPolicy admission', () => {
     assert.equal(admitKeyPolicy({ object: edited, oldObject: old, admitted: [old], now }), undefined);
   });
 
+  it('does not let an expiry admitted for an ordinary grant carry a break-glass one past 24h', () => {
+    const auditor: KeyPolicyRule = { subjects: [{ kind: 'User', name: 'carol' }], keyRings: ['orders'], roles: ['Auditor'], expiresAt: hours(240) };
+    const old = keyPolicy('bg', [auditor], '2026-11-22T00:00:00Z');
+    const raised = keyPolicy('bg', [breakGlass(hours(240))], '2026-11-22T00:00:00Z');
+    assert.match(admitKeyPolicy({ object: raised, oldObject: old, admitted: [old], now }) ?? '', /is 240.0h ahead; BreakGlassAdministrator grants may run at most 24h/);
+    // The other way round is only a smaller grant.
+    assert.equal(admitKeyPolicy({ object: keyPolicy('bg', [{ ...auditor, expiresAt: hours(-1) }]), oldObject: keyPolicy('bg', [breakGlass(hours(-1))]), admitted: [], now }), undefined);
+  });
+
   it('refuses a policy that would give an administrator of another policy use of the same ring', () => {
     const admins = keyPolicy('admins', [{ subjects: [{ kind: 'User', name: 'alice' }], keyRings: ['orders'], roles: ['Administrator'] }], '2026-11-01T00:00:00Z');
     const users = keyPolicy('users', [{ subjects: [{ kind: 'User', name: 'alice' }], keyRings: ['orders'], operations: ['decrypt'] }]);

@@ -54,9 +54,11 @@ describe('KeyRing admission', () => {
     const approving = { versions: [{ ...requested.versions[0]!, approveDestroy: true }] };
     const own = update(alice, requested, approving);
     assert.match(own.message ?? '', /alice requested this destruction and cannot also approve it/);
-    assert.deepEqual(own.acts?.map((a) => [a.operation, a.decision.reason]), [['approveDestroy', 'Granted'], ['approveDestroy', 'TwoPersonRule']]);
+    // One refused act, one audit record: not also an allowed one for the policy's part.
+    assert.deepEqual(own.acts?.map((a) => [a.operation, a.decision.reason]), [['approveDestroy', 'TwoPersonRule']]);
     const unauthorised = update(carol, requested, approving);
     assert.match(unauthorised.message ?? '', /carol is not granted approveDestroy/);
+    assert.deepEqual(unauthorised.acts?.map((a) => [a.operation, a.decision.reason]), [['approveDestroy', 'NotGranted']]);
     const late = update(bob, requested, approving, new Date(now.getTime() + defaultApprovalWindowMs + 1));
     assert.match(late.message ?? '', /the request by alice expired at/);
     const approved = update(bob, requested, approving, new Date(now.getTime() + 60_000));
@@ -67,6 +69,13 @@ describe('KeyRing admission', () => {
       approvedBy: 'bob',
       approvedAt: new Date(now.getTime() + 60_000).toISOString(),
     });
+  });
+
+  it('judges a version with no entry before by its state in status: dropping and re-adding an entry cancels nothing unjudged', () => {
+    const old = { ...keyRing({}), status: { versions: [{ number: 1, state: 'DestroyScheduled' }] } } as KeyRing;
+    const verdict = admitKeyRing({ operation: 'UPDATE', requester: carol, namespace: 'shop', name: 'orders', object: keyRing({ versions: [{ number: 1, state: 'Disabled' }] }), oldObject: old, policies, now });
+    assert.deepEqual(verdict.acts?.map((a) => [a.operation, a.decision.reason]), [['cancelDestroy', 'NotGranted']]);
+    assert.equal(verdict.allowed, false);
   });
 
   it('restores stamps a later change tries to alter or drop', () => {
