@@ -105,6 +105,15 @@ describe('KeyPolicy evaluation', () => {
     assert.ok(set.decide({ username: 'carol', groups: ['ops'] }, 'shop', 'orders', 'encrypt', now).allowed);
   });
 
+  it('replaces one namespace and keeps the others', () => {
+    const shop = policy('p', [{ subjects: [{ kind: 'User', name: 'alice' }], keyRings: ['orders'], roles: ['Administrator'] }]);
+    const bank = policy('p', [{ subjects: [{ kind: 'User', name: 'alice' }], keyRings: ['vault'], roles: ['Auditor'] }], 'bank');
+    const set = new PolicySet([shop, bank]).withNamespace('shop', []);
+    assert.equal(set.decide(alice, 'shop', 'orders', 'rotate', now).reason, 'NoPolicy');
+    assert.ok(set.decide(alice, 'bank', 'vault', 'readAudit', now).allowed);
+    assert.ok(set.withNamespace('shop', [shop]).decide(alice, 'shop', 'orders', 'rotate', now).allowed);
+  });
+
   it('expands every grant per subject and ring for the status', () => {
     const set = new PolicySet([
       policy('p', [{ subjects: [{ kind: 'User', name: 'alice' }, { kind: 'ServiceAccount', namespace: 'shop', name: 'api' }], keyRings: ['a', 'b'], roles: ['ReadOnly'], operations: ['readAudit'] }]),

@@ -184,6 +184,14 @@ export class PolicySet {
     for (const [namespace, list] of grouped) this.namespaces.set(namespace, new NamespacePolicies(list));
   }
 
+  /** This set with one namespace's policies replaced; the other namespaces are shared, not rebuilt. */
+  withNamespace(namespace: string, policies: readonly PolicyDocument[]): PolicySet {
+    const next = new PolicySet([]);
+    for (const [ns, built] of this.namespaces) if (ns !== namespace) next.namespaces.set(ns, built);
+    if (policies.length > 0) next.namespaces.set(namespace, new NamespacePolicies([...policies]));
+    return next;
+  }
+
   /** Whether a policy is enforced, and its grants expanded; undefined for an unknown policy. */
   verdict(namespace: string, name: string): PolicyVerdict | undefined {
     return this.namespaces.get(namespace)?.verdicts.get(name);

@@ -149,7 +149,12 @@ const keyRingSpecSchema = {
         'Destroy is a request that takes effect only once a second person approves it (spec.approveDestroy).',
     },
     approveDestroy: { ...approveDestroySchema, description: 'Set to true by a second person holding approveDestroy to approve deletionPolicy Destroy.' },
-    deletionDestroyRequest: { ...destroyRequestSchema, description: 'Who set deletionPolicy Destroy and who approved it; written by Keyward admission.' },
+    deletionDestroyRequest: {
+      ...destroyRequestSchema,
+      description:
+        'Who set deletionPolicy Destroy and who approved it; written by Keyward admission. The approval is a standing ' +
+        'one: it is used when the KeyRing is deleted, however much later, and setting deletionPolicy back to Retain withdraws it.',
+    },
     rotationRequest: {
       type: 'string',
       minLength: 1,

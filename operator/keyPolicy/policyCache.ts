@@ -1,6 +1,7 @@
-// Every KeyPolicy of the cluster from a watch, and the PolicySet built from them. The set is
-// rebuilt on the first decision after a change, so enforcement lags a policy change by the watch
-// delivery alone.
+// Every KeyPolicy of the cluster from a watch, and the PolicySet built from them. A namespace's
+// part of the set is rebuilt on the first decision after a change to one of its policies' specs
+// (status writes do not count), so enforcement lags a policy change by the watch delivery and
+// one namespace's rebuild.
 import type { KubeConfig } from '@kubernetes/client-node';
 import type { Logger } from '../../core/observability/logger.js';
 import { PolicySet } from '../../core/policy/policySet.js';
@@ -9,11 +10,27 @@ import { resourceInformer, type ResourceInformer } from '../runtime/resourceInfo
 
 export class PolicyCache {
   private readonly informer: ResourceInformer<KeyPolicy>;
-  private current: PolicySet | undefined;
+  private current = new PolicySet([]);
+  /** Namespaces whose policies changed since the set was last built. */
+  private readonly stale = new Set<string>();
+  /** The spec generation last seen of each policy, to tell spec changes from status writes. */
+  private readonly generations = new Map<string, number | undefined>();
+  private readonly handlers: ((policy: KeyPolicy) => void)[] = [];
 
   constructor(kubeConfig: KubeConfig, log: Logger) {
     this.informer = resourceInformer<KeyPolicy>(kubeConfig, keyPolicyResource, log);
-    for (const event of ['add', 'update', 'delete'] as const) this.informer.on(event, () => (this.current = undefined));
+    const changed = (policy: KeyPolicy, gone = false): void => {
+      const key = `${policy.metadata.namespace}/${policy.metadata.name}`;
+      const generation = policy.metadata.generation;
+      if (!gone && this.generations.has(key) && this.generations.get(key) === generation) return;
+      if (gone) this.generations.delete(key);
+      else this.generations.set(key, generation);
+      this.stale.add(policy.metadata.namespace ?? '');
+      for (const handler of this.handlers) handler(policy);
+    };
+    this.informer.on('add', (policy) => changed(policy));
+    this.informer.on('update', (policy) => changed(policy));
+    this.informer.on('delete', (policy) => changed(policy, true));
   }
 
   start(): Promise<void> {
@@ -24,9 +41,9 @@ export class PolicyCache {
     return this.informer.stop();
   }
 
-  /** Called with each added, changed or deleted policy, after the set is invalidated. */
+  /** Called with each added, deleted or spec-changed policy, after the set is marked stale. */
   onChange(handler: (policy: KeyPolicy) => void): void {
-    for (const event of ['add', 'update', 'delete'] as const) this.informer.on(event, handler);
+    this.handlers.push(handler);
   }
 
   list(namespace?: string): readonly KeyPolicy[] {
@@ -38,6 +55,8 @@ export class PolicyCache {
   }
 
   policySet(): PolicySet {
-    return (this.current ??= new PolicySet(this.informer.list().map(policyDocument)));
+    for (const namespace of this.stale) this.current = this.current.withNamespace(namespace, this.informer.list(namespace).map(policyDocument));
+    this.stale.clear();
+    return this.current;
   }
 }
