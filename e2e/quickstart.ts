@@ -1,8 +1,9 @@
 // The quickstart: Keyward's real parts on one machine, shown working. A SoftHSM2 token made with
 // `keyward hsm init`; a real etcd + kube-apiserver that encrypts Secrets through the KMS plugin;
 // the CRDs and the operator, which turns a KeyRing into a key inside the HSM; the KMS v2 plugin as
-// its own process serving that ring; etcd read directly to show what is stored; then a rotation
-// requested on the KeyRing. Everything it starts is stopped and removed at the end.
+// its own process serving that ring; etcd read directly to show what is stored; then KeyPolicy:
+// a rotation refused by default, granted by a policy, and done. Everything it starts is stopped
+// and removed at the end.
 import { CoreV1Api, CustomObjectsApi, PatchStrategy, setHeaderOptions } from '@kubernetes/client-node';
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
@@ -15,6 +16,9 @@ import { startControlPlane, type ControlPlane } from './control-plane/controlPla
 import { parseKmsV2Value } from './control-plane/encryptedObject.js';
 import { readEtcdKey, secretEtcdKey } from './control-plane/etcdClient.js';
 import { apiserverKmsHealthStatus, keywardCli, kmsEncryptionConfig, kmsStatus, startKmsPluginProcess, type KmsPluginProcess } from './kms/kmsPluginProcess.js';
+import { keyPolicyResource, type KeyPolicy } from '../operator/api/keyPolicy.js';
+import { freePort } from './control-plane/network.js';
+import { registerAdmissionWebhooks, webhookCertDir } from './operator/admissionWebhooks.js';
 import { installCrds } from './operator/crds.js';
 import { startOperatorProcess, type OperatorProcess } from './operator/operatorProcess.js';
 
@@ -22,7 +26,7 @@ const step = (text: string): void => console.error(`[quickstart] ${text}`);
 const ring = { namespace: 'kube-system', name: 'etcd-secrets' };
 
 async function main(dir: string): Promise<void> {
-  step('1/7 creating a SoftHSM2 token: keyward hsm init');
+  step('1/8 creating a SoftHSM2 token: keyward hsm init');
   const hsmDir = join(dir, 'hsm');
   execFileSync(process.execPath, [keywardCli, 'hsm', 'init', `--dir=${hsmDir}`, '--label=keyward'], { stdio: 'ignore' });
   const hsm = {
@@ -36,7 +40,7 @@ async function main(dir: string): Promise<void> {
   let operator: OperatorProcess | undefined;
   let plugin: KmsPluginProcess | undefined;
   try {
-    step('2/7 starting etcd and kube-apiserver, encrypting Secrets through the KMS plugin socket');
+    step('2/8 starting etcd and kube-apiserver, encrypting Secrets through the KMS plugin socket');
     const socketPath = join(dir, 'kms.sock');
     // The plugin comes after its KeyRing exists, so wait for the API only, not the KMS check.
     cp = await startControlPlane({ encryptionConfig: kmsEncryptionConfig(dir, 'keyward', socketPath), skipReadyz: true, progress: (line) => step(`    ${line}`) });
@@ -44,11 +48,13 @@ async function main(dir: string): Promise<void> {
     const objects = control.kubeConfig.makeApiClient(CustomObjectsApi);
     const core = control.kubeConfig.makeApiClient(CoreV1Api);
 
-    step('3/7 installing the CRDs and starting the operator (leader-elected)');
+    step('3/8 installing the CRDs and starting the operator (leader-elected) with its admission webhook');
     await installCrds(control.kubeConfig);
-    operator = await startOperatorProcess({ hsm, kubeconfigPath: control.kubeconfigPath, dir, identity: 'quickstart', leaseSeconds: 4 });
+    const webhook = { address: `127.0.0.1:${await freePort()}`, certDir: webhookCertDir(control, join(dir, 'webhook')) };
+    operator = await startOperatorProcess({ hsm, kubeconfigPath: control.kubeconfigPath, dir, identity: 'quickstart', leaseSeconds: 4, webhook, auditLog: join(dir, 'operator-audit.log') });
+    await registerAdmissionWebhooks(control, webhook.address);
 
-    step(`4/7 applying KeyRing ${ring.namespace}/${ring.name} (purpose encryption, rotation every 720h)`);
+    step(`4/8 applying KeyRing ${ring.namespace}/${ring.name} (purpose encryption, rotation every 720h)`);
     await objects.createNamespacedCustomObject({
       ...keyRingResource,
       namespace: ring.namespace,
@@ -65,7 +71,7 @@ async function main(dir: string): Promise<void> {
     step(`    Ready: version 1 ${v1?.algorithm} in HSM token '${v1?.hsmToken}' object ${v1?.hsmObjectId}, key_id ${v1?.keyId}`);
     step(`    next rotation ${created.status?.nextRotationTime}`);
 
-    step('5/7 starting the KMS v2 plugin for that ring on a 0600 unix socket');
+    step('5/8 starting the KMS v2 plugin for that ring on a 0600 unix socket');
     plugin = await startKmsPluginProcess({ hsm, ringName: ring.name, ringNamespace: ring.namespace, dir });
     const status = await kmsStatus(socketPath);
     step(`    Status: version=${status.version} healthz=${status.healthz} key_id=${status.keyId}`);
@@ -77,15 +83,40 @@ async function main(dir: string): Promise<void> {
     );
     const raw = await readEtcdKey(control.etcdEndpoint, secretEtcdKey('default', secret.metadata?.name ?? ''));
     const stored = raw && parseKmsV2Value(raw);
-    step(`6/7 Secret default/db-password written; etcd holds ${raw?.length ?? 0} bytes starting '${raw?.subarray(0, 23).toString()}'`);
+    step(`6/8 Secret default/db-password written; etcd holds ${raw?.length ?? 0} bytes starting '${raw?.subarray(0, 23).toString()}'`);
     step(`    stored under key_id ${stored?.keyId}; plaintext in etcd: ${raw?.includes(Buffer.from(value)) ? 'YES (wrong!)' : 'no'}`);
     if (!stored || stored.keyId !== status.keyId || raw.includes(Buffer.from(value))) throw new Error('the Secret is not encrypted under the KeyRing key');
 
-    step('7/7 rotating through Kubernetes: spec.rotationRequest on the KeyRing');
-    await objects.patchNamespacedCustomObject(
-      { ...keyRingResource, ...ring, body: { spec: { rotationRequest: `quickstart-${Date.now()}` } } },
-      setHeaderOptions('Content-Type', PatchStrategy.MergePatch),
+    step('7/8 KeyPolicy: managing a KeyRing is refused unless a policy grants it, even to a cluster admin');
+    const rotate = (): Promise<unknown> =>
+      objects.patchNamespacedCustomObject(
+        { ...keyRingResource, ...ring, body: { spec: { rotationRequest: `quickstart-${Date.now()}` } } },
+        setHeaderOptions('Content-Type', PatchStrategy.MergePatch),
+      );
+    const refusal = await rotate().then(
+      () => undefined,
+      (err: unknown) => (JSON.parse((err as { body?: string }).body ?? '{}') as { message?: string }).message ?? String(err),
     );
+    if (!refusal) throw new Error('a rotation without any KeyPolicy was admitted');
+    step(`    refused: ${refusal}`);
+    await objects.createNamespacedCustomObject({
+      ...keyPolicyResource,
+      namespace: ring.namespace,
+      body: {
+        apiVersion: 'keyward.dev/v1alpha1',
+        kind: 'KeyPolicy',
+        metadata: { name: 'etcd-key-admins' },
+        spec: { rules: [{ name: 'admins', subjects: [{ kind: 'User', name: 'keyward-admin' }], keyRings: [ring.name], roles: ['Administrator'] }] },
+      },
+    });
+    const policy = await eventually('KeyPolicy status', 30_000, async () => {
+      const kp = (await objects.getNamespacedCustomObject({ ...keyPolicyResource, namespace: ring.namespace, name: 'etcd-key-admins' })) as KeyPolicy;
+      return kp.status?.grants?.length ? kp : undefined;
+    });
+    for (const grant of policy.status?.grants ?? []) step(`    KeyPolicy grants ${grant.subject} on ${grant.keyRing}: ${grant.operations.join(', ')}`);
+
+    step('8/8 rotating through Kubernetes as keyward-admin: spec.rotationRequest on the KeyRing');
+    await eventually('the rotation admitted', 10_000, () => rotate().then(() => true, () => undefined));
     const v2 = (await primary(2)).status?.versions?.find((v) => v.number === 2);
     step(`    the operator made version 2 primary: key_id ${v2?.keyId}`);
     await eventually('the plugin reporting version 2', 10_000, async () => ((await kmsStatus(socketPath)).keyId === v2?.keyId ? true : undefined), 1000);
@@ -102,6 +133,8 @@ async function main(dir: string): Promise<void> {
     step(`    new Secrets are stored under version 2; the old one still reads back: ${Buffer.from(old.data?.password ?? '', 'base64').toString() === value}`);
     const events = await core.listNamespacedEvent({ namespace: ring.namespace, fieldSelector: `involvedObject.name=${ring.name}` });
     step(`    KeyRing events: ${events.items.map((e) => e.reason).join(', ')}`);
+    const operatorAudit = readFileSync(join(dir, 'operator-audit.log'), 'utf8').trim().split('\n').map((line) => JSON.parse(line) as { result: string; operation: string; code: string });
+    step(`    operator audit: ${operatorAudit.map((r) => `${r.operation} ${r.result} (${r.code})`).join(', ')}`);
     step(`done. Plugin audit records: ${readFileSync(plugin.auditFile, 'utf8').trim().split('\n').length} (one per Encrypt/Decrypt)`);
   } finally {
     step('stopping everything');
