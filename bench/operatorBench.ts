@@ -4,7 +4,7 @@
 // reports create→Ready latency, the operator's reconciles/s, errors, CPU and memory; then requests
 // a rotation of every ring the same way and reports request→new primary. One JSON line per phase
 // on stdout, plus one with the HSM operation latencies of that phase; progress on stderr.
-import { CustomObjectsApi, PatchStrategy, setHeaderOptions, Watch, type KubeConfig } from '@kubernetes/client-node';
+import { CustomObjectsApi, PatchStrategy, setHeaderOptions, type KubeConfig } from '@kubernetes/client-node';
 import { mkdtempSync, readFileSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -18,6 +18,7 @@ import { installCrds } from '../e2e/operator/crds.js';
 import { startOperatorProcess, type OperatorProcess } from '../e2e/operator/operatorProcess.js';
 import { warnIfBusy } from './kmsBench.js';
 import { cpuSeconds, rssMib, watchPeakRss } from './procStats.js';
+import { watchObjects } from './watchObjects.js';
 
 /** Overridable so a quick check of the harness does not take minutes. */
 const ringCount = Number(process.env.KEYWARD_BENCH_RINGS ?? 500);
@@ -91,39 +92,11 @@ function isReady(keyRing: KeyRing): boolean {
   return (keyRing.status?.conditions ?? []).some((c) => c.type === 'Ready' && c.status === 'True' && c.observedGeneration === generation);
 }
 
-/**
- * Watches the namespace's KeyRings from now on and hands every object seen to `onObject`,
- * reconnecting from the last resourceVersion seen when the apiserver ends or refuses the watch.
- */
+/** The namespace's KeyRings from now on: every object seen goes to `onObject`. */
 async function watchKeyRings(kubeConfig: KubeConfig, objects: CustomObjectsApi, onObject: (keyRing: KeyRing) => void): Promise<{ stop(): void }> {
   const path = `/apis/${keyRingResource.group}/${keyRingResource.version}/namespaces/${namespace}/${keyRingResource.plural}`;
-  const watch = new Watch(kubeConfig);
   const list = (await objects.listNamespacedCustomObject({ ...keyRingResource, namespace })) as { metadata?: { resourceVersion?: string } };
-  let resourceVersion = list.metadata?.resourceVersion;
-  let stopped = false;
-  let controller: AbortController | undefined;
-  const start = async (): Promise<void> => {
-    controller = await watch.watch(
-      path,
-      { allowWatchBookmarks: true, resourceVersion },
-      (type: string, object: KeyRing) => {
-        resourceVersion = object.metadata?.resourceVersion ?? resourceVersion;
-        if (type === 'ADDED' || type === 'MODIFIED') onObject(object);
-      },
-      (err: unknown) => {
-        if (stopped) return;
-        progress(`watch ended (${(err as Error | null)?.message ?? 'closed'}); watching again`);
-        setTimeout(() => void start().catch((e: unknown) => progress(`watch failed: ${(e as Error).message}`)), 200);
-      },
-    );
-  };
-  await start();
-  return {
-    stop: () => {
-      stopped = true;
-      controller?.abort();
-    },
-  };
+  return watchObjects<KeyRing>(kubeConfig, path, { resourceVersion: list.metadata?.resourceVersion }, onObject, progress);
 }
 
 // ---------------------------------------------------------------- one phase

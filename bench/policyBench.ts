@@ -13,7 +13,7 @@
 //    watch times the operator's status write for the same change. Target: p99 ≤ 1 s.
 //    KEYWARD_BENCH_BACKGROUND_POLICIES=N first creates N of part 1's policies on the control plane
 //    (and waits for their status), so the lag is measured with that many policies to rebuild.
-import { ApiException, CoreV1Api, CustomObjectsApi, PatchStrategy, RbacAuthorizationV1Api, setHeaderOptions, Watch, type KubeConfig } from '@kubernetes/client-node';
+import { ApiException, CoreV1Api, CustomObjectsApi, PatchStrategy, RbacAuthorizationV1Api, setHeaderOptions, type KubeConfig } from '@kubernetes/client-node';
 import { mkdtempSync, readFileSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -32,6 +32,7 @@ import { installCrds } from '../e2e/operator/crds.js';
 import { startOperatorProcess, type OperatorProcess } from '../e2e/operator/operatorProcess.js';
 import { warnIfBusy } from './kmsBench.js';
 import { cpuSeconds, rssMib, watchPeakRss } from './procStats.js';
+import { watchObjects } from './watchObjects.js';
 
 /** Overridable so a quick check of the harness does not take minutes. */
 const changes = Number(process.env.KEYWARD_BENCH_CHANGES ?? 200);
@@ -279,33 +280,10 @@ function statusShows(policy: KeyPolicy, generation: number, grant: boolean): boo
   return rotate === grant;
 }
 
-/** Every version of the policy the apiserver sends on a watch, with its arrival time; rewatches when the watch ends. */
-async function watchPolicy(kubeConfig: KubeConfig, seen: (policy: KeyPolicy, at: number) => void): Promise<{ stop(): void }> {
+/** Every version of the policy the apiserver sends on a watch, with its arrival time. */
+function watchPolicy(kubeConfig: KubeConfig, seen: (policy: KeyPolicy, at: number) => void): Promise<{ stop(): void }> {
   const path = `/apis/${keyPolicyResource.group}/${keyPolicyResource.version}/namespaces/${namespace}/${keyPolicyResource.plural}`;
-  const watch = new Watch(kubeConfig);
-  let stopped = false;
-  let controller: AbortController | undefined;
-  const start = async (): Promise<void> => {
-    controller = await watch.watch(
-      path,
-      { fieldSelector: `metadata.name=${policyName}` },
-      (type: string, object: KeyPolicy) => {
-        if (type === 'ADDED' || type === 'MODIFIED') seen(object, performance.now());
-      },
-      (err: unknown) => {
-        if (stopped) return;
-        progress(`policy watch ended (${(err as Error | null)?.message ?? 'closed'}); watching again`);
-        setTimeout(() => void start().catch((e: unknown) => progress(`watch failed: ${(e as Error).message}`)), 100);
-      },
-    );
-  };
-  await start();
-  return {
-    stop: () => {
-      stopped = true;
-      controller?.abort();
-    },
-  };
+  return watchObjects<KeyPolicy>(kubeConfig, path, { fieldSelector: `metadata.name=${policyName}` }, (policy) => seen(policy, performance.now()), progress);
 }
 
 /**

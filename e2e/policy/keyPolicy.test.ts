@@ -16,7 +16,6 @@ import {
   PatchStrategy,
   RbacAuthorizationV1Api,
   setHeaderOptions,
-  type V1Status,
 } from '@kubernetes/client-node';
 import { createAuditLog, type AuditLog } from '../../core/audit/auditLog.js';
 import { HsmToken } from '../../core/hsm/hsmToken.js';
@@ -31,6 +30,7 @@ import { eventually } from '../../test/eventually.js';
 import { startControlPlane, type ControlPlane } from '../control-plane/controlPlane.js';
 import { registerAdmissionWebhooks, userKubeConfig, webhookCertDir } from '../operator/admissionWebhooks.js';
 import { installCrds } from '../operator/crds.js';
+import { apiRefusal } from '../../test/apiRefusal.js';
 
 const namespace = 'shop';
 const hour = 3_600_000;
@@ -282,16 +282,6 @@ describe('KeyPolicy: KeyRing management authorised by policy, for real users, en
       mergePatch,
     )) as KeyRing;
 
-  /** The apiserver's refusal of a request: its HTTP code and the message kubectl would print. */
-  async function refusal(request: Promise<unknown>): Promise<{ code: number; message: string }> {
-    const err = await request.then(
-      () => assert.fail('the apiserver accepted the request'),
-      (e: unknown) => e,
-    );
-    assert.ok(err instanceof ApiException, `an API error, not ${String(err)}`);
-    const status = (typeof err.body === 'string' ? JSON.parse(err.body) : err.body) as V1Status;
-    return { code: err.code, message: status.message ?? '' };
-  }
 
   type ActInput = { operation: Operation; keyVersion?: number; code?: string };
 
@@ -306,7 +296,7 @@ describe('KeyPolicy: KeyRing management authorised by policy, for real users, en
 
   /** A management change that Keyward must refuse (403 from its webhook); returns the message. */
   async function refuse(who: Actor, ring: string, spec: object, act: ActInput & { code: string }, dryRun = false): Promise<string> {
-    const { code, message } = await refusal(patchRing(who, ring, spec, dryRun));
+    const { code, message } = await apiRefusal(patchRing(who, ring, spec, dryRun));
     assert.equal(code, 403, message);
     assert.match(message, webhookDenial, 'refused by Keyward admission, not by RBAC or the schema');
     acts.push({ actor: who.name, ring, operation: act.operation, keyVersion: act.keyVersion, result: 'denied', code: act.code, stored: !dryRun });
@@ -541,7 +531,7 @@ describe('KeyPolicy: KeyRing management authorised by policy, for real users, en
     // adding it back is judged against the version's state in status, not against the absent entry.
     const dropped = await patchRing(carol, 'vault', { versions: null }, false);
     assert.equal(dropped.spec.versions, undefined);
-    const message = await refusal(patchRing(carol, 'vault', { versions: [{ number: 1, state: 'Enabled' }] }, false));
+    const message = await apiRefusal(patchRing(carol, 'vault', { versions: [{ number: 1, state: 'Enabled' }] }, false));
     assert.equal(message.code, 403, message.message);
     assert.match(message.message, /cancelDestroy on version 1: carol is not granted cancelDestroy on KeyRing shop\/vault/);
     // One request, two operations judged: the cancel refused, the enable granted (but not done).
@@ -665,7 +655,7 @@ describe('KeyPolicy: KeyRing management authorised by policy, for real users, en
     const alice = { kind: 'User', name: 'alice' } as const;
     const refusePolicy = async (rules: object[], code: number, message: RegExp): Promise<void> => {
       const body = policyBody('bad', rules as KeyPolicyRule[]);
-      const refused = await refusal(objects.createNamespacedCustomObject({ ...keyPolicyResource, namespace, body, dryRun: 'All' }));
+      const refused = await apiRefusal(objects.createNamespacedCustomObject({ ...keyPolicyResource, namespace, body, dryRun: 'All' }));
       assert.equal(refused.code, code, refused.message);
       assert.match(refused.message, message);
     };
@@ -705,7 +695,7 @@ describe('KeyPolicy: KeyRing management authorised by policy, for real users, en
       const tenDays = operatorNow(240 * hour).toISOString();
       await createPolicy('audit-contract', [{ name: 'auditors', subjects: [{ kind: 'User', name: 'sam' }], keyRings: ['vault'], roles: ['Auditor'], expiresAt: tenDays }]);
       const body = policyBody('audit-contract', [{ name: 'auditors', subjects: [{ kind: 'User', name: 'sam' }], keyRings: ['vault'], roles: ['BreakGlassAdministrator'], expiresAt: tenDays }]);
-      const refused = await refusal(objects.patchNamespacedCustomObject({ ...keyPolicyResource, namespace, name: 'audit-contract', body: { spec: body.spec } }, mergePatch));
+      const refused = await apiRefusal(objects.patchNamespacedCustomObject({ ...keyPolicyResource, namespace, name: 'audit-contract', body: { spec: body.spec } }, mergePatch));
       assert.equal(refused.code, 403, refused.message);
       assert.match(refused.message, /KeyPolicy shop\/audit-contract: spec\.rules\[0\]\.expiresAt \S+ is 240\.0h ahead; BreakGlassAdministrator grants may run at most 24h/);
       await objects.deleteNamespacedCustomObject({ ...keyPolicyResource, namespace, name: 'audit-contract' });
@@ -715,7 +705,7 @@ describe('KeyPolicy: KeyRing management authorised by policy, for real users, en
       const quinn = { kind: 'User', name: 'quinn' } as const;
       await createPolicy('payments-admins', [{ name: 'admins', subjects: [quinn], keyRings: ['payments'], roles: ['Administrator'] }]);
       const body = policyBody('payments-users', [{ name: 'users', subjects: [quinn], keyRings: ['payments'], roles: ['EncryptDecrypt'] }]);
-      const refused = await refusal(objects.createNamespacedCustomObject({ ...keyPolicyResource, namespace, body }));
+      const refused = await apiRefusal(objects.createNamespacedCustomObject({ ...keyPolicyResource, namespace, body }));
       assert.equal(refused.code, 403, refused.message);
       assert.match(
         refused.message,

@@ -1,10 +1,8 @@
 import {
-  ApiException,
   CustomObjectsApi,
   loadYaml,
   setHeaderOptions,
   type V1CustomResourceDefinition,
-  type V1Status,
 } from '@kubernetes/client-node';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
@@ -14,6 +12,7 @@ import { installCrds } from '../../e2e/operator/crds.js';
 import { crdFiles } from './generateCrds.js';
 import { algorithmsByPurpose, keyRingCrd, keyRingResource, type KeyRing, type KeyRingSpec, type KeyRingStatus } from './keyRing.js';
 import type { Schema } from './schema.js';
+import { apiRefusal } from '../../test/apiRefusal.js';
 
 const repoRoot = join(import.meta.dirname, '..', '..', '..');
 const crdPath = 'crds/keyward.dev_keyrings.yaml';
@@ -189,18 +188,8 @@ describe('KeyRing admission by a real kube-apiserver', function () {
       fieldValidation: 'Strict',
     })) as KeyRing;
 
-  /** The apiserver's refusal of a request: HTTP code and the message kubectl would print. */
-  async function refusal(request: Promise<unknown>): Promise<{ code: number; message: string }> {
-    const err = await request.then(
-      () => assert.fail('the apiserver accepted the request'),
-      (e: unknown) => e,
-    );
-    assert.ok(err instanceof ApiException, `an API error, not ${String(err)}`);
-    const status = (typeof err.body === 'string' ? JSON.parse(err.body) : err.body) as V1Status;
-    return { code: err.code, message: status.message ?? '' };
-  }
   const invalid = async (spec: object): Promise<string> => {
-    const { code, message } = await refusal(create(spec, { dryRun: 'All' }));
+    const { code, message } = await apiRefusal(create(spec, { dryRun: 'All' }));
     assert.equal(code, 422, message);
     return message;
   };
@@ -292,13 +281,13 @@ describe('KeyRing admission by a real kube-apiserver', function () {
   it('refuses a change of destroyScheduledDuration, also by removing it, but allows other updates', async () => {
     const created = await create({ purpose: 'encryption', destroyScheduledDuration: '48h' });
     const changed = { ...created, spec: { ...created.spec, destroyScheduledDuration: '96h' } };
-    const { code, message } = await refusal(replace(changed));
+    const { code, message } = await apiRefusal(replace(changed));
     assert.equal(code, 422);
     assert.match(message, /spec\.destroyScheduledDuration: Invalid value: .*spec\.destroyScheduledDuration cannot be changed once set/);
     // Removed, it would default to 720h: still a change.
     const withoutDuration: Partial<KeyRingSpec> = { ...created.spec };
     delete withoutDuration.destroyScheduledDuration;
-    assert.match((await refusal(replace({ ...created, spec: withoutDuration as KeyRingSpec }))).message, /spec\.destroyScheduledDuration cannot be changed/);
+    assert.match((await apiRefusal(replace({ ...created, spec: withoutDuration as KeyRingSpec }))).message, /spec\.destroyScheduledDuration cannot be changed/);
     const updated = await replace({ ...created, spec: { ...created.spec, rotationPeriod: '720h' } });
     assert.equal(updated.spec.rotationPeriod, '720h');
     assert.equal(updated.spec.destroyScheduledDuration, '48h');
@@ -313,12 +302,12 @@ describe('KeyRing admission by a real kube-apiserver', function () {
 
   it('refuses a change of purpose', async () => {
     const created = await create({ purpose: 'signing' });
-    const { message } = await refusal(replace({ ...created, spec: { ...created.spec, purpose: 'encryption' } }));
+    const { message } = await apiRefusal(replace({ ...created, spec: { ...created.spec, purpose: 'encryption' } }));
     assert.match(message, /spec\.purpose: Invalid value: .*spec\.purpose cannot be changed once set/);
   });
 
   it('refuses an unknown field under strict field validation and drops it otherwise', async () => {
-    const { code, message } = await refusal(create(unknownFieldSpec, { fieldValidation: 'Strict' }));
+    const { code, message } = await apiRefusal(create(unknownFieldSpec, { fieldValidation: 'Strict' }));
     assert.equal(code, 400);
     assert.match(message, /unknown field "spec\.rotateNow"/);
     const pruned = await create(unknownFieldSpec, { fieldValidation: 'Ignore' });
@@ -340,7 +329,7 @@ describe('KeyRing admission by a real kube-apiserver', function () {
   it('refuses a status that breaks the schema', async () => {
     const created = await create({ purpose: 'encryption' });
     const lostVersion = [{ number: 1, state: 'Lost' }] as unknown as KeyRingStatus['versions'];
-    const { code, message } = await refusal(replaceStatus({ ...created, status: { versions: lostVersion } }));
+    const { code, message } = await apiRefusal(replaceStatus({ ...created, status: { versions: lostVersion } }));
     assert.equal(code, 422);
     assert.match(message, /status\.versions(\[0\])?\.state: Unsupported value: "Lost"/);
   });
