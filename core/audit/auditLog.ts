@@ -16,6 +16,8 @@ export interface AuditRecord {
   keyId?: string;
   /** A status code or decision reason (e.g. Granted, NotGranted, SeparationOfDuties). */
   code?: string;
+  /** For a refused KeyPolicy write: the policy, as namespace/name. */
+  policy?: string;
   /** The KeyPolicy rule that decided, as namespace/policy#rule. */
   rule?: string;
   reason?: string;

@@ -607,7 +607,7 @@ describe('KeyPolicy: KeyRing management authorised by policy, for real users, en
     // The audit stream: one record per act the webhook judged, allowed or denied, with its parts.
     const records = await readAudit();
     const isUuid = (value: unknown): boolean => typeof value === 'string' && /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/.test(value);
-    const admission = records.filter((r) => isUuid(r.requestId));
+    const admission = records.filter((r) => isUuid(r.requestId) && r.operation !== 'writeKeyPolicy');
     const keyOf = (r: { actor?: unknown; ring?: unknown; operation?: unknown; keyVersion?: unknown; result?: unknown; code?: unknown }): string =>
       JSON.stringify([r.actor, r.ring, r.operation, r.keyVersion ?? null, r.result, r.code]);
     const expected = new Map<string, { count: number; stored: boolean }>();
@@ -631,13 +631,15 @@ describe('KeyPolicy: KeyRing management authorised by policy, for real users, en
     for (const r of admission) perRequest.set(r.requestId, [...(perRequest.get(r.requestId) ?? []), `${String(r.operation)} ${String(r.keyVersion)}`]);
     for (const [requestId, ops] of perRequest) assert.equal(new Set(ops).size, ops.length, `request ${String(requestId)}: ${ops.join(', ')}`);
 
-    const fields = new Set(['level', 'time', 'stream', 'component', 'requestId', 'actor', 'operation', 'result', 'ring', 'ringId', 'keyVersion', 'keyId', 'code', 'rule', 'reason', 'breakGlass', 'dryRun']);
+    const fields = new Set(['level', 'time', 'stream', 'component', 'requestId', 'actor', 'operation', 'result', 'ring', 'ringId', 'keyVersion', 'keyId', 'code', 'rule', 'reason', 'breakGlass', 'dryRun', 'policy']);
     for (const record of records) {
       const text = JSON.stringify(record);
       assert.deepEqual(Object.keys(record).filter((k) => !fields.has(k)), [], `only the audit schema's fields: ${text}`);
       assert.equal(record.stream, 'audit');
       assert.ok(!Number.isNaN(Date.parse(String(record.time))), `a time: ${text}`);
-      for (const field of ['requestId', 'actor', 'operation', 'result', 'ring', 'code', 'reason']) assert.ok(record[field], `${field} in ${text}`);
+      for (const field of ['requestId', 'actor', 'operation', 'result', record.operation === 'writeKeyPolicy' ? 'policy' : 'ring', 'code', 'reason']) {
+        assert.ok(record[field], `${field} in ${text}`);
+      }
       if (record.code === 'Granted' || record.code === 'GrantExpired') assert.match(String(record.rule), /^shop\/[a-z0-9-]+#[a-z0-9[\]-]+$/, `the deciding rule in ${text}`);
       // Nothing that looks like key material: no long hex or base64 runs.
       assert.doesNotMatch(text, /[0-9a-f]{48,}|[A-Za-z0-9+/]{40,}={0,2}/, `no key material in ${text}`);
@@ -714,6 +716,14 @@ describe('KeyPolicy: KeyRing management authorised by policy, for real users, en
       // The same use for somebody else is fine.
       const other = policyBody('payments-users', [{ name: 'users', subjects: [{ kind: 'User', name: 'rita' }], keyRings: ['payments'], roles: ['EncryptDecrypt'] }]);
       await objects.createNamespacedCustomObject({ ...keyPolicyResource, namespace, body: other, dryRun: 'All' });
+    });
+
+    it('audits the refusals the webhook makes, naming the policy and the requester', async () => {
+      const refused = (await readAudit()).filter((r) => r.operation === 'writeKeyPolicy');
+      assert.ok(refused.length >= 2, `records: ${JSON.stringify(refused)}`);
+      for (const record of refused) assert.deepEqual([record.result, record.code], ['denied', 'PolicyRefused']);
+      const tooLong = refused.find((r) => r.policy === `${namespace}/bad` && /may run at most 24h/.test(String(r.reason)));
+      assert.equal(tooLong?.actor, 'keyward-admin', `the break-glass refusal: ${JSON.stringify(refused)}`);
     });
   });
 });

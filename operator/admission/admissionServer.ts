@@ -142,6 +142,18 @@ function admitKeyPolicyRequest(config: AdmissionServerConfig, request: Admission
     admitted: config.policies.list(),
     now: config.now(),
   });
-  if (message) config.log.info({ uid: request.uid, user: request.userInfo.username, policy: `${request.namespace}/${request.name}`, message }, 'KeyPolicy refused');
-  return message ? { allowed: false, message: `KeyPolicy ${request.namespace ?? ''}/${request.name ?? ''}: ${message}` } : { allowed: true };
+  if (!message) return { allowed: true };
+  const policy = `${request.namespace ?? ''}/${request.name ?? ''}`;
+  config.log.info({ uid: request.uid, user: request.userInfo.username, policy, message }, 'KeyPolicy refused');
+  config.audit.record({
+    requestId: request.uid,
+    actor: request.userInfo.username ?? '',
+    operation: 'writeKeyPolicy',
+    result: 'denied',
+    policy,
+    code: 'PolicyRefused',
+    reason: message,
+    ...(request.dryRun ? { dryRun: true } : {}),
+  });
+  return { allowed: false, message: `KeyPolicy ${policy}: ${message}` };
 }
