@@ -179,7 +179,7 @@ describe('KeyRing operator: leader election between two processes', function () 
     assert.ok(d.process.running, 'the same process carries on');
     assert.equal(await holder(), 'd', 'and keeps the Lease');
     assert.equal(startedControllers(d), 1, 'without restarting its controller');
-    assert.ok(logMessages(d).includes('KeyRing watch failed; listing again'), 'the watch did fail, and was started again');
+    assert.ok(logMessages(d).includes('keyrings watch failed; listing again'), 'the watch did fail, and was started again');
     assert.deepEqual(await reporters('after-restart'), ['d']);
   });
 });

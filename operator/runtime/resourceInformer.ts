@@ -24,7 +24,7 @@ export function resourceInformer<T extends KubernetesObject>(
   let stopped = false;
   informer.on('error', (err: unknown) => {
     if (stopped) return;
-    log.warn({ resource: resource.plural, err: (err as Error)?.message }, 'watch failed; listing again');
+    log.warn({ err: (err as Error)?.message }, `${resource.plural} watch failed; listing again`);
     setTimeout(() => {
       if (!stopped) informer.start().catch(() => undefined);
     }, restartMs);
