@@ -10,6 +10,7 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { findSoftHsmModule } from '../core/hsm/pkcs11Module.js';
+import { apiRefusal } from '../test/apiRefusal.js';
 import { eventually } from '../test/eventually.js';
 import { keyRingResource, type KeyRing } from '../operator/api/keyRing.js';
 import { startControlPlane, type ControlPlane } from './control-plane/controlPlane.js';
@@ -93,12 +94,7 @@ async function main(dir: string): Promise<void> {
         { ...keyRingResource, ...ring, body: { spec: { rotationRequest: `quickstart-${Date.now()}` } } },
         setHeaderOptions('Content-Type', PatchStrategy.MergePatch),
       );
-    const refusal = await rotate().then(
-      () => undefined,
-      (err: unknown) => (JSON.parse((err as { body?: string }).body ?? '{}') as { message?: string }).message ?? String(err),
-    );
-    if (!refusal) throw new Error('a rotation without any KeyPolicy was admitted');
-    step(`    refused: ${refusal}`);
+    step(`    refused: ${(await apiRefusal(rotate())).message}`);
     await objects.createNamespacedCustomObject({
       ...keyPolicyResource,
       namespace: ring.namespace,

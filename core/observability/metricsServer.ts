@@ -15,10 +15,11 @@ export interface MetricsServer {
   close(): Promise<void>;
 }
 
-export function parseListenAddress(address: string): { host: string; port: number } {
+/** `what` names the listener in the error, e.g. 'metrics' or 'webhook'. */
+export function parseListenAddress(address: string, what = 'metrics'): { host: string; port: number } {
   const match = /^(.*):(\d{1,5})$/.exec(address);
   const port = Number(match?.[2]);
-  if (!match || port > 65535) throw setupError(`metrics address '${address}' is not host:port`);
+  if (!match || port > 65535) throw setupError(`${what} address '${address}' is not host:port`);
   return { host: match[1]?.replace(/^\[|\]$/g, '') || '127.0.0.1', port };
 }
 

@@ -8,6 +8,7 @@ import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import type { AuditLog } from '../../core/audit/auditLog.js';
 import type { Logger } from '../../core/observability/logger.js';
+import { parseListenAddress } from '../../core/observability/metricsServer.js';
 import type { KeyPolicy } from '../api/keyPolicy.js';
 import type { KeyRing } from '../api/keyRing.js';
 import type { PolicyCache } from '../keyPolicy/policyCache.js';
@@ -93,10 +94,10 @@ export async function startAdmissionServer(config: AdmissionServerConfig): Promi
   }, certReloadMs);
   reload.unref();
 
-  const [host = '127.0.0.1', port = '0'] = splitAddress(config.address);
+  const { host, port } = parseListenAddress(config.address, 'webhook');
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
-    server.listen(Number(port), host, () => resolve());
+    server.listen(port, host, () => resolve());
   });
   const { address, port: bound } = server.address() as AddressInfo;
   return {
@@ -108,11 +109,6 @@ export async function startAdmissionServer(config: AdmissionServerConfig): Promi
         server.closeAllConnections();
       }),
   };
-}
-
-function splitAddress(address: string): [string, string] {
-  const colon = address.lastIndexOf(':');
-  return [address.slice(0, colon).replace(/^\[|\]$/g, ''), address.slice(colon + 1)];
 }
 
 function admitKeyRingRequest(config: AdmissionServerConfig, request: AdmissionRequest): Verdict {

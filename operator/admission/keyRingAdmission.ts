@@ -46,7 +46,8 @@ export function admitKeyRing(input: KeyRingAdmissionInput): Verdict {
   const old: Spec = input.oldObject?.spec ?? {};
   const acts: Act[] = [];
   const refusals: TwoPersonRefusal[] = [];
-  const stamp = (): DestroyRequest => ({ requestedBy: requester.username, requestedAt: now.toISOString() });
+  // What every destroyStamps call shares: who asks, when, and where acts and refusals go.
+  const context: StampContext = { acts, refusals, requester, now, window };
 
   // Ring level: the rotation schedule, on-demand rotation, and destruction on deletion.
   if (next.rotationRequest !== undefined && next.rotationRequest !== old.rotationRequest) acts.push({ operation: 'rotate', target: 'the KeyRing' });
@@ -60,12 +61,7 @@ export function admitKeyRing(input: KeyRingAdmissionInput): Verdict {
     approve: next.approveDestroy === true,
     wasApproved: old.approveDestroy === true,
     oldStamp: old.deletionDestroyRequest,
-    acts,
-    refusals,
-    stamp,
-    requester,
-    now,
-    window,
+    ...context,
   });
 
   // Version level: desired states, destruction requests and approvals. A version with no entry
@@ -91,12 +87,7 @@ export function admitKeyRing(input: KeyRingAdmissionInput): Verdict {
       approve: desired.approveDestroy === true,
       wasApproved: before?.approveDestroy === true,
       oldStamp: before?.destroyRequest,
-      acts,
-      refusals,
-      stamp,
-      requester,
-      now,
-      window,
+      ...context,
     });
     return {
       ...without(desired, 'destroyRequest', 'approveDestroy'),
@@ -135,7 +126,15 @@ export function admitKeyRing(input: KeyRingAdmissionInput): Verdict {
   return { allowed: true, acts: audited, spec };
 }
 
-interface StampInput {
+interface StampContext {
+  acts: Act[];
+  refusals: TwoPersonRefusal[];
+  requester: Requester;
+  now: Date;
+  window: number;
+}
+
+interface StampInput extends StampContext {
   target: string;
   version?: number;
   requested: boolean;
@@ -143,12 +142,6 @@ interface StampInput {
   approve: boolean;
   wasApproved: boolean;
   oldStamp?: DestroyRequest;
-  acts: Act[];
-  refusals: TwoPersonRefusal[];
-  stamp: () => DestroyRequest;
-  requester: Requester;
-  now: Date;
-  window: number;
 }
 
 /** The destruction stamps after this request: new on a request, kept, approved, or cleared. */
@@ -163,7 +156,7 @@ function destroyStamps(s: StampInput): DestroyRequest | undefined {
   if (!s.wasRequested) {
     s.acts.push(request);
     if (s.approve) s.refusals.push(new TwoPersonRefusal(approval, 'a request cannot carry its own approval; a second person approves it in a separate change'));
-    return s.stamp();
+    return { requestedBy: s.requester.username, requestedAt: s.now.toISOString() };
   }
   // A standing request: its stamps are kept whatever the request body says.
   const standing = s.oldStamp;

@@ -94,7 +94,7 @@ async function reconcileRing(deps: KeyRingReconcilerDeps, keyRing: KeyRing, now:
 
     const destroyWindowMs = parseDuration(spec.destroyScheduledDuration ?? defaultDestroyWindow);
     for (const desired of [...(spec.versions ?? [])].sort((a, b) => a.number - b.number)) {
-      const outcome = await applyDesiredState(deps, keyRing, ring, desired, new Date(now.getTime() + destroyWindowMs));
+      const outcome = await applyDesiredState(deps, keyRing, ring, desired, now, new Date(now.getTime() + destroyWindowMs));
       if ('refused' in outcome) refused.push(outcome);
       else ring = outcome;
     }
@@ -161,6 +161,7 @@ async function applyDesiredState(
   keyRing: KeyRing,
   ring: RingState,
   desired: KeyRingDesiredVersion,
+  now: Date,
   destroyAt: Date,
 ): Promise<RingState | Refusal> {
   const version = ring.versions.find((v) => v.number === desired.number);
@@ -168,7 +169,7 @@ async function applyDesiredState(
   const steps = stepsTo(version, desired.state, ring.primary);
   if (typeof steps === 'string') return { refused: steps, reason: 'TransitionRefused' };
   if (steps.includes('DestroyScheduled')) {
-    const refusal = twoPersonRefusal(desired.destroyRequest, deps.approvalWindowMs ?? defaultApprovalWindowMs, deps.now?.() ?? new Date());
+    const refusal = twoPersonRefusal(desired.destroyRequest, deps.approvalWindowMs ?? defaultApprovalWindowMs, now);
     auditDestruction(deps, keyRing, desired.destroyRequest, refusal, desired.number);
     if (refusal) return { refused: `version ${desired.number}: ${refusal}`, reason: 'DestroyNotApproved' };
   }
@@ -187,9 +188,11 @@ async function applyDesiredState(
 async function finalize(deps: KeyRingReconcilerDeps, keyRing: KeyRing, now: Date): Promise<void> {
   if (!keyRing.metadata.finalizers?.includes(keyRingFinalizer)) return;
   const uid = keyRing.metadata.uid ?? '';
-  const refusal = keyRing.spec.deletionPolicy === 'Destroy' ? twoPersonRefusal(keyRing.spec.deletionDestroyRequest, Number.POSITIVE_INFINITY, now) : undefined;
-  if (keyRing.spec.deletionPolicy === 'Destroy') auditDestruction(deps, keyRing, keyRing.spec.deletionDestroyRequest, refusal);
-  if (keyRing.spec.deletionPolicy === 'Destroy' && !refusal) {
+  const destroying = keyRing.spec.deletionPolicy === 'Destroy';
+  // An approved deletionPolicy Destroy stands until the deletion: no window applies.
+  const refusal = destroying ? twoPersonRefusal(keyRing.spec.deletionDestroyRequest, Number.POSITIVE_INFINITY, now) : undefined;
+  if (destroying) auditDestruction(deps, keyRing, keyRing.spec.deletionDestroyRequest, refusal);
+  if (destroying && !refusal) {
     const destroyAt = new Date(now.getTime() + parseDuration(keyRing.spec.destroyScheduledDuration ?? defaultDestroyWindow));
     try {
       if (await deps.store.get({ ringId: uid })) {
