@@ -2,7 +2,7 @@
 // keyward: one CLI for every part (operator, kms-plugin, csi-provider) and the admin verbs.
 // Also a kubectl plugin when installed as `kubectl-keyward`.
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { createReadStream, existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { createAuditLog } from '../core/audit/auditLog.js';
@@ -13,6 +13,7 @@ import { RingStore } from '../core/hsm/ringStore.js';
 import { type VersionState } from '../core/hsm/ringState.js';
 import { readPinFile } from '../core/hsm/pinFile.js';
 import { initToken } from '../core/hsm/tokenInit.js';
+import { maxSealedPlaintextBytes, sealSecret } from '../core/sealedSecret.js';
 import { createLogger } from '../core/observability/logger.js';
 import { startKmsPlugin } from '../provider/kms/kmsPlugin.js';
 
@@ -24,10 +25,14 @@ commands:
   ring rotate NAME [--namespace NS]        generate a new version and make it primary
   ring list                                list rings and their versions
   ring disable|enable NAME --version N     change a version's state
+  encrypt --ring NAME [--namespace NS] [--in FILE]
+                                           seal a secret for a SecretProviderClass: reads FILE or standard input
+                                           (bytes as given, up to 64 KiB), prints one line of base64
   kms-plugin --socket PATH --ring NAME     serve the KMS v2 API on a unix socket
+  csi-provider                             serve the Secrets Store CSI provider API on <socket-dir>/keyward.sock
   operator                                 reconcile KeyRings into HSM keys (leader-elected)
 
-HSM options (ring, kms-plugin, operator):
+HSM options (ring, encrypt, kms-plugin, csi-provider, operator):
   --pkcs11-module PATH   PKCS#11 library (default: SoftHSM2)
   --token-label LABEL    token to use (default: keyward)
   --pin-file PATH        file holding the user PIN (never pass a PIN on the command line)
@@ -36,6 +41,15 @@ kms-plugin options:
   --metrics-address H:P  /metrics, /healthz, /livez listener (default 127.0.0.1:9464)
   --audit-log PATH       audit records (default: standard output)
   --refresh SECONDS      how often to re-read the ring from the HSM (default 2)
+
+csi-provider options (the apiserver from KUBECONFIG, or in-cluster):
+  --socket-dir DIR       the driver's provider directory (default /var/run/secrets-store-csi-providers)
+  --audience AUD         audience of the pod tokens the CSIDriver's tokenRequests mint (default keyward)
+  --metrics-address H:P  /metrics, /healthz, /livez listener (default 127.0.0.1:9466)
+  --audit-log PATH       audit records (default: standard output)
+  --token-review-ttl SECONDS  how long a TokenReview is reused, at most the token's life (default 300)
+  --material-ttl SECONDS how long a derived key or opened secret is kept in memory (default 300)
+  --ring-refresh SECONDS how often rings are re-read from the HSM while mounts arrive (default 2)
 
 operator options (the apiserver from KUBECONFIG, or in-cluster):
   --metrics-address H:P  /metrics, /healthz, /livez listener (default 127.0.0.1:9465)
@@ -175,6 +189,60 @@ async function kmsPlugin(args: string[]): Promise<void> {
   }
 }
 
+/** A --flag in seconds, within bounds, as milliseconds. */
+function secondsOption(value: string, flag: string, min: number, max: number): number {
+  const seconds = Number(value);
+  if (!(seconds >= min && seconds <= max)) throw new KeywardError('InvalidArgument', `--${flag} must be between ${min} and ${max} seconds`);
+  return seconds * 1000;
+}
+
+async function csiProvider(args: string[]): Promise<void> {
+  const { values } = parse(args, {
+    ...hsmOptions,
+    'socket-dir': { type: 'string', default: '/var/run/secrets-store-csi-providers' },
+    audience: { type: 'string', default: 'keyward' },
+    'metrics-address': { type: 'string', default: '127.0.0.1:9466' },
+    'audit-log': { type: 'string', default: '-' },
+    'token-review-ttl': { type: 'string', default: '300' },
+    'material-ttl': { type: 'string', default: '300' },
+    'ring-refresh': { type: 'string', default: '2' },
+  });
+  if (!values.audience) throw new KeywardError('InvalidArgument', '--audience must not be empty');
+  const tokenReviewTtlMs = secondsOption(values['token-review-ttl'], 'token-review-ttl', 1, 3600);
+  const materialTtlMs = secondsOption(values['material-ttl'], 'material-ttl', 1, 3600);
+  const ringRefreshMs = secondsOption(values['ring-refresh'], 'ring-refresh', 0.1, 60);
+  const { KubeConfig } = await import('@kubernetes/client-node');
+  const { startCsiProvider } = await import('../provider/csi/csiProvider.js');
+  const kubeConfig = new KubeConfig();
+  kubeConfig.loadFromDefault();
+  const log = createLogger('csi-provider');
+  const provider = await startCsiProvider(
+    {
+      socketDir: resolve(values['socket-dir']),
+      modulePath: values['pkcs11-module'] ?? findSoftHsmModule(),
+      tokenLabel: values['token-label'],
+      pin: readPinFile(values['pin-file']),
+      kubeConfig,
+      audience: values.audience,
+      metricsAddress: values['metrics-address'],
+      auditLog: values['audit-log'],
+      tokenReviewTtlMs,
+      materialTtlMs,
+      ringRefreshMs,
+    },
+    log,
+  );
+  for (const signal of ['SIGTERM', 'SIGINT'] as const) {
+    process.once(signal, () => {
+      log.info({ signal }, 'shutting down');
+      provider.stop().then(
+        () => process.exit(0),
+        () => process.exit(1),
+      );
+    });
+  }
+}
+
 async function operator(args: string[]): Promise<void> {
   const { values } = parse(args, {
     ...hsmOptions,
@@ -242,6 +310,49 @@ async function operator(args: string[]): Promise<void> {
   }
 }
 
+/** Reads the secret, stopping past the limit so an oversize input is refused without being kept. */
+async function readSecret(path: string | undefined): Promise<Buffer> {
+  const source = path === undefined ? process.stdin : createReadStream(path);
+  const chunks: Buffer[] = [];
+  let length = 0;
+  try {
+    for await (const chunk of source) {
+      chunks.push(chunk as Buffer);
+      length += (chunk as Buffer).length;
+      if (length > maxSealedPlaintextBytes) break;
+    }
+  } catch (err) {
+    for (const chunk of chunks) chunk.fill(0);
+    throw new KeywardError('InvalidArgument', `cannot read ${path ?? 'standard input'}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, {
+      cause: err,
+    });
+  } finally {
+    if (path !== undefined) source.destroy();
+  }
+  const secret = Buffer.concat(chunks, length);
+  for (const chunk of chunks) chunk.fill(0);
+  if (length > maxSealedPlaintextBytes) {
+    secret.fill(0);
+    throw new KeywardError('InvalidArgument', `the secret from ${path ?? 'standard input'} is over ${maxSealedPlaintextBytes} bytes; the limit is 64 KiB`);
+  }
+  return secret;
+}
+
+async function encrypt(args: string[]): Promise<void> {
+  const { values, positionals } = parse(args, { ...hsmOptions, ring: { type: 'string' }, in: { type: 'string' } });
+  if (!values.ring) throw new KeywardError('InvalidArgument', 'encrypt needs --ring NAME');
+  if (positionals.length > 0) throw new KeywardError('InvalidArgument', 'encrypt takes no arguments; give the secret with --in FILE or on standard input');
+  const plaintext = await readSecret(values.in);
+  const token = openToken(values);
+  try {
+    const sealed = await sealSecret(token, new RingStore(token), { name: values.ring, namespace: values.namespace }, plaintext);
+    process.stdout.write(`${sealed.toString('base64')}\n`);
+  } finally {
+    plaintext.fill(0);
+    token.close();
+  }
+}
+
 const commands: Record<string, (args: string[]) => Promise<void>> = {
   hsm: ([verb, ...rest]) =>
     Promise.resolve().then(() => {
@@ -249,7 +360,9 @@ const commands: Record<string, (args: string[]) => Promise<void>> = {
       hsmInit(rest);
     }),
   ring,
+  encrypt,
   'kms-plugin': kmsPlugin,
+  'csi-provider': csiProvider,
   operator,
 };
 
