@@ -16,6 +16,10 @@ export interface AuditRecord {
   keyId?: string;
   /** A status code or decision reason (e.g. Granted, NotGranted, SeparationOfDuties). */
   code?: string;
+  /** CSI mounts: the pod, as namespace/name (claimed until its token is verified). */
+  pod?: string;
+  /** CSI mounts: the object's name in the SecretProviderClass. */
+  object?: string;
   /** For a refused KeyPolicy write: the policy, as namespace/name. */
   policy?: string;
   /** The KeyPolicy rule that decided, as namespace/policy#rule. */

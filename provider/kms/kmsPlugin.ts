@@ -1,13 +1,11 @@
 // `keyward kms-plugin`: the KMS v2 gRPC server on a unix socket (mode 0600, stale socket removed,
 // path fixed), reading its ring from the HSM so it starts without the apiserver, with metrics and
 // health on a separate loopback listener. SIGTERM drains in-flight calls before exit.
-import { Server, ServerCredentials } from '@grpc/grpc-js';
-import { chmodSync, existsSync, lstatSync, mkdirSync, unlinkSync } from 'node:fs';
-import { connect } from 'node:net';
-import { dirname } from 'node:path';
+import { Server } from '@grpc/grpc-js';
+import { existsSync, unlinkSync } from 'node:fs';
 import { createAuditLog, type AuditLog } from '../../core/audit/auditLog.js';
-import { setupError } from '../../core/errors.js';
 import { grpcImplementation, grpcServiceDefinition } from '../../core/grpc/unaryService.js';
+import { bindUnixSocket, prepareSocketPath } from '../../core/grpc/unixSocket.js';
 import { HsmToken } from '../../core/hsm/hsmToken.js';
 import { RingStore, type RingRef } from '../../core/hsm/ringStore.js';
 import { createLogger, type Logger } from '../../core/observability/logger.js';
@@ -38,34 +36,6 @@ export interface KmsPlugin {
   readonly metricsAddress: string;
   readonly view: RingView;
   stop(): Promise<void>;
-}
-
-/** Refuses to take over a socket another process still serves; removes a stale one. */
-async function prepareSocketPath(socketPath: string): Promise<void> {
-  mkdirSync(dirname(socketPath), { recursive: true, mode: 0o700 });
-  if (!existsSync(socketPath)) return;
-  if (!lstatSync(socketPath).isSocket()) throw setupError(`${socketPath} exists and is not a socket; refusing to replace it`);
-  const live = await new Promise<boolean>((resolve) => {
-    const probe = connect(socketPath, () => {
-      probe.destroy();
-      resolve(true);
-    });
-    probe.once('error', () => resolve(false));
-  });
-  if (live) throw setupError(`another process is serving on ${socketPath}`);
-  unlinkSync(socketPath);
-}
-
-function bindUnixSocket(server: Server, socketPath: string): Promise<void> {
-  // The socket is created 0600 from the start: the umask covers the window before chmod.
-  const previous = process.umask(0o177);
-  return new Promise<void>((resolve, reject) => {
-    server.bindAsync(`unix:${socketPath}`, ServerCredentials.createInsecure(), (err) => {
-      process.umask(previous);
-      if (err) reject(setupError(`cannot listen on ${socketPath}: ${err.message}`));
-      else resolve();
-    });
-  }).then(() => chmodSync(socketPath, 0o600));
 }
 
 export async function startKmsPlugin(config: KmsPluginConfig, log: Logger = createLogger('kms-plugin')): Promise<KmsPlugin> {

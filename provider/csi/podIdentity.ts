@@ -1,0 +1,177 @@
+// Who is mounting: the pod's ServiceAccount token, reviewed by the apiserver (TokenReview with the
+// configured audience) and found bound to the very pod the attributes name. The attributes are
+// the pod author's to write, so the namespace, ServiceAccount, pod name and UID they claim count
+// only when the reviewed token says the same.
+//
+// Reviews are cached by a hash of the token for at most `ttlMs` (default 5 min) and never past
+// the token's own expiry; a refusal is cached for 10 s, so a bad token cannot make every mount
+// cost an apiserver call. Through a brief apiserver outage a cached review keeps serving; a token
+// with no live review is refused with TokenReviewUnavailable.
+import { createHash } from 'node:crypto';
+import type { Requester } from '../../core/policy/policySet.js';
+import type { ClaimedPod, PodToken } from './mountRequest.js';
+import { TtlCache } from './ttlCache.js';
+
+/** What TokenReview says of a token; the apiserver's TokenReviewStatus, trimmed. */
+export interface TokenReviewOutcome {
+  authenticated: boolean;
+  /** The apiserver's reason for not authenticating; it never quotes the token. */
+  error?: string;
+  audiences: readonly string[];
+  username: string;
+  groups: readonly string[];
+  extra: Readonly<Record<string, readonly string[]>>;
+}
+
+/** Calls TokenReview; throws when the apiserver cannot answer. */
+export type TokenReviewer = (token: string, audience: string) => Promise<TokenReviewOutcome>;
+
+export const identityRefusalCodes = [
+  'TokenExpired',
+  'TokenWrongAudience',
+  'TokenNotAuthenticated',
+  'TokenNotPodBound',
+  'TokenForAnotherPod',
+  'IdentityMismatch',
+  'TokenReviewUnavailable',
+] as const;
+export type IdentityRefusalCode = (typeof identityRefusalCodes)[number];
+
+/** A pod whose identity the apiserver vouched for. */
+export interface VerifiedPod {
+  namespace: string;
+  name: string;
+  uid: string;
+  serviceAccountName: string;
+  /** As the policy sees it: the reviewed username and groups. */
+  requester: Requester;
+}
+
+export type IdentityResult =
+  | { ok: true; pod: VerifiedPod; cached: boolean }
+  | { ok: false; code: IdentityRefusalCode; message: string; cached: boolean };
+
+export interface PodIdentityOptions {
+  audience: string;
+  ttlMs?: number;
+  maxEntries?: number;
+  now?: () => number;
+}
+
+/** The pod claims a bound ServiceAccount token carries (kube-apiserver's serviceaccount authenticator). */
+const podNameExtra = 'authentication.kubernetes.io/pod-name';
+const podUidExtra = 'authentication.kubernetes.io/pod-uid';
+const serviceAccountUser = /^system:serviceaccount:([^:]+):([^:]+)$/;
+const refusalTtlMs = 10_000;
+
+type Review = { ok: true; outcome: TokenReviewOutcome } | { ok: false; code: IdentityRefusalCode; message: string };
+
+export class PodIdentity {
+  private readonly reviews: TtlCache<string, Review>;
+  private readonly audience: string;
+  private readonly now: () => number;
+
+  constructor(
+    private readonly reviewer: TokenReviewer,
+    options: PodIdentityOptions,
+  ) {
+    this.audience = options.audience;
+    this.now = options.now ?? Date.now;
+    this.reviews = new TtlCache({ ttlMs: options.ttlMs ?? 5 * 60_000, maxEntries: options.maxEntries ?? 20_000, now: this.now });
+  }
+
+  /** How many reviews are cached; a gauge. */
+  get cachedReviews(): number {
+    return this.reviews.size;
+  }
+
+  async verify(token: PodToken, claimed: ClaimedPod): Promise<IdentityResult> {
+    const expiresAt = Math.min(token.expiresAt.getTime(), jwtExpiry(token.value) ?? Infinity);
+    const left = expiresAt - this.now();
+    if (left <= 0) return { ok: false, code: 'TokenExpired', message: `the ServiceAccount token expired at ${new Date(expiresAt).toISOString()}`, cached: false };
+    // Unverified, only to refuse early with a clear message; acceptance needs the review.
+    const audiences = jwtAudiences(token.value);
+    if (audiences && !audiences.includes(this.audience)) {
+      return { ok: false, code: 'TokenWrongAudience', message: `the token is for audience ${quoteList(audiences)}, not '${this.audience}'`, cached: false };
+    }
+
+    const key = createHash('sha256').update(this.audience).update('\0').update(token.value).digest('base64url');
+    let review: Review;
+    let hit: boolean;
+    try {
+      ({ value: review, hit } = await this.reviews.getOrLoad(key, async () => {
+        const reviewed = await this.review(token.value);
+        return { value: reviewed, ttlMs: reviewed.ok ? left : refusalTtlMs };
+      }));
+    } catch (err) {
+      return { ok: false, code: 'TokenReviewUnavailable', message: `TokenReview failed and no review of this token is cached: ${(err as Error).message}`, cached: false };
+    }
+    if (!review.ok) return { ...review, cached: hit };
+    return this.match(review.outcome, claimed, hit);
+  }
+
+  private async review(token: string): Promise<Review> {
+    const outcome = await this.reviewer(token, this.audience);
+    if (!outcome.authenticated) {
+      const why = outcome.error ? `: ${outcome.error.slice(0, 200)}` : '';
+      return { ok: false, code: 'TokenNotAuthenticated', message: `the apiserver did not authenticate the token for audience '${this.audience}'${why}` };
+    }
+    if (!outcome.audiences.includes(this.audience)) {
+      return { ok: false, code: 'TokenWrongAudience', message: `the token is for audience ${quoteList(outcome.audiences)}, not '${this.audience}'` };
+    }
+    if (!serviceAccountUser.test(outcome.username)) {
+      return { ok: false, code: 'TokenNotPodBound', message: `the token is ${JSON.stringify(outcome.username)}'s, not a ServiceAccount's` };
+    }
+    if (!outcome.extra[podNameExtra]?.[0] || !outcome.extra[podUidExtra]?.[0]) {
+      return { ok: false, code: 'TokenNotPodBound', message: 'the token is not bound to a pod (a legacy or TokenRequest token without a pod)' };
+    }
+    return { ok: true, outcome };
+  }
+
+  private match(outcome: TokenReviewOutcome, claimed: ClaimedPod, cached: boolean): IdentityResult {
+    const [, namespace = '', serviceAccountName = ''] = serviceAccountUser.exec(outcome.username) ?? [];
+    const name = outcome.extra[podNameExtra]?.[0] ?? '';
+    const uid = outcome.extra[podUidExtra]?.[0] ?? '';
+    if (namespace !== claimed.namespace || serviceAccountName !== claimed.serviceAccountName) {
+      return {
+        ok: false,
+        code: 'IdentityMismatch',
+        message: `the attributes claim ServiceAccount ${claimed.namespace}/${claimed.serviceAccountName}, the token is ${namespace}/${serviceAccountName}'s`,
+        cached,
+      };
+    }
+    if (name !== claimed.name || uid !== claimed.uid) {
+      return {
+        ok: false,
+        code: 'TokenForAnotherPod',
+        message: `the token is bound to pod ${namespace}/${name} (uid ${uid}), not ${claimed.namespace}/${claimed.name} (uid ${claimed.uid})`,
+        cached,
+      };
+    }
+    const requester = { username: outcome.username, groups: outcome.groups };
+    return { ok: true, pod: { namespace, name, uid, serviceAccountName, requester }, cached };
+  }
+}
+
+const quoteList = (values: readonly string[]): string => values.map((v) => JSON.stringify(v.slice(0, 80))).join(', ') || 'none';
+
+/** The JWT's claims, unverified; undefined when the payload is not a JSON object. */
+function jwtClaims(jwt: string): Record<string, unknown> | undefined {
+  try {
+    const claims: unknown = JSON.parse(Buffer.from(jwt.split('.')[1] ?? '', 'base64url').toString('utf8'));
+    return typeof claims === 'object' && claims !== null && !Array.isArray(claims) ? (claims as Record<string, unknown>) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+function jwtExpiry(jwt: string): number | undefined {
+  const exp = jwtClaims(jwt)?.exp;
+  return typeof exp === 'number' && Number.isFinite(exp) ? exp * 1000 : undefined;
+}
+
+function jwtAudiences(jwt: string): string[] | undefined {
+  const aud = jwtClaims(jwt)?.aud;
+  if (typeof aud === 'string') return [aud];
+  return Array.isArray(aud) && aud.every((a) => typeof a === 'string') ? aud : undefined;
+}
