@@ -7,11 +7,20 @@ export const versionStates = ['PendingGeneration', 'Enabled', 'Disabled', 'Destr
 export type VersionState = (typeof versionStates)[number];
 
 /** The algorithm of every version of a ring, as kept in the HSM (the CRD spells them with dashes). */
-export const ringAlgorithms = ['AES_256_GCM', 'HMAC_SHA_384'] as const;
+export const ringAlgorithms = ['AES_256_GCM', 'HMAC_SHA_384', 'ECDSA_P384'] as const;
 export type RingAlgorithm = (typeof ringAlgorithms)[number];
-export type RingPurpose = 'encryption' | 'derivation';
+export type RingPurpose = 'encryption' | 'derivation' | 'signing';
 
-export const purposeOf: Record<RingAlgorithm, RingPurpose> = { AES_256_GCM: 'encryption', HMAC_SHA_384: 'derivation' };
+export const purposeOf: Record<RingAlgorithm, RingPurpose> = { AES_256_GCM: 'encryption', HMAC_SHA_384: 'derivation', ECDSA_P384: 'signing' };
+
+/**
+ * Whether each version of a ring of this algorithm is a key pair: a private key and a public key
+ * object with the same label and id. Only secret-key algorithms say no, so a ring of an algorithm
+ * this version does not know is treated as possibly having both halves.
+ */
+export function hasPublicKey(algorithm: RingAlgorithm): boolean {
+  return algorithm !== 'AES_256_GCM' && algorithm !== 'HMAC_SHA_384';
+}
 
 export interface RingVersion {
   number: number;

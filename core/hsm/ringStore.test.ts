@@ -1,8 +1,9 @@
 import assert from 'node:assert/strict';
-import { randomUUID } from 'node:crypto';
+import { createHash, createPublicKey, randomUUID, verify } from 'node:crypto';
 import pkcs11js from 'pkcs11js';
 import { KeywardError } from '../errors.js';
 import { aesGcmDecrypt, aesGcmEncrypt, generateAesKey } from './aesGcm.js';
+import { generateEcdsaKeyPair, signDigest } from './ecdsaSigning.js';
 import { deriveKey, generateHmacKey } from './hmacDerivation.js';
 import { HsmToken, pkcs11Code, type Handle } from './hsmToken.js';
 import { assertRingAlgorithm, keyIdFor, keyObjectId, keyObjectLabel, parseRingState, ringObjectLabel, type RingState } from './ringState.js';
@@ -226,5 +227,139 @@ describe('Derivation rings in a real SoftHSM2 token', () => {
     assert.equal((await attribute(key, pkcs11js.CKA_KEY_TYPE))?.readUInt32LE(0), pkcs11js.CKK_AES);
     const sealed = await aesGcmEncrypt(token, key, Buffer.from('still encrypts'), Buffer.alloc(0));
     assert.deepEqual(await aesGcmDecrypt(token, key, sealed, Buffer.alloc(0)), Buffer.from('still encrypts'));
+  });
+});
+
+describe('Signing rings in a real SoftHSM2 token', () => {
+  const hsm = useSoftHsmToken();
+  let token: HsmToken;
+  let store: RingStore;
+  before(() => {
+    token = hsm.token;
+    store = new RingStore(token);
+  });
+
+  /** The classes of the objects that carry one version's deterministic id. */
+  const classesOf = (ringId: string, version: number): Promise<number[]> =>
+    token.withSession((s) => {
+      token.pkcs11.C_FindObjectsInit(s, [{ type: pkcs11js.CKA_ID, value: keyObjectId(ringId, version) }]);
+      try {
+        return token.pkcs11
+          .C_FindObjects(s, 10)
+          .map((h) => token.pkcs11.C_GetAttributeValue(s, h, [{ type: pkcs11js.CKA_CLASS }])[0]?.value?.readUInt32LE(0) ?? -1)
+          .sort();
+      } finally {
+        token.pkcs11.C_FindObjectsFinal(s);
+      }
+    });
+  const pair = [pkcs11js.CKO_PUBLIC_KEY, pkcs11js.CKO_PRIVATE_KEY].sort();
+  const keyOf = async (ringId: string, version: number): Promise<Handle> => {
+    const handle = await store.keyHandle(ringId, version);
+    assert.ok(handle, `version ${version} has a private key`);
+    return handle;
+  };
+  const publicKeyOf = async (ringId: string, version: number): Promise<Buffer> => {
+    const der = await store.publicKey(ringId, version);
+    assert.ok(der, `version ${version} has a public key`);
+    return der;
+  };
+  /** Signs in the HSM with the version's private key; verifies with node:crypto and its public key. */
+  const signsAndVerifies = async (ringId: string, version: number, publicKeyDer: Buffer): Promise<boolean> => {
+    const message = Buffer.from(`signed by ${ringId}/${version}`);
+    const signature = await signDigest(token, await keyOf(ringId, version), createHash('sha384').update(message).digest());
+    const key = createPublicKey({ key: publicKeyDer, format: 'der', type: 'spki' });
+    return verify('sha384', message, { key, dsaEncoding: 'ieee-p1363' }, signature);
+  };
+  const refused = (pattern: RegExp) => (err: unknown) =>
+    err instanceof KeywardError && err.code === 'FailedPrecondition' && pattern.test(err.message);
+
+  it('creates and rotates a signing ring whose versions are ECDSA P-384 key pairs, the private keys kept in the HSM', async () => {
+    const ringId = randomUUID();
+    const ring = await store.create({ name: 'releases', namespace: 'ci', ringId, algorithm: 'ECDSA_P384' });
+    assert.deepEqual([ring.algorithm, ring.purpose, ring.primary, ring.versions[0]?.state], ['ECDSA_P384', 'signing', 1, 'Enabled']);
+    assert.deepEqual(await classesOf(ringId, 1), pair, 'a private and a public key object under the version id');
+
+    const key = await keyOf(ringId, 1);
+    const attribute = (type: number): Promise<Buffer | undefined> => token.withSession((s) => token.pkcs11.C_GetAttributeValue(s, key, [{ type }])[0]?.value);
+    assert.equal((await attribute(pkcs11js.CKA_CLASS))?.readUInt32LE(0), pkcs11js.CKO_PRIVATE_KEY, 'keyHandle is the private key');
+    assert.equal((await attribute(pkcs11js.CKA_LABEL))?.toString('utf8'), keyObjectLabel(ringId, 1));
+    assert.equal((await attribute(pkcs11js.CKA_EXTRACTABLE))?.readUInt8(0), 0);
+    await assert.rejects(attribute(pkcs11js.CKA_VALUE), (err) => pkcs11Code(err) === pkcs11js.CKR_ATTRIBUTE_SENSITIVE);
+
+    const first = await publicKeyOf(ringId, 1);
+    assert.equal(createPublicKey({ key: first, format: 'der', type: 'spki' }).asymmetricKeyDetails?.namedCurve, 'secp384r1');
+    assert.equal(await signsAndVerifies(ringId, 1, first), true);
+
+    const rotated = await store.rotate({ ringId });
+    assert.deepEqual([rotated.primary, rotated.algorithm], [2, 'ECDSA_P384']);
+    assert.deepEqual(await classesOf(ringId, 2), pair);
+    const second = await publicKeyOf(ringId, 2);
+    assert.notDeepEqual(second, first, 'a new version, a new public key');
+    assert.equal(await signsAndVerifies(ringId, 2, second), true);
+    assert.deepEqual(await publicKeyOf(ringId, 1), first, 'the old version keeps its public key');
+    // A store that has seen nothing finds both halves by searching.
+    assert.deepEqual(await new RingStore(token).publicKey(ringId, 2), second);
+
+    assert.equal(await store.publicKey(ringId, 9), undefined, 'no such version');
+    assert.equal(await store.publicKey(randomUUID(), 1), undefined, 'no such ring');
+  });
+
+  it('reuses a key pair an interrupted rotation left behind, and replaces a public key left without its private key', async () => {
+    const { ringId } = await store.create({ name: 'resumed', algorithm: 'ECDSA_P384' });
+    await generateEcdsaKeyPair(token, { label: keyObjectLabel(ringId, 2), id: keyObjectId(ringId, 2) });
+    assert.equal((await store.rotate({ ringId })).primary, 2);
+    assert.deepEqual(await classesOf(ringId, 2), pair, 'no second pair for version 2');
+    assert.equal(await signsAndVerifies(ringId, 2, await publicKeyOf(ringId, 2)), true);
+
+    // A public half alone, as a module that does not make pairs in one step might leave it.
+    const lone = await generateEcdsaKeyPair(token, { label: keyObjectLabel(ringId, 3), id: keyObjectId(ringId, 3) });
+    await token.withSession((s) => token.pkcs11.C_DestroyObject(s, lone.privateKey));
+    assert.equal((await store.rotate({ ringId })).primary, 3);
+    assert.deepEqual(await classesOf(ringId, 3), pair, 'one pair for version 3');
+    assert.equal(await signsAndVerifies(ringId, 3, await publicKeyOf(ringId, 3)), true, 'the public key is the new private key\'s');
+  });
+
+  it('destroys both objects of a version, also when a pass died between the two', async () => {
+    const { ringId } = await store.create({ name: 'retired', algorithm: 'ECDSA_P384' });
+    const ref = { ringId };
+    await store.rotate(ref);
+    await store.rotate(ref);
+    const later = new Date(Date.now() + 60_000);
+    for (const version of [1, 2]) {
+      await store.setVersionState(ref, version, 'Disabled');
+      await store.setVersionState(ref, version, 'DestroyScheduled', { destroyAt: later });
+    }
+    assert.ok(await store.publicKey(ringId, 1), 'a scheduled version still has its public key');
+    // As if a pass destroyed version 2's private key and died before its public key.
+    await token.withSession(async (s) => token.pkcs11.C_DestroyObject(s, await keyOf(ringId, 2)));
+
+    // A store without handles seen before, as after a restart.
+    const destroyed = await new RingStore(token).destroyDue(new Date(later.getTime() + 1), ringId);
+    assert.deepEqual(destroyed, [{ ringId, version: 1 }, { ringId, version: 2 }]);
+    assert.deepEqual(await classesOf(ringId, 1), [], 'private and public key gone');
+    assert.deepEqual(await classesOf(ringId, 2), [], 'the leftover public key gone');
+    assert.equal(await store.keyHandle(ringId, 1), undefined);
+    assert.equal(await store.publicKey(ringId, 1), undefined, 'a destroyed version has no public key');
+    assert.deepEqual(await classesOf(ringId, 3), pair, 'the primary is untouched');
+  });
+
+  it('refuses to give a public key of an encryption or derivation ring, naming the problem', async () => {
+    const aes = await store.create({ name: 'secrets', namespace: 'shop' });
+    const hmac = await store.create({ name: 'derive', namespace: 'shop', algorithm: 'HMAC_SHA_384' });
+    await assert.rejects(
+      store.publicKey(aes.ringId, 1),
+      refused(/ring 'shop\/secrets' has purpose encryption \(AES_256_GCM\): its keys are secret keys without a public key; signing rings \(ECDSA_P384\) have one/),
+    );
+    await assert.rejects(store.publicKey(hmac.ringId, 1), refused(/ring 'shop\/derive' has purpose derivation \(HMAC_SHA_384\)/));
+    assert.throws(() => assertRingAlgorithm(aes, 'ECDSA_P384', 'sign'), refused(/sign needs purpose signing \(ECDSA_P384\)/));
+  });
+
+  it('counts a key pair without a ring once among the orphans, and the public keys of live versions not at all', async () => {
+    // The rings above hold live and destroyed pairs: none is an orphan.
+    assert.deepEqual(await store.orphanKeys(), []);
+    const strayRing = randomUUID();
+    await generateEcdsaKeyPair(token, { label: keyObjectLabel(strayRing, 1), id: keyObjectId(strayRing, 1) });
+    assert.deepEqual(await store.orphanKeys(), [{ ringId: strayRing, version: 1 }]);
+    assert.deepEqual(await classesOf(strayRing, 1), pair, 'never deleted');
   });
 });

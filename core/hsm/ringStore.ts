@@ -1,14 +1,18 @@
 // Key rings in the HSM: one private data object per ring holding its RingState (only readable
-// after login; labels carry only the opaque ring id), and one key object per version, of the
-// ring's algorithm: AES-256-GCM for encryption rings, HMAC-SHA-384 for derivation rings.
+// after login; labels carry only the opaque ring id), and the key objects of each version, of the
+// ring's algorithm: an AES-256-GCM key for encryption rings, an HMAC-SHA-384 key for derivation
+// rings, an ECDSA P-384 key pair for signing rings (a private and a public key object, both with
+// the version's label and id, so they are found, counted and destroyed together).
 // The operator and the admin CLI write through this; the KMS plugin and CSI provider read.
 import { randomUUID } from 'node:crypto';
 import pkcs11js from 'pkcs11js';
 import { KeywardError } from '../errors.js';
 import { generateAesKey } from './aesGcm.js';
+import { generateEcdsaKeyPair, publicKeyDer } from './ecdsaSigning.js';
 import { generateHmacKey } from './hmacDerivation.js';
 import { pkcs11Code, type Handle, type HsmToken } from './hsmToken.js';
 import {
+  hasPublicKey,
   keyIdFor,
   keyObjectId,
   keyObjectLabel,
@@ -57,9 +61,22 @@ interface KnownHandles {
   sessions: string;
   /** Every state object (revision) of a ring seen. */
   states: Map<string, Handle[]>;
-  /** Key objects by `ringId/version`. */
+  /** Key objects by `ringId/version` (the secret or private key) and `ringId/version/public`. */
   keys: Map<string, Handle>;
 }
+
+/** The objects of one version: its secret or private key, and the public key of a key pair. */
+type KeyHalf = 'key' | 'public';
+const keyHalves: readonly KeyHalf[] = ['key', 'public'];
+type VersionObjects = Partial<Record<KeyHalf, Handle>>;
+
+const halfOfClass = new Map<number, KeyHalf>([
+  [pkcs11js.CKO_SECRET_KEY, 'key'],
+  [pkcs11js.CKO_PRIVATE_KEY, 'key'],
+  [pkcs11js.CKO_PUBLIC_KEY, 'public'],
+]);
+
+const cacheName = (ringId: string, number: number, half: KeyHalf): string => (half === 'key' ? `${ringId}/${number}` : `${ringId}/${number}/public`);
 
 export class RingStore {
   private known: KnownHandles = { sessions: '', states: new Map(), keys: new Map() };
@@ -267,7 +284,7 @@ export class RingStore {
       if (due.length === 0) continue;
       // The material goes first: a crash after this leaves a DestroyScheduled version without a
       // key, which the next pass records as Destroyed.
-      for (const v of due) await this.destroyKey(ring.ringId, v.number);
+      for (const v of due) await this.destroyKey(ring, v.number);
       const at = this.now().toISOString();
       const numbers = new Set(due.map((v) => v.number));
       await this.save({
@@ -283,44 +300,104 @@ export class RingStore {
   async orphanKeys(): Promise<VersionRef[]> {
     // Keys first: a ring's state is written before its keys, so every key seen here whose ring
     // exists is accounted for in the list read afterwards.
+    // One search of every object, not one per key class: each search reads the whole token.
     const labels = await this.token.withSession((session) =>
-      this.findObjects(session, [{ type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_SECRET_KEY }]).map(
-        (handle) => this.token.pkcs11.C_GetAttributeValue(session, handle, [{ type: pkcs11js.CKA_LABEL }])[0]?.value?.toString('utf8') ?? '',
-      ),
+      this.findObjects(session, []).flatMap((handle) => {
+        try {
+          const [keyClass, label] = this.token.pkcs11.C_GetAttributeValue(session, handle, [{ type: pkcs11js.CKA_CLASS }, { type: pkcs11js.CKA_LABEL }]);
+          return halfOfClass.has(keyClass?.value?.readUInt32LE(0) ?? -1) ? [label?.value?.toString('utf8') ?? ''] : [];
+        } catch (err) {
+          if (isStaleHandle(err)) return []; // destroyed since the search
+          throw err;
+        }
+      }),
     );
     const rings = new Map((await this.list()).map((ring) => [ring.ringId, ring]));
-    return labels
-      .map(parseKeyObjectLabel)
-      .filter((key): key is VersionRef => key !== undefined)
-      .filter((key) => !rings.get(key.ringId)?.versions.some((v) => v.number === key.version && v.state !== 'Destroyed'));
+    // Both halves of a key pair carry the version's label: one version, one report.
+    const orphans = new Map<string, VersionRef>();
+    for (const key of labels.map(parseKeyObjectLabel)) {
+      if (key === undefined || rings.get(key.ringId)?.versions.some((v) => v.number === key.version && v.state !== 'Destroyed')) continue;
+      orphans.set(`${key.ringId}/${key.version}`, key);
+    }
+    return [...orphans.values()];
   }
 
-  /** The key object of one version, or undefined when it is gone. */
+  /** The key of one version to compute with (the private key of a key pair), or undefined when it is gone. */
   async keyHandle(ringId: string, number: number): Promise<Handle | undefined> {
-    const id = keyObjectId(ringId, number);
-    return this.token.withSession((session) => {
-      const { keys } = this.handles();
-      const name = `${ringId}/${number}`;
-      const known = keys.get(name);
-      if (known !== undefined && this.isKeyObject(session, known, id)) return known;
-      const [found] = this.findObjects(session, [
-        { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_SECRET_KEY },
-        { type: pkcs11js.CKA_ID, value: id },
-      ]);
-      if (found === undefined) keys.delete(name);
-      else keys.set(name, found);
-      return found;
-    });
+    return this.token.withSession((session) => this.versionObjects(session, ringId, number, ['key']).key);
   }
 
-  /** Whether a handle seen before still names the key object with this CKA_ID. */
-  private isKeyObject(session: Handle, handle: Handle, id: Buffer): boolean {
+  /**
+   * SubjectPublicKeyInfo DER of one version's public key. Undefined when the ring does not exist,
+   * has no such version, the version is not generated yet or is destroyed, or its public key object
+   * is gone. Refused for rings of secret keys (encryption, derivation): they have no public half.
+   */
+  async publicKey(ringId: string, number: number): Promise<Buffer | undefined> {
+    const ring = await this.get({ ringId });
+    if (!ring) return undefined;
+    if (!hasPublicKey(ring.algorithm)) {
+      const name = describe({ name: ring.name, namespace: ring.namespace });
+      const message = `${name} has purpose ${ring.purpose} (${ring.algorithm}): its keys are secret keys without a public key; signing rings (ECDSA_P384) have one`;
+      throw new KeywardError('FailedPrecondition', message);
+    }
+    const version = ring.versions.find((v) => v.number === number);
+    if (!version || version.state === 'PendingGeneration' || version.state === 'Destroyed') return undefined;
+    const handle = await this.token.withSession((session) => this.versionObjects(session, ringId, number, ['public']).public);
+    if (handle === undefined) return undefined;
     try {
-      // Key object ids are hashes of ring id and version: no other object carries this one.
-      const [ckaId] = this.token.pkcs11.C_GetAttributeValue(session, handle, [{ type: pkcs11js.CKA_ID }]);
-      return ckaId?.value?.equals(id) === true;
+      return await publicKeyDer(this.token, handle);
+    } catch (err) {
+      if (pkcs11Code(err) === pkcs11js.CKR_OBJECT_HANDLE_INVALID) return undefined; // destroyed since it was found
+      throw err;
+    }
+  }
+
+  /**
+   * The objects of one version asked for, by half: handles seen before while they still check out,
+   * otherwise one search by CKA_ID, which finds both halves of a key pair at once. After a search
+   * the answer holds every half found, asked for or not.
+   */
+  private versionObjects(session: Handle, ringId: string, number: number, halves: readonly KeyHalf[]): VersionObjects {
+    const id = keyObjectId(ringId, number);
+    const { keys } = this.handles();
+    const known: VersionObjects = {};
+    for (const half of halves) {
+      const handle = keys.get(cacheName(ringId, number, half));
+      if (handle !== undefined && this.isKeyObject(session, handle, id, half)) known[half] = handle;
+    }
+    if (halves.every((half) => known[half] !== undefined)) return known;
+    const found: VersionObjects = {};
+    for (const handle of this.findObjects(session, [{ type: pkcs11js.CKA_ID, value: id }])) {
+      const half = this.halfOf(session, handle);
+      if (half !== undefined) found[half] ??= handle;
+    }
+    for (const half of keyHalves) {
+      const handle = found[half];
+      if (handle === undefined) keys.delete(cacheName(ringId, number, half));
+      else keys.set(cacheName(ringId, number, half), handle);
+    }
+    return found;
+  }
+
+  /** Whether a handle seen before still names the object of this half with this CKA_ID. */
+  private isKeyObject(session: Handle, handle: Handle, id: Buffer, half: KeyHalf): boolean {
+    try {
+      // Key object ids are hashes of ring id and version: only the version's objects carry one.
+      const [ckaId, keyClass] = this.token.pkcs11.C_GetAttributeValue(session, handle, [{ type: pkcs11js.CKA_ID }, { type: pkcs11js.CKA_CLASS }]);
+      return ckaId?.value?.equals(id) === true && halfOfClass.get(keyClass?.value?.readUInt32LE(0) ?? -1) === half;
     } catch (err) {
       if (isStaleHandle(err)) return false;
+      throw err;
+    }
+  }
+
+  /** Which half of a version an object found by its id is, or undefined for another kind or one just destroyed. */
+  private halfOf(session: Handle, handle: Handle): KeyHalf | undefined {
+    try {
+      const [keyClass] = this.token.pkcs11.C_GetAttributeValue(session, handle, [{ type: pkcs11js.CKA_CLASS }]);
+      return halfOfClass.get(keyClass?.value?.readUInt32LE(0) ?? -1);
+    } catch (err) {
+      if (isStaleHandle(err)) return undefined;
       throw err;
     }
   }
@@ -334,10 +411,26 @@ export class RingStore {
     const pending = ring.versions.filter((v) => v.state === 'PendingGeneration');
     if (pending.length === 0) return ring;
     for (const { number } of pending) {
-      if (options.keysAbsent || (await this.keyHandle(ring.ringId, number)) === undefined) {
-        const sessions = this.token.sessionGeneration;
-        const handle = await generateKey(this.token, ring, number);
-        if (sessions === this.token.sessionGeneration) this.handles().keys.set(`${ring.ringId}/${number}`, handle);
+      if (!options.keysAbsent) {
+        const found = await this.token.withSession((session) => {
+          const objects = this.versionObjects(session, ring.ringId, number, ['key']);
+          // A public key without its private key (from a module that does not make pairs in one
+          // step) would stand beside the new pair's under the same id: it goes first.
+          if (objects.key === undefined && objects.public !== undefined) {
+            this.token.pkcs11.C_DestroyObject(session, objects.public);
+            this.handles().keys.delete(cacheName(ring.ringId, number, 'public'));
+          }
+          return objects.key !== undefined;
+        });
+        if (found) continue;
+      }
+      const sessions = this.token.sessionGeneration;
+      const generated = await generateKey(this.token, ring, number);
+      if (sessions === this.token.sessionGeneration) {
+        for (const half of keyHalves) {
+          const handle = generated[half];
+          if (handle !== undefined) this.handles().keys.set(cacheName(ring.ringId, number, half), handle);
+        }
       }
     }
     const now = this.now().toISOString();
@@ -348,12 +441,19 @@ export class RingStore {
     });
   }
 
-  private async destroyKey(ringId: string, number: number): Promise<void> {
-    const handle = await this.keyHandle(ringId, number);
-    if (handle === undefined) return;
+  /**
+   * Destroys a version's key, and the public half of a key pair. The private key goes first: should
+   * we die before the public one goes, the version stays DestroyScheduled and the next pass finds it.
+   */
+  private async destroyKey(ring: RingState, number: number): Promise<void> {
     await this.token.withSession((session) => {
-      this.token.pkcs11.C_DestroyObject(session, handle);
-      this.handles().keys.delete(`${ringId}/${number}`);
+      const objects = this.versionObjects(session, ring.ringId, number, hasPublicKey(ring.algorithm) ? keyHalves : ['key']);
+      for (const half of keyHalves) {
+        const handle = objects[half];
+        if (handle === undefined) continue;
+        this.token.pkcs11.C_DestroyObject(session, handle);
+        this.handles().keys.delete(cacheName(ring.ringId, number, half));
+      }
     });
   }
 
@@ -412,14 +512,18 @@ function assertKnownAlgorithm({ algorithm }: RingSpec): void {
   throw new KeywardError('InvalidArgument', `algorithm ${String(algorithm)} is not one of ${ringAlgorithms.join(', ')}`);
 }
 
-/** Generates one version's key object, of the ring's algorithm. */
-async function generateKey(token: HsmToken, ring: RingState, number: number): Promise<Handle> {
+/** Generates one version's key objects, of the ring's algorithm. */
+async function generateKey(token: HsmToken, ring: RingState, number: number): Promise<VersionObjects & { key: Handle }> {
   const identity = { label: keyObjectLabel(ring.ringId, number), id: keyObjectId(ring.ringId, number) };
   switch (ring.algorithm) {
     case 'AES_256_GCM':
-      return generateAesKey(token, identity);
+      return { key: await generateAesKey(token, identity) };
     case 'HMAC_SHA_384':
-      return generateHmacKey(token, identity);
+      return { key: await generateHmacKey(token, identity) };
+    case 'ECDSA_P384': {
+      const pair = await generateEcdsaKeyPair(token, identity);
+      return { key: pair.privateKey, public: pair.publicKey };
+    }
     default:
       // A ring written by a newer Keyward: refuse rather than make a key of the wrong kind.
       throw new KeywardError(

@@ -2,7 +2,7 @@
 // and follow their lifecycle. The operator runs in this process with a clock the test moves
 // forward, so day-long rotation periods and destruction windows pass in seconds.
 import assert from 'node:assert/strict';
-import { randomUUID } from 'node:crypto';
+import { createPublicKey, randomUUID } from 'node:crypto';
 import { renameSync } from 'node:fs';
 import { CoreV1Api, CustomObjectsApi, PatchStrategy, setHeaderOptions } from '@kubernetes/client-node';
 import pkcs11js from 'pkcs11js';
@@ -135,12 +135,30 @@ describe('KeyRing operator: HSM keys through their lifecycle', function () {
     assert.deepEqual([ring.name, ring.namespace, ring.primary], ['orders', namespace, 1], 'the ring in the HSM the KMS plugin reads');
   });
 
-  it('refuses purposes it does not generate yet, with a reason, and creates nothing in the HSM', async () => {
-    const created = await createKeyRing('signer', { purpose: 'signing', algorithm: 'ECDSA-P384' });
-    const kr = await statusWhen('signer', 'a Ready condition', (k) => k.status?.conditions?.some((c) => c.type === 'Ready') ?? false);
+  it('refuses algorithms it does not generate yet, with a reason, and creates nothing in the HSM', async () => {
+    const created = await createKeyRing('rsa-signer', { purpose: 'signing', algorithm: 'RSA-3072' });
+    const kr = await statusWhen('rsa-signer', 'a Ready condition', (k) => k.status?.conditions?.some((c) => c.type === 'Ready') ?? false);
     const condition = kr.status?.conditions?.find((c) => c.type === 'Ready');
     assert.deepEqual([condition?.status, condition?.reason], ['False', 'PurposeNotSupported']);
+    assert.match(condition?.message ?? '', /algorithm RSA-3072 \(purpose signing\) is not generated .*ECDSA-P384 \(signing\)/);
     assert.equal(await store.get({ ringId: created.metadata.uid ?? '' }), undefined);
+  });
+
+  it('generates signing rings as ECDSA P-384 key pairs, the private key non-extractable and the public key readable', async () => {
+    const created = await createKeyRing('signer', { purpose: 'signing' });
+    const kr = await statusWhen('signer', 'Ready', ready);
+    const uid = created.metadata.uid ?? '';
+    assert.equal(kr.status?.versions?.[0]?.algorithm, 'ECDSA-P384', 'the default algorithm of signing');
+    assert.equal((await store.require({ ringId: uid })).algorithm, 'ECDSA_P384');
+    const key = await store.keyHandle(uid, 1);
+    assert.ok(key);
+    const [extractable, sensitive] = await admin.withSession((s) =>
+      admin.pkcs11.C_GetAttributeValue(s, key, [{ type: pkcs11js.CKA_EXTRACTABLE }, { type: pkcs11js.CKA_SENSITIVE }]),
+    );
+    assert.deepEqual([extractable?.value?.readUInt8(0), sensitive?.value?.readUInt8(0)], [0, 1]);
+    const publicKey = await store.publicKey(uid, 1);
+    assert.ok(publicKey);
+    assert.equal(createPublicKey({ key: publicKey, format: 'der', type: 'spki' }).asymmetricKeyDetails?.namedCurve, 'secp384r1');
   });
 
   it('generates derivation rings as HMAC-SHA-384 keys', async () => {

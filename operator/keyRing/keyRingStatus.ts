@@ -5,7 +5,7 @@ import type { Condition } from '../api/schema.js';
 import { keyObjectId, primaryVersion, type RingState } from '../../core/hsm/ringState.js';
 
 /** The algorithm names RingState uses, as the CRD spells them. */
-const algorithmNames = { AES_256_GCM: 'AES-256-GCM', HMAC_SHA_384: 'HMAC-SHA-384' } as const;
+const algorithmNames = { AES_256_GCM: 'AES-256-GCM', HMAC_SHA_384: 'HMAC-SHA-384', ECDSA_P384: 'ECDSA-P384' } as const;
 
 export interface ConditionInput {
   type: string;
