@@ -18,7 +18,7 @@ const podUid = '6f1c1b7e-3c2a-4a59-9a3e-2f0d4c1b9e77';
 // A JWT-shaped token; its parts are never decoded here (TokenReview checks it, in a later step).
 const jwt = 'eyJhbGciOiJSUzI1NiIsImtpZCI6InRlc3QifQ.eyJhdWQiOlsia2V5d2FyZC5kZXYvY3NpIl0sInN1YiI6InN5c3RlbTpzZXJ2aWNlYWNjb3VudDpzaG9wOmFwaSJ9.c2lnbmF0dXJlLW5vdC1jaGVja2VkLWhlcmU';
 const targetPath = `/var/lib/kubelet/pods/${podUid}/volumes/kubernetes.io~csi/secrets-store-inline/mount`;
-const sealed = Buffer.from('a sealed value: format 1, AES-256-GCM, version 3').toString('base64');
+const sealed = Buffer.from('a sealed value: opaque bytes here; the provider opens it later').toString('base64');
 
 const objectsYaml = `- type: dataKey
   name: db-volume

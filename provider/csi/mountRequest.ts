@@ -26,7 +26,7 @@
 //           keyRing: app-secrets
 //           path: db/password
 //           ciphertext: |            # base64, line breaks allowed
-//             AQEAAAAB...
+//             AgEAAAAB...
 //         - type: publicKey          # the public half of a signing or encryption ring
 //           name: release-signing
 //           keyRing: release
@@ -46,9 +46,10 @@
 //               `path` holds the primary; with versions >= 1 the provider also writes
 //               `<path>.v<N>` for the primary and each delivered previous version N (the KeyRing
 //               version number), so no other object may use a path of that form
-//   ciphertext  secret only, required: base64 of the sealed value, at most 64 KiB decoded
+//   ciphertext  secret only, required: base64 of the sealed value (up to 64 KiB of plaintext sealed)
 // Unknown fields are refused (a typo such as `verions` must not silently mean 0).
 import { FAILSAFE_SCHEMA, load, YAMLException } from 'js-yaml';
+import { maxSealedSecretBytes } from '../../core/sealedSecret.js';
 
 /** The short codes a refusal carries: a fixed set, so metric labels stay low-cardinality. */
 export const mountRefusalCodes = [
@@ -103,7 +104,8 @@ export const mountRequestLimits = {
   objectNameChars: 63,
   keyRingNameChars: 253,
   previousVersions: 10,
-  ciphertextBytes: 64 * 1024,
+  /** A sealed value of 64 KiB of plaintext, the most `keyward encrypt` seals. */
+  ciphertextBytes: maxSealedSecretBytes,
 } as const;
 
 export type MountObjectType = 'dataKey' | 'secret' | 'publicKey';

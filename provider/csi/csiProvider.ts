@@ -1,0 +1,161 @@
+// `keyward csi-provider`: the Secrets Store CSI provider on `<dir>/keyward.sock` (mode 0600, stale
+// socket removed, path fixed, since the driver caches it), with the gRPC health service on the
+// same socket and metrics on a loopback listener. It needs the apiserver for TokenReview and the
+// KeyPolicy informer, and the HSM for the objects; SIGTERM drains in-flight mounts.
+import { create } from '@bufbuild/protobuf';
+import { AuthenticationV1Api, type KubeConfig } from '@kubernetes/client-node';
+import { Server } from '@grpc/grpc-js';
+import { existsSync, unlinkSync } from 'node:fs';
+import { join } from 'node:path';
+import { createAuditLog, type AuditLog } from '../../core/audit/auditLog.js';
+import { grpcImplementation, grpcServiceDefinition } from '../../core/grpc/unaryService.js';
+import { bindUnixSocket, prepareSocketPath } from '../../core/grpc/unixSocket.js';
+import { HsmToken } from '../../core/hsm/hsmToken.js';
+import { RingStore } from '../../core/hsm/ringStore.js';
+import { keepAliveApiClient } from '../../core/kube/keepAliveApiClient.js';
+import { createLogger, type Logger } from '../../core/observability/logger.js';
+import { startMetricsServer, type MetricsServer } from '../../core/observability/metricsServer.js';
+import { PolicyCache } from '../../operator/keyPolicy/policyCache.js';
+import { CSIDriverProvider } from '../../proto/gen/csi/v1alpha1/service_pb.js';
+import { Health, HealthCheckResponse_ServingStatus, HealthCheckResponseSchema } from '../../proto/gen/grpc/health/v1/health_pb.js';
+import { CsiMetrics } from './csiMetrics.js';
+import { KeyMaterial } from './keyMaterial.js';
+import { csiProviderHandlers } from './mountService.js';
+import { PodIdentity, type TokenReviewer } from './podIdentity.js';
+
+/** The driver finds a provider at `<provider-volume>/<spec.provider>.sock`. */
+export const providerName = 'keyward';
+export const defaultSocketDir = '/var/run/secrets-store-csi-providers';
+export const defaultAudience = 'keyward';
+
+export interface CsiProviderConfig {
+  socketDir: string;
+  modulePath: string;
+  tokenLabel: string;
+  pin: string;
+  kubeConfig: KubeConfig;
+  /** The audience of the tokens the CSIDriver's tokenRequests mint for us. */
+  audience: string;
+  /** host:port for /metrics, /healthz, /livez; loopback by default. */
+  metricsAddress?: string;
+  /** File for audit records, or '-' for standard output. */
+  auditLog?: string;
+  tokenReviewTtlMs?: number;
+  materialTtlMs?: number;
+  ringRefreshMs?: number;
+  sessionPoolSize?: number;
+  drainMs?: number;
+  /** Replaces TokenReview through the apiserver; for benchmarks that measure the provider alone. */
+  tokenReviewer?: TokenReviewer;
+}
+
+export interface CsiProvider {
+  readonly socketPath: string;
+  readonly metricsAddress: string;
+  readonly metrics: CsiMetrics;
+  stop(): Promise<void>;
+}
+
+/** TokenReview through the apiserver; errors name the failure, never the token. */
+export function apiserverTokenReviewer(kubeConfig: KubeConfig, onReview: (outcome: string) => void = () => undefined): TokenReviewer {
+  const api = keepAliveApiClient(kubeConfig, AuthenticationV1Api);
+  return async (token, audience) => {
+    let status;
+    try {
+      const review = await api.createTokenReview({ body: { apiVersion: 'authentication.k8s.io/v1', kind: 'TokenReview', spec: { token, audiences: [audience] } } });
+      status = review.status ?? {};
+    } catch (err) {
+      onReview('error');
+      const code = (err as { code?: unknown }).code;
+      throw new Error(typeof code === 'number' ? `the apiserver answered HTTP ${code}` : `the apiserver is unreachable (${String((err as { cause?: { code?: string } }).cause?.code ?? (err as Error).name)})`, { cause: err });
+    }
+    onReview(status.authenticated ? 'authenticated' : 'unauthenticated');
+    return {
+      authenticated: status.authenticated === true,
+      error: status.error,
+      audiences: status.audiences ?? [],
+      username: status.user?.username ?? '',
+      groups: status.user?.groups ?? [],
+      extra: status.user?.extra ?? {},
+    };
+  };
+}
+
+export async function startCsiProvider(config: CsiProviderConfig, log: Logger = createLogger('csi-provider')): Promise<CsiProvider> {
+  const socketPath = join(config.socketDir, `${providerName}.sock`);
+  await prepareSocketPath(socketPath);
+  const metrics = new CsiMetrics();
+  const token = HsmToken.open({ modulePath: config.modulePath, tokenLabel: config.tokenLabel, pin: config.pin, poolSize: config.sessionPoolSize ?? 4 });
+  const policies = new PolicyCache(config.kubeConfig, log);
+  const server = new Server({
+    // The largest MountRequest mountRequest.ts accepts is 1 MiB of attributes plus the rest.
+    'grpc.max_receive_message_length': 2 * 1024 * 1024,
+    'grpc.enable_channelz': 0,
+  });
+  let audit: AuditLog | undefined;
+  let metricsServer: MetricsServer | undefined;
+  let serving = false;
+  try {
+    audit = createAuditLog('csi-provider', config.auditLog ?? '-');
+    const identity = new PodIdentity(config.tokenReviewer ?? apiserverTokenReviewer(config.kubeConfig, (outcome) => metrics.tokenReviews.inc({ outcome })), {
+      audience: config.audience,
+      ttlMs: config.tokenReviewTtlMs,
+    });
+    const material = new KeyMaterial(token, new RingStore(token), { materialTtlMs: config.materialTtlMs, ringRefreshMs: config.ringRefreshMs });
+    metrics.cacheSizes = () => ({ tokenReview: identity.cachedReviews, material: material.cachedSecrets });
+    // Mounts wait for the first list of KeyPolicies: deciding from an empty cache would refuse all.
+    await policies.start();
+    const handlers = csiProviderHandlers({ audience: config.audience, identity, policies: () => policies.policySet(), material, audit, metrics, log });
+    server.addService(grpcServiceDefinition(CSIDriverProvider), grpcImplementation(CSIDriverProvider, handlers));
+    server.addService(
+      grpcServiceDefinition(Health),
+      grpcImplementation(Health, {
+        check: () =>
+          Promise.resolve(
+            create(HealthCheckResponseSchema, { status: serving ? HealthCheckResponse_ServingStatus.SERVING : HealthCheckResponse_ServingStatus.NOT_SERVING }),
+          ),
+      }),
+    );
+    await bindUnixSocket(server, socketPath);
+    serving = true;
+    metricsServer = await startMetricsServer(config.metricsAddress ?? '127.0.0.1:0', metrics.registry, () => ({ ok: serving, reason: serving ? 'ok' : 'stopping' }));
+    log.info({ socket: socketPath, audience: config.audience, metrics: metricsServer.address }, 'CSI provider serving');
+  } catch (err) {
+    server.forceShutdown();
+    await policies.stop();
+    await audit?.flush();
+    token.close();
+    throw err;
+  }
+
+  const drainMs = config.drainMs ?? 10_000;
+  const finalAudit = audit;
+  const finalMetrics = metricsServer;
+  let stopping: Promise<void> | undefined;
+  return {
+    socketPath,
+    metricsAddress: metricsServer.address,
+    metrics,
+    stop: () =>
+      (stopping ??= (async () => {
+        serving = false;
+        log.info('draining in-flight mounts');
+        await new Promise<void>((resolve) => {
+          const force = setTimeout(() => {
+            server.forceShutdown();
+            resolve();
+          }, drainMs);
+          server.tryShutdown(() => {
+            clearTimeout(force);
+            resolve();
+          });
+        });
+        await policies.stop();
+        await finalMetrics.close();
+        token.close();
+        await finalAudit.flush();
+        if (existsSync(socketPath)) unlinkSync(socketPath);
+        log.info('stopped');
+      })()),
+  };
+}
