@@ -45,6 +45,8 @@ export interface CsiProviderConfig {
   ringRefreshMs?: number;
   sessionPoolSize?: number;
   drainMs?: number;
+  /** See mountService.ts; lowered only by tests of the guard. */
+  maxResponseBytes?: number;
   /** Replaces TokenReview through the apiserver; for benchmarks that measure the provider alone. */
   tokenReviewer?: TokenReviewer;
 }
@@ -105,7 +107,7 @@ export async function startCsiProvider(config: CsiProviderConfig, log: Logger = 
     metrics.cacheSizes = () => ({ tokenReview: identity.cachedReviews, material: material.cachedSecrets });
     // Mounts wait for the first list of KeyPolicies: deciding from an empty cache would refuse all.
     await policies.start();
-    const handlers = csiProviderHandlers({ audience: config.audience, identity, policies: () => policies.policySet(), material, audit, metrics, log });
+    const handlers = csiProviderHandlers({ audience: config.audience, identity, policies: () => policies.policySet(), material, audit, metrics, log, maxResponseBytes: config.maxResponseBytes });
     server.addService(grpcServiceDefinition(CSIDriverProvider), grpcImplementation(CSIDriverProvider, handlers));
     server.addService(
       grpcServiceDefinition(Health),

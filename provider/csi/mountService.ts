@@ -48,7 +48,10 @@ type ObjectRefusalCode = (typeof objectRefusalCodes)[number];
 /** The operation each object type needs on its ring. */
 export const operationOf: Record<MountObjectType, Operation> = { dataKey: 'deriveKey', secret: 'decrypt', publicKey: 'getPublicKey' };
 
-/** The driver's guidance; gRPC's own limit is 4 MiB. */
+/**
+ * The driver's guidance; gRPC's own limit is 4 MiB. The request limits (mountRequest.ts) already
+ * keep a response far below it: this is the last guard, should those limits ever grow.
+ */
 export const maxResponseBytes = 1024 * 1024;
 
 export interface MountServiceDeps {
@@ -61,6 +64,8 @@ export interface MountServiceDeps {
   metrics: CsiMetrics;
   log: Logger;
   versioner?: ObjectVersioner;
+  /** Default maxResponseBytes; lowered only by tests of the guard. */
+  maxResponseBytes?: number;
   now?: () => Date;
 }
 
@@ -80,6 +85,7 @@ export function csiProviderHandlers(deps: MountServiceDeps): UnaryHandlers<(type
   const versioner = deps.versioner ?? createObjectVersioner();
   const now = deps.now ?? (() => new Date());
   const { metrics, audit, log } = deps;
+  const responseLimit = deps.maxResponseBytes ?? maxResponseBytes;
 
   const refused = (code: string, message: string, started: bigint, context: Record<string, unknown>): MountResponse => {
     const result = code === 'HsmUnavailable' || code === 'Internal' || code === 'TokenReviewUnavailable' ? 'failed' : 'refused';
@@ -132,9 +138,9 @@ export function csiProviderHandlers(deps: MountServiceDeps): UnaryHandlers<(type
           files: served.flatMap(({ files }) => files),
         });
         const size = toBinary(MountResponseSchema, response).length;
-        if (size > maxResponseBytes) {
+        if (size > responseLimit) {
           response = undefined;
-          failure = { index: -1, error: new ObjectRefused('ResponseTooLarge', `the response would be ${size} bytes; the limit is ${maxResponseBytes} (1 MiB): split the objects over several SecretProviderClasses`) };
+          failure = { index: -1, error: new ObjectRefused('ResponseTooLarge', `the response would be ${size} bytes; the limit is ${responseLimit}: split the objects over several SecretProviderClasses`) };
         }
       }
 
@@ -152,13 +158,12 @@ export function csiProviderHandlers(deps: MountServiceDeps): UnaryHandlers<(type
         if (!failure) {
           audit.record({ ...base, ...served[index]?.record, code: 'Served' });
           metrics.objects.inc({ type: object.type, result: 'served' });
-        } else if (index === failure.index) {
+        } else if (index === failure.index || failure.index < 0) {
           const result = failure.error.code === 'HsmUnavailable' || failure.error.code === 'Internal' ? 'failed' : 'denied';
           audit.record({ ...base, ...failure.error.audit, result, code: failure.error.code, reason: failure.error.message });
           metrics.objects.inc({ type: object.type, result: 'refused' });
         } else {
-          const cause = failure.index < 0 ? failure.error.code : `objects[${failure.index}] was refused (${failure.error.code})`;
-          audit.record({ ...base, result: 'denied', code: 'Withheld', reason: `not served: ${cause}` });
+          audit.record({ ...base, result: 'denied', code: 'Withheld', reason: `not served: objects[${failure.index}] was refused (${failure.error.code})` });
           metrics.objects.inc({ type: object.type, result: 'withheld' });
         }
       }
