@@ -66,10 +66,10 @@ const enforcedChanges: Partial<Record<Operation, { spec: object; keyVersion?: nu
   cancelDestroy: { spec: { versions: [{ number: 1, state: 'Disabled' }] }, keyVersion: 1 },
   approveDestroy: { spec: { versions: [{ ...standingRequest, approveDestroy: true }] }, keyVersion: 1 },
 };
-// Checked only through the expanded grants in status, because their enforcement points are not in
-// this issue: encrypt and decrypt (KMS plugin, CSI provider), deriveKey, sign, verify and
-// getPublicKey (CSI provider), getMetadata (CSI provider, CLI), import, backup and restore (the
-// import path), readAudit (the audit reader).
+// Checked here only through the expanded grants in status: decrypt, deriveKey and getPublicKey are
+// enforced by the CSI provider (e2e/csi); encrypt, sign, verify, getMetadata, import, backup,
+// restore and readAudit have no enforcement point yet (the KMS plugin's only caller is the
+// apiserver, which no KeyPolicy names).
 const grantOnlyOperations = operationNames.filter((op) => !(op in enforcedChanges));
 
 /** Someone who talks to the apiserver as themselves: `name` is the username it authenticates as. */

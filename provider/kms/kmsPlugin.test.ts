@@ -185,6 +185,20 @@ describe('KMS v2 plugin over a real SoftHSM2 token', function () {
     assert.equal(enc.keyId, keyId);
   });
 
+  it('refuses a ring that is not an encryption ring: unhealthy, naming its purpose', async () => {
+    await store.create({ name: 'release', namespace: 'kube-system', algorithm: 'ECDSA_P384' });
+    const signing = await startKmsPlugin(
+      { socketPath: join(dir, 'signing.sock'), modulePath: softhsm.modulePath, tokenLabel: softhsm.label, pin: softhsm.pin, ring: { name: 'release', namespace: 'kube-system' }, auditLog: join(dir, 'signing-audit.log') },
+      pino({ level: 'silent' }),
+    );
+    try {
+      assert.equal(signing.view.health().ok, false);
+      assert.match(signing.view.health().reason, /ring 'kube-system\/release' has purpose signing \(ECDSA_P384\); the KMS plugin needs purpose encryption/);
+    } finally {
+      await signing.stop();
+    }
+  });
+
   it('audits every Encrypt and Decrypt, and writes no plaintext to its logs or audit', async () => {
     await sleep(200);
     const audit = readFileSync(join(dir, 'audit.log'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);

@@ -7,7 +7,7 @@ import { aesGcmDecrypt, aesGcmEncrypt } from '../../core/hsm/aesGcm.js';
 import type { Handle, HsmToken } from '../../core/hsm/hsmToken.js';
 import { WorkingKeys } from '../../core/hsm/workingKeys.js';
 import type { RingRef, RingStore } from '../../core/hsm/ringStore.js';
-import { primaryVersion, type RingState, type RingVersion } from '../../core/hsm/ringState.js';
+import { assertRingAlgorithm, primaryVersion, type RingState, type RingVersion } from '../../core/hsm/ringState.js';
 
 export interface VersionView {
   version: RingVersion;
@@ -107,6 +107,7 @@ export class RingView {
       const known = this.current?.ring.ringId;
       const ring = (known !== undefined ? await this.store.get({ ringId: known }) : undefined) ?? (await this.store.get(this.ref));
       if (!ring) throw new KeywardError('NotFound', 'the ring does not exist in the HSM');
+      assertRingAlgorithm(ring, 'AES_256_GCM', 'the KMS plugin');
       const byKeyId = new Map<string, VersionView>();
       const enabledKeys: Handle[] = [];
       for (const version of ring.versions) {
