@@ -18,6 +18,8 @@ export interface KeyMaterialOptions {
   ringRefreshMs?: number;
   materialTtlMs?: number;
   maxEntries?: number;
+  /** Bytes of derived keys and opened secrets kept at most (default 16 MiB). */
+  maxBytes?: number;
   now?: () => number;
 }
 
@@ -50,7 +52,9 @@ export class KeyMaterial {
     this.now = options.now ?? Date.now;
     const wipe = (value: unknown): void => void (value as Buffer).fill(0);
     const maxEntries = options.maxEntries ?? 50_000;
-    this.secrets = new TtlCache({ ttlMs: options.materialTtlMs ?? 5 * 60_000, maxEntries, now: this.now, onEvict: wipe });
+    // Bounded in bytes too: opened secrets may be 64 KiB each, and the DaemonSet has 100 MiB.
+    const weigh = (value: unknown): number => (value as Buffer).length + 256;
+    this.secrets = new TtlCache({ ttlMs: options.materialTtlMs ?? 5 * 60_000, maxEntries, maxWeight: options.maxBytes ?? 16 * 1024 * 1024, weigh, now: this.now, onEvict: wipe });
     this.publicKeys = new TtlCache({ ttlMs: 24 * 60 * 60_000, maxEntries, now: this.now });
   }
 

@@ -155,4 +155,16 @@ describe('TtlCache', () => {
     await assert.rejects(cache.getOrLoad('e', () => Promise.reject(new Error('down'))));
     assert.equal((await cache.getOrLoad('e', load(5))).hit, false, 'a failed load is not cached');
   });
+
+  it('bounds the total weight', () => {
+    const cache = new TtlCache<string, Buffer>({ ttlMs: 1000, maxEntries: 100, maxWeight: 100, weigh: (v) => (v as Buffer).length });
+    cache.set('a', Buffer.alloc(60));
+    cache.set('b', Buffer.alloc(30));
+    assert.equal(cache.size, 2);
+    cache.set('c', Buffer.alloc(30));
+    assert.deepEqual([cache.get('a'), cache.size], [undefined, 2], 'the oldest left to make room');
+    cache.set('b', Buffer.alloc(10));
+    cache.set('d', Buffer.alloc(60));
+    assert.equal(cache.size, 3, 'a replaced entry no longer weighs its old size');
+  });
 });

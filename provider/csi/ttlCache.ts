@@ -7,6 +7,9 @@ export interface TtlCacheOptions {
   ttlMs: number;
   /** Past this many entries the oldest are dropped. */
   maxEntries: number;
+  /** Past this total weight the oldest are dropped too (e.g. bytes, with `weigh`). */
+  maxWeight?: number;
+  weigh?: (value: unknown) => number;
   now?: () => number;
   /** Called with each entry that leaves the cache, to wipe key material. */
   onEvict?: (value: unknown) => void;
@@ -19,7 +22,8 @@ export interface Loaded<V> {
 }
 
 export class TtlCache<K, V> {
-  private readonly entries = new Map<K, { value: V; expiresAt: number }>();
+  private readonly entries = new Map<K, { value: V; expiresAt: number; weight: number }>();
+  private weight = 0;
   private readonly loading = new Map<K, Promise<V>>();
   private readonly now: () => number;
 
@@ -44,8 +48,10 @@ export class TtlCache<K, V> {
     const life = Math.min(ttlMs, this.options.ttlMs);
     if (!(life > 0)) return;
     this.delete(key);
-    this.entries.set(key, { value, expiresAt: this.now() + life });
-    while (this.entries.size > this.options.maxEntries) {
+    const weight = this.options.weigh?.(value) ?? 0;
+    this.entries.set(key, { value, expiresAt: this.now() + life, weight });
+    this.weight += weight;
+    while (this.entries.size > this.options.maxEntries || this.weight > (this.options.maxWeight ?? Infinity)) {
       const oldest = this.entries.keys().next().value as K;
       this.delete(oldest);
     }
@@ -55,6 +61,7 @@ export class TtlCache<K, V> {
     const entry = this.entries.get(key);
     if (!entry) return;
     this.entries.delete(key);
+    this.weight -= entry.weight;
     this.options.onEvict?.(entry.value);
   }
 
