@@ -178,10 +178,15 @@ async function kmsPlugin(args: string[]): Promise<void> {
     },
     log,
   );
+  stopOnSignal(log, () => plugin.stop());
+}
+
+/** SIGTERM or SIGINT stops the component (draining what is in flight), then the process exits. */
+function stopOnSignal(log: ReturnType<typeof createLogger>, stop: () => Promise<void>): void {
   for (const signal of ['SIGTERM', 'SIGINT'] as const) {
     process.once(signal, () => {
       log.info({ signal }, 'shutting down');
-      plugin.stop().then(
+      stop().then(
         () => process.exit(0),
         () => process.exit(1),
       );
@@ -232,15 +237,7 @@ async function csiProvider(args: string[]): Promise<void> {
     },
     log,
   );
-  for (const signal of ['SIGTERM', 'SIGINT'] as const) {
-    process.once(signal, () => {
-      log.info({ signal }, 'shutting down');
-      provider.stop().then(
-        () => process.exit(0),
-        () => process.exit(1),
-      );
-    });
-  }
+  stopOnSignal(log, () => provider.stop());
 }
 
 async function operator(args: string[]): Promise<void> {
@@ -291,16 +288,10 @@ async function operator(args: string[]): Promise<void> {
   );
   log.info({ metrics: running.metricsAddress }, 'operator started');
   let signalled = false;
-  for (const signal of ['SIGTERM', 'SIGINT'] as const) {
-    process.once(signal, () => {
-      signalled = true;
-      log.info({ signal }, 'shutting down');
-      running.stop().then(
-        () => process.exit(0),
-        () => process.exit(1),
-      );
-    });
-  }
+  stopOnSignal(log, () => {
+    signalled = true;
+    return running.stop();
+  });
   // Leadership lost without being asked to stop: exit, so the Deployment starts a fresh replica.
   await running.done;
   if (!signalled) {

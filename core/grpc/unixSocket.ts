@@ -1,5 +1,6 @@
 // A gRPC server's unix socket: mode 0600 from the moment it exists, at a fixed path, replacing a
-// stale socket left by a dead process but never one a live process still serves.
+// stale socket left by a dead process but never one a live process still serves; and its stop,
+// which lets in-flight calls finish for a while.
 import { ServerCredentials, type Server } from '@grpc/grpc-js';
 import { chmodSync, existsSync, lstatSync, mkdirSync, unlinkSync } from 'node:fs';
 import { connect } from 'node:net';
@@ -32,4 +33,18 @@ export function bindUnixSocket(server: Server, socketPath: string): Promise<void
       else resolve();
     });
   }).then(() => chmodSync(socketPath, 0o600));
+}
+
+/** Stops taking calls, waits up to `drainMs` for those in flight, then cuts the rest. */
+export function drainServer(server: Server, drainMs: number): Promise<void> {
+  return new Promise<void>((resolve) => {
+    const force = setTimeout(() => {
+      server.forceShutdown();
+      resolve();
+    }, drainMs);
+    server.tryShutdown(() => {
+      clearTimeout(force);
+      resolve();
+    });
+  });
 }

@@ -9,7 +9,7 @@ import { existsSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { createAuditLog, type AuditLog } from '../../core/audit/auditLog.js';
 import { grpcImplementation, grpcServiceDefinition } from '../../core/grpc/unaryService.js';
-import { bindUnixSocket, prepareSocketPath } from '../../core/grpc/unixSocket.js';
+import { bindUnixSocket, drainServer, prepareSocketPath } from '../../core/grpc/unixSocket.js';
 import { HsmToken } from '../../core/hsm/hsmToken.js';
 import { RingStore } from '../../core/hsm/ringStore.js';
 import { keepAliveApiClient } from '../../core/kube/keepAliveApiClient.js';
@@ -142,16 +142,7 @@ export async function startCsiProvider(config: CsiProviderConfig, log: Logger = 
       (stopping ??= (async () => {
         serving = false;
         log.info('draining in-flight mounts');
-        await new Promise<void>((resolve) => {
-          const force = setTimeout(() => {
-            server.forceShutdown();
-            resolve();
-          }, drainMs);
-          server.tryShutdown(() => {
-            clearTimeout(force);
-            resolve();
-          });
-        });
+        await drainServer(server, drainMs);
         await policies.stop();
         await finalMetrics.close();
         token.close();

@@ -5,7 +5,7 @@ import { Server } from '@grpc/grpc-js';
 import { existsSync, unlinkSync } from 'node:fs';
 import { createAuditLog, type AuditLog } from '../../core/audit/auditLog.js';
 import { grpcImplementation, grpcServiceDefinition } from '../../core/grpc/unaryService.js';
-import { bindUnixSocket, prepareSocketPath } from '../../core/grpc/unixSocket.js';
+import { bindUnixSocket, drainServer, prepareSocketPath } from '../../core/grpc/unixSocket.js';
 import { HsmToken } from '../../core/hsm/hsmToken.js';
 import { RingStore, type RingRef } from '../../core/hsm/ringStore.js';
 import { createLogger, type Logger } from '../../core/observability/logger.js';
@@ -90,16 +90,7 @@ export async function startKmsPlugin(config: KmsPluginConfig, log: Logger = crea
     stop: () =>
       (stopping ??= (async () => {
         log.info('draining in-flight calls');
-        await new Promise<void>((resolve) => {
-          const force = setTimeout(() => {
-            server.forceShutdown();
-            resolve();
-          }, drainMs);
-          server.tryShutdown(() => {
-            clearTimeout(force);
-            resolve();
-          });
-        });
+        await drainServer(server, drainMs);
         view.stop();
         await finalMetrics.close();
         token.close();
