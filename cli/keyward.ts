@@ -1,8 +1,9 @@
 #!/usr/bin/env node
 // keyward: one CLI for every part (operator, kms-plugin, csi-provider) and the admin verbs.
 // Also a kubectl plugin when installed as `kubectl-keyward`.
-import { randomBytes } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import { createReadStream, existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { userInfo } from 'node:os';
 import { join, resolve } from 'node:path';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { createAuditLog } from '../core/audit/auditLog.js';
@@ -27,7 +28,8 @@ commands:
   ring disable|enable NAME --version N     change a version's state
   encrypt --ring NAME [--namespace NS] [--in FILE]
                                            seal a secret for a SecretProviderClass: reads FILE or standard input
-                                           (bytes as given, up to 64 KiB), prints one line of base64
+                                           (bytes as given, up to 64 KiB), prints one line of base64;
+                                           audited to --audit-log PATH (default: standard error)
   kms-plugin --socket PATH --ring NAME     serve the KMS v2 API on a unix socket
   csi-provider                             serve the Secrets Store CSI provider API on <socket-dir>/keyward.sock
   operator                                 reconcile KeyRings into HSM keys (leader-elected)
@@ -330,17 +332,25 @@ async function readSecret(path: string | undefined): Promise<Buffer> {
 }
 
 async function encrypt(args: string[]): Promise<void> {
-  const { values, positionals } = parse(args, { ...hsmOptions, ring: { type: 'string' }, in: { type: 'string' } });
+  const { values, positionals } = parse(args, { ...hsmOptions, ring: { type: 'string' }, in: { type: 'string' }, 'audit-log': { type: 'string', default: '/dev/stderr' } });
   if (!values.ring) throw new KeywardError('InvalidArgument', 'encrypt needs --ring NAME');
   if (positionals.length > 0) throw new KeywardError('InvalidArgument', 'encrypt takes no arguments; give the secret with --in FILE or on standard input');
   const plaintext = await readSecret(values.in);
+  const audit = createAuditLog('cli', values['audit-log']);
+  const record = { requestId: randomUUID(), actor: `os-user:${userInfo().username}`, operation: 'encrypt', ring: `${values.namespace ? `${values.namespace}/` : ''}${values.ring}` };
   const token = openToken(values);
   try {
     const sealed = await sealSecret(token, new RingStore(token), { name: values.ring, namespace: values.namespace }, plaintext);
+    // Bytes 2-5 of a sealed value are its key version (core/sealedSecret.ts).
+    audit.record({ ...record, result: 'allowed', keyVersion: sealed.readUInt32BE(2) });
     process.stdout.write(`${sealed.toString('base64')}\n`);
+  } catch (err) {
+    audit.record({ ...record, result: 'failed', code: err instanceof KeywardError ? err.code : 'Internal', reason: err instanceof KeywardError ? err.message : 'internal error' });
+    throw err;
   } finally {
     plaintext.fill(0);
     token.close();
+    await audit.flush();
   }
 }
 

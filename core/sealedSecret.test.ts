@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -273,8 +273,11 @@ describe('Sealed secrets in a real SoftHSM2 token', () => {
     it('seals standard input or a file into one line of base64 that openSealedSecret opens', async () => {
       const ring = await newRing('shop', 'cli-secrets');
       const fromStdin = randomBytes(300);
-      const out = execFileSync(process.execPath, [keywardCli, 'encrypt', '--ring=cli-secrets', '--namespace=shop', ...hsmArgs()], { env: env(), input: fromStdin, encoding: 'utf8' });
+      const auditFile = join(dir, 'audit.log');
+      const out = execFileSync(process.execPath, [keywardCli, 'encrypt', '--ring=cli-secrets', '--namespace=shop', `--audit-log=${auditFile}`, ...hsmArgs()], { env: env(), input: fromStdin, encoding: 'utf8' });
       assert.match(out, /^[A-Za-z0-9+/]+=*\n$/, 'one line of standard base64');
+      const record = JSON.parse(readFileSync(auditFile, 'utf8')) as Record<string, unknown>;
+      assert.deepEqual([record.operation, record.ring, record.result, record.keyVersion], ['encrypt', 'shop/cli-secrets', 'allowed', 1]);
       assert.deepEqual(await openSealedSecret(token, store, ring, Buffer.from(out, 'base64')), fromStdin);
 
       const file = join(dir, 'secret.txt');
@@ -288,7 +291,10 @@ describe('Sealed secrets in a real SoftHSM2 token', () => {
       const missing = run(['--ring=nope', '--namespace=shop']);
       assert.equal(missing.status, 1);
       assert.equal(missing.stdout, '');
-      assert.match(missing.stderr, /^keyward encrypt: ring 'shop\/nope' does not exist in the HSM\n$/);
+      const [auditLine = '', message] = missing.stderr.split('\n');
+      assert.equal(message, "keyward encrypt: ring 'shop/nope' does not exist in the HSM");
+      const record = JSON.parse(auditLine) as Record<string, unknown>;
+      assert.deepEqual([record.stream, record.operation, record.ring, record.result, record.code], ['audit', 'encrypt', 'shop/nope', 'failed', 'NotFound'], 'the refusal is audited');
       const noRing = run([]);
       assert.equal(noRing.status, 2);
       assert.match(noRing.stderr, /encrypt needs --ring NAME/);

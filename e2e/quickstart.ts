@@ -184,7 +184,7 @@ async function csiStep(control: ControlPlane, hsm: Parameters<typeof startCsiPro
   }
 
   const secretValue = 'quickstart-db-password';
-  const sealed = execFileSync(process.execPath, [keywardCli, 'encrypt', '--ring=app-secrets', `--namespace=${namespace}`, `--pkcs11-module=${hsm.modulePath}`, `--token-label=${hsm.label}`, `--pin-file=${join(dir, 'hsm', 'user.pin')}`], {
+  const sealed = execFileSync(process.execPath, [keywardCli, 'encrypt', '--ring=app-secrets', `--namespace=${namespace}`, `--pkcs11-module=${hsm.modulePath}`, `--token-label=${hsm.label}`, `--pin-file=${join(dir, 'hsm', 'user.pin')}`, `--audit-log=${join(dir, 'cli-audit.log')}`], {
     input: secretValue,
     env: { ...process.env, ...hsm.env },
   })

@@ -39,7 +39,9 @@ export interface AuditLog {
 
 /** `destination` is a file path, or '-' for standard output. */
 export function createAuditLog(component: string, destination: string): AuditLog {
-  const stream = pino.destination({ dest: destination === '-' ? 1 : destination, sync: false, mkdir: true });
+  // The standard streams by descriptor: opening /dev/stderr fails when it is a socket.
+  const dest = destination === '-' || destination === '/dev/stdout' ? 1 : destination === '/dev/stderr' ? 2 : destination;
+  const stream = pino.destination({ dest, sync: false, mkdir: true });
   const logger: Logger = pino(
     { base: { stream: 'audit', component }, timestamp: pino.stdTimeFunctions.isoTime, messageKey: 'event' },
     stream,
