@@ -7,10 +7,12 @@
 // The admission webhooks are reached the way a cluster reaches them: kube-apiserver resolves the
 // chart's Service (to the operator process's address, with endpoint routing, as there is no
 // cluster network) and trusts the chart's caBundle for the certificate in the chart's Secret.
+// The CSI provider (opt-in) likewise: rendered, then installed, and the real provider process run
+// with the chart's flags as the chart's ServiceAccount reviews a pod's token and reads KeyPolicies.
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { createPrivateKey, X509Certificate } from 'node:crypto';
-import { chmodSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { networkInterfaces, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connect } from 'node:tls';
@@ -46,9 +48,15 @@ import { keyPolicyResource, type KeyPolicy } from '../../operator/api/keyPolicy.
 import { keyRingResource, type KeyRing } from '../../operator/api/keyRing.js';
 import { keyPolicyWebhookPath, keyRingWebhookPath } from '../../operator/admission/admissionServer.js';
 import { keyRingFinalizer } from '../../operator/keyRing/keyRingClient.js';
+import { identityRefusalCodes } from '../../provider/csi/podIdentity.js';
+import { grpcClient } from '../../core/grpc/unaryService.js';
+import { CSIDriverProvider } from '../../proto/gen/csi/v1alpha1/service_pb.js';
+import { Health, HealthCheckResponse_ServingStatus } from '../../proto/gen/grpc/health/v1/health_pb.js';
 import { eventually } from '../../test/eventually.js';
 import { logTail } from '../control-plane/componentProcess.js';
+import { ComponentProcess } from '../control-plane/componentProcess.js';
 import { startControlPlane, type ControlPlane } from '../control-plane/controlPlane.js';
+import { createPod, driverMountRequest, podToken } from '../csi/driverRequest.js';
 import { freePort } from '../control-plane/network.js';
 import { keywardCli, kmsPluginNodeFlags } from '../kms/kmsPluginProcess.js';
 import { userKubeConfig } from '../operator/admissionWebhooks.js';
@@ -58,6 +66,12 @@ import { chartDir, helmIn, parseManifests, renderChart, repoRoot, type Helm } fr
 const releaseNamespace = 'keyward-system';
 const softhsmHostPath = '/var/lib/keyward/softhsm';
 const withPlugin = ['--set', 'kmsPlugin.enabled=true', '--set', `hsm.softhsm.hostPath=${softhsmHostPath}`];
+const withCsiProvider = ['--set', 'csiProvider.enabled=true', '--set', `hsm.softhsm.hostPath=${softhsmHostPath}`];
+const csiProviderName = 'keyward-csi-provider';
+/** The driver's --provider-volume, where it looks for <provider>.sock. */
+const providerDir = '/var/run/secrets-store-csi-providers';
+/** How the chart runs the provider's Node: a bounded heap inside the 100Mi limit. */
+const csiProviderNodeFlags = ['--max-semi-space-size=4', '--max-old-space-size=64'];
 
 /** What the operator's code calls, verb by verb (see charts/keyward/templates/rbac.yaml). */
 const expectedClusterRules: V1PolicyRule[] = [
@@ -66,6 +80,11 @@ const expectedClusterRules: V1PolicyRule[] = [
   { apiGroups: ['keyward.dev'], resources: ['keypolicies'], verbs: ['list', 'watch'] },
   { apiGroups: ['keyward.dev'], resources: ['keypolicies/status'], verbs: ['patch'] },
   { apiGroups: [''], resources: ['events'], verbs: ['create'] },
+];
+/** What the CSI provider's code calls (see charts/keyward/templates/csi-provider-rbac.yaml). */
+const expectedCsiProviderRules: V1PolicyRule[] = [
+  { apiGroups: ['authentication.k8s.io'], resources: ['tokenreviews'], verbs: ['create'] },
+  { apiGroups: ['keyward.dev'], resources: ['keypolicies'], verbs: ['list', 'watch'] },
 ];
 const expectedLeaseRules: V1PolicyRule[] = [
   { apiGroups: ['coordination.k8s.io'], resources: ['leases'], resourceNames: ['keyward-operator'], verbs: ['get', 'update'] },
@@ -219,20 +238,25 @@ describe('Helm chart charts/keyward', function () {
   let helm: Helm;
   let defaults: KubernetesObject[];
   let plugin: KubernetesObject[];
+  let csi: KubernetesObject[];
 
   before(async () => {
     home = mkdtempSync(join(tmpdir(), 'keyward-helm-'));
     helm = helmIn(home);
     // Side by side: each render generates a webhook CA and certificate (RSA 4096 keys take a while).
-    [defaults, plugin] = await Promise.all([renderChart(helm, releaseNamespace), renderChart(helm, releaseNamespace, withPlugin)]);
+    [defaults, plugin, csi] = await Promise.all([
+      renderChart(helm, releaseNamespace),
+      renderChart(helm, releaseNamespace, withPlugin),
+      renderChart(helm, releaseNamespace, withCsiProvider),
+    ]);
   });
   after(() => {
     if (home) rmSync(home, { recursive: true, force: true });
   });
 
   describe('rendered', () => {
-    it('passes helm lint --strict, with defaults and with the KMS plugin', async () => {
-      await Promise.all([helm(['lint', '--strict', chartDir]), helm(['lint', '--strict', chartDir, ...withPlugin])]);
+    it('passes helm lint --strict, with defaults, with the KMS plugin and with the CSI provider', async () => {
+      await Promise.all([helm(['lint', '--strict', chartDir]), helm(['lint', '--strict', chartDir, ...withPlugin]), helm(['lint', '--strict', chartDir, ...withCsiProvider])]);
     });
 
     it('ships exactly the CRDs of crds/, byte for byte (the copy cannot drift from the generated source)', () => {
@@ -245,10 +269,15 @@ describe('Helm chart charts/keyward', function () {
       }
     });
 
-    it('renders the operator alone by default, and the DaemonSet only when asked', () => {
+    it('renders the operator alone by default, and each DaemonSet (KMS plugin, CSI provider) only when asked', () => {
       assert.deepEqual(ofKind(defaults, 'DaemonSet'), []);
       assert.equal(only<V1Deployment>(defaults, 'Deployment').spec?.replicas, 2, 'two replicas, leader-elected');
       assert.equal(only<V1DaemonSet>(plugin, 'DaemonSet').metadata?.name, 'keyward-kms-plugin');
+      assert.equal(only<V1DaemonSet>(csi, 'DaemonSet').metadata?.name, csiProviderName);
+      for (const objects of [defaults, plugin]) {
+        const csiObjects = objects.filter((o) => o.metadata?.name === csiProviderName || o.metadata?.labels?.['app.kubernetes.io/component'] === 'csi-provider');
+        assert.deepEqual(csiObjects, [], 'no CSI provider object unless csiProvider.enabled');
+      }
     });
 
     it('grants exactly the RBAC the operator uses: no wildcard, nothing cluster-wide but KeyRings, KeyPolicies and Events', () => {
@@ -273,8 +302,8 @@ describe('Helm chart charts/keyward', function () {
 
     it('runs every container non-root, read-only, without privilege escalation or capabilities, with resources', () => {
       const staticPod = parseManifests(readFileSync(join(chartDir, 'files', 'kms-plugin-static-pod.yaml'), 'utf8'));
-      const specs = [...podSpecs(defaults), ...podSpecs(plugin), ...podSpecs(staticPod)];
-      assert.equal(specs.length, 4, 'operator (twice), DaemonSet, static pod');
+      const specs = [...podSpecs(defaults), ...podSpecs(plugin), ...podSpecs(csi), ...podSpecs(staticPod)];
+      assert.equal(specs.length, 6, 'operator (three times), KMS plugin DaemonSet, CSI provider DaemonSet, static pod');
       for (const { owner, spec } of specs) {
         assert.equal(spec.securityContext?.runAsNonRoot, true, `${owner}: pod runAsNonRoot`);
         assert.ok(!spec.hostPID && !spec.hostIPC, `${owner}: no host PID or IPC namespace`);
@@ -287,7 +316,7 @@ describe('Helm chart charts/keyward', function () {
     });
 
     it('never puts the PIN in an environment variable or an argument: a Secret volume, copied to a 0600 file', () => {
-      for (const { owner, spec } of [...podSpecs(defaults), ...podSpecs(plugin)]) {
+      for (const { owner, spec } of [...podSpecs(defaults), ...podSpecs(plugin), ...podSpecs(csi)]) {
         for (const container of allContainers(spec)) assertNoPinInEnvOrArgs(owner, container);
         const secretVolume = spec.volumes?.find((v) => v.name === 'pin-secret');
         assert.equal(secretVolume?.secret?.secretName, 'keyward-hsm-pin', `${owner}: PIN Secret volume`);
@@ -429,12 +458,98 @@ describe('Helm chart charts/keyward', function () {
       assert.deepEqual(ofKind(plugin, 'ClusterRole').length + ofKind(plugin, 'Role').length, 2, 'the plugin adds no RBAC');
     });
 
+    it("runs the CSI provider on every Linux node: the driver's provider directory at the same path, its flags, probes, 100Mi, locked down", () => {
+      const daemonSet = only<V1DaemonSet>(csi, 'DaemonSet');
+      assert.equal(daemonSet.metadata?.namespace, releaseNamespace);
+      const spec = daemonSet.spec?.template.spec;
+      const container = spec?.containers[0];
+      assert.equal(spec?.containers.length, 1);
+      assert.equal(container?.name, 'csi-provider');
+      assert.deepEqual(container?.command, ['node', ...csiProviderNodeFlags, '/app/dist/cli/keyward.js', 'csi-provider']);
+      const flags = [
+        `--socket-dir=${providerDir}`,
+        '--audience=keyward',
+        '--pkcs11-module=/usr/lib/softhsm/libsofthsm2.so',
+        '--token-label=keyward',
+        '--pin-file=/run/keyward/pin/pin',
+        // The kubelet probes the pod's address, so not the CLI's loopback default.
+        '--metrics-address=0.0.0.0:9466',
+        '--token-review-ttl=300',
+        '--material-ttl=300',
+        '--ring-refresh=2',
+      ];
+      assert.deepEqual(container?.args, flags);
+      // The driver dials <provider-volume>/keyward.sock on the node: the same path in the pod.
+      assert.deepEqual(spec?.volumes?.find((v) => v.name === 'provider-dir')?.hostPath, { path: providerDir, type: 'DirectoryOrCreate' });
+      assert.deepEqual(container?.volumeMounts?.find((m) => m.name === 'provider-dir'), { name: 'provider-dir', mountPath: providerDir });
+      // The same SoftHSM2 token as the operator and the KMS plugin: a directory on the node.
+      assert.deepEqual(spec?.volumes?.find((v) => v.name === 'softhsm-tokens')?.hostPath, { path: softhsmHostPath, type: 'Directory' });
+      assert.deepEqual(container?.env, [
+        { name: 'KEYWARD_LOG_LEVEL', value: 'info' },
+        { name: 'SOFTHSM2_CONF', value: '/etc/keyward/softhsm/softhsm2.conf' },
+      ]);
+      assert.deepEqual(container?.ports, [{ name: 'metrics', containerPort: 9466, protocol: 'TCP' }]);
+      for (const probe of [container?.startupProbe, container?.livenessProbe]) assert.deepEqual(probe?.httpGet, { path: '/livez', port: 'metrics' });
+      assert.deepEqual(container?.readinessProbe?.httpGet, { path: '/healthz', port: 'metrics' });
+      const sc = container?.securityContext;
+      assert.deepEqual(
+        [sc?.runAsNonRoot, sc?.runAsUser, sc?.readOnlyRootFilesystem, sc?.allowPrivilegeEscalation, sc?.capabilities?.drop],
+        [true, 65532, true, false, ['ALL']],
+        'non-root 65532, read-only root filesystem, no escalation, no capabilities',
+      );
+      assert.equal(spec?.securityContext?.seccompProfile?.type, 'RuntimeDefault');
+      assert.ok(!spec?.hostNetwork && !spec?.hostPID, 'pod network, own PID namespace');
+      assert.deepEqual(container?.resources, { requests: { cpu: '50m', memory: '100Mi' }, limits: { cpu: '500m', memory: '100Mi' } }, "the driver's budget for a provider");
+      assert.deepEqual(daemonSet.spec?.updateStrategy, { type: 'RollingUpdate', rollingUpdate: { maxUnavailable: 1 } });
+      assert.deepEqual(spec?.nodeSelector, { 'kubernetes.io/os': 'linux' });
+      assert.equal(spec?.priorityClassName, 'system-node-critical');
+      // Its own ServiceAccount, and the pod (only) gets a token: it calls the apiserver.
+      assert.equal(spec?.serviceAccountName, csiProviderName);
+      assert.equal(spec?.automountServiceAccountToken, true);
+      const account = named<KubernetesObject & { automountServiceAccountToken?: boolean }>(csi, 'ServiceAccount', csiProviderName);
+      assert.equal(account.metadata?.namespace, releaseNamespace);
+      assert.equal(account.automountServiceAccountToken, false);
+      assert.equal(spec?.initContainers?.[0]?.name, 'pin-file', 'the PIN copied to a 0600 file');
+    });
+
+    it('grants the CSI provider exactly tokenreviews create and keypolicies list, watch, bound to its own ServiceAccount', () => {
+      const clusterRole = named<KubernetesObject & { rules: V1PolicyRule[] }>(csi, 'ClusterRole', csiProviderName);
+      assert.deepEqual(clusterRole.rules, expectedCsiProviderRules);
+      const binding = named<KubernetesObject & { roleRef: unknown; subjects: unknown[] }>(csi, 'ClusterRoleBinding', csiProviderName);
+      assert.deepEqual(binding.roleRef, { apiGroup: 'rbac.authorization.k8s.io', kind: 'ClusterRole', name: csiProviderName });
+      assert.deepEqual(binding.subjects, [{ kind: 'ServiceAccount', name: csiProviderName, namespace: releaseNamespace }]);
+      // Nothing else: the operator's RBAC unchanged, no namespaced Role for the provider.
+      assert.deepEqual(ofKind(csi, 'ClusterRole').map((r) => r.metadata?.name).sort(), [csiProviderName, 'keyward-operator']);
+      assert.deepEqual(named<KubernetesObject & { rules: V1PolicyRule[] }>(csi, 'ClusterRole', 'keyward-operator').rules, expectedClusterRules);
+      assert.equal(ofKind(csi, 'Role').length, 1, "only the operator's Lease Role");
+    });
+
+    it('refuses the CSI provider with SoftHSM2 but no token directory on the node, and takes its values', async () => {
+      await assert.rejects(renderChart(helm, releaseNamespace, ['--set', 'csiProvider.enabled=true']), /csiProvider with SoftHSM2 needs hsm\.softhsm\.hostPath/);
+      const set = (values: string[]): string[] => values.flatMap((v) => ['--set', `csiProvider.${v}`]);
+      const custom = await renderChart(helm, releaseNamespace, [
+        ...withCsiProvider,
+        ...set(['providerDir=/etc/kubernetes/secrets-store-csi-providers', 'audience=keyward-csi', 'metricsPort=9477', 'logLevel=debug']),
+        ...set(['tokenReviewTtlSeconds=60', 'materialTtlSeconds=30', 'ringRefreshSeconds=5']),
+      ]);
+      const spec = only<V1DaemonSet>(custom, 'DaemonSet').spec?.template.spec;
+      const container = spec?.containers[0];
+      for (const flag of ['--socket-dir=/etc/kubernetes/secrets-store-csi-providers', '--audience=keyward-csi', '--metrics-address=0.0.0.0:9477', '--token-review-ttl=60', '--material-ttl=30', '--ring-refresh=5']) {
+        assert.ok(container?.args?.includes(flag), `arg ${flag}`);
+      }
+      assert.equal(spec?.volumes?.find((v) => v.name === 'provider-dir')?.hostPath?.path, '/etc/kubernetes/secrets-store-csi-providers');
+      assert.equal(container?.volumeMounts?.find((m) => m.name === 'provider-dir')?.mountPath, '/etc/kubernetes/secrets-store-csi-providers');
+      assert.equal(container?.ports?.[0]?.containerPort, 9477);
+      assert.deepEqual(container?.env?.[0], { name: 'KEYWARD_LOG_LEVEL', value: 'debug' });
+    });
+
     it("passes flags the real CLI accepts: it gets as far as reading the PIN file", async () => {
       const env = { POD_NAMESPACE: releaseNamespace, POD_NAME: 'keyward-operator-7d9f-abcde' };
       const childEnv = { PATH: process.env.PATH, HOME: home, KUBECONFIG: '' };
       const operator = only<V1Deployment>(defaults, 'Deployment').spec?.template.spec?.containers[0] as V1Container;
       const daemonSet = only<V1DaemonSet>(plugin, 'DaemonSet').spec?.template.spec?.containers[0] as V1Container;
-      for (const [command, container] of [['operator', operator], ['kms-plugin', daemonSet]] as const) {
+      const csiProvider = only<V1DaemonSet>(csi, 'DaemonSet').spec?.template.spec?.containers[0] as V1Container;
+      for (const [command, container] of [['operator', operator], ['kms-plugin', daemonSet], ['csi-provider', csiProvider]] as const) {
         const result = await runNode(localInvocation(container, env), childEnv);
         // Every flag parsed (strict parsing refuses unknown ones) and every number in range: the
         // first thing the command cannot do here is read the PIN file, which only the pod has.
@@ -454,6 +569,7 @@ describe('Helm chart charts/keyward', function () {
     let saName: string;
     let saKubeConfig: KubeConfig;
     let installOutput: string;
+    let csiProvider: ComponentProcess | undefined;
 
     const objects = (): CustomObjectsApi => cp.kubeConfig.makeApiClient(CustomObjectsApi);
     const getKeyRing = async (name: string): Promise<KeyRing> =>
@@ -463,9 +579,39 @@ describe('Helm chart charts/keyward', function () {
         (e) => e.reason ?? '',
       );
     /** What the apiserver's authorizer says the ServiceAccount's own token may do. */
-    const mayI = async (attributes: V1ResourceAttributes): Promise<boolean> => {
-      const review = await saKubeConfig.makeApiClient(AuthorizationV1Api).createSelfSubjectAccessReview({ body: { spec: { resourceAttributes: attributes } } });
+    const mayI = async (attributes: V1ResourceAttributes, as: KubeConfig = saKubeConfig): Promise<boolean> => {
+      const review = await as.makeApiClient(AuthorizationV1Api).createSelfSubjectAccessReview({ body: { spec: { resourceAttributes: attributes } } });
       return review.status?.allowed === true;
+    };
+    const label = (a: V1ResourceAttributes): string => `${a.verb} ${a.group ? `${a.group}/` : ''}${a.resource}${a.subresource ? `/${a.subresource}` : ''} ${a.namespace ?? '(cluster)'}/${a.name ?? '*'}`;
+    /** What the authorizer gets wrong for `as`: a needed request denied, or an unneeded one allowed. */
+    const wrongGrants = async (allowed: V1ResourceAttributes[], denied: V1ResourceAttributes[], as: KubeConfig): Promise<string[]> => {
+      const wrong: string[] = [];
+      for (const a of allowed) if (!(await mayI(a, as))) wrong.push(`denied but needed: ${label(a)}`);
+      for (const a of denied) if (await mayI(a, as)) wrong.push(`allowed but not needed: ${label(a)}`);
+      return wrong;
+    };
+    /** A kubeconfig file in `dir` holding a TokenRequest token of the release's ServiceAccount `name`, nothing else. */
+    const serviceAccountKubeconfig = async (name: string, file: string): Promise<string> => {
+      const token = await cp.kubeConfig.makeApiClient(CoreV1Api).createNamespacedServiceAccountToken({
+        name,
+        namespace: releaseNamespace,
+        body: { spec: { audiences: [], expirationSeconds: 3600 } },
+      });
+      const path = join(dir, file);
+      writeFileSync(
+        path,
+        JSON.stringify({
+          apiVersion: 'v1',
+          kind: 'Config',
+          clusters: [{ name: 'keyward-test', cluster: { server: cp.apiserverUrl, 'certificate-authority': join(cp.dir, 'pki', 'ca.crt') } }],
+          users: [{ name, user: { token: token.status?.token } }],
+          contexts: [{ name, context: { cluster: 'keyward-test', user: name } }],
+          'current-context': name,
+        }),
+        { mode: 0o600 },
+      );
+      return path;
     };
     /** The webhook certificate in the release's Secret, and the caBundle both installed webhooks trust. */
     const installedWebhooks = async (): Promise<{ crt: string; key: string; ca: string; caBundle: string | undefined }> => {
@@ -505,24 +651,7 @@ describe('Helm chart charts/keyward', function () {
       installOutput = installed.stdout + installed.stderr;
       saName = only<V1Deployment>(defaults, 'Deployment').spec?.template.spec?.serviceAccountName ?? '';
 
-      const token = await cp.kubeConfig.makeApiClient(CoreV1Api).createNamespacedServiceAccountToken({
-        name: saName,
-        namespace: releaseNamespace,
-        body: { spec: { audiences: [], expirationSeconds: 3600 } },
-      });
-      const saKubeconfigPath = join(dir, 'operator-sa.kubeconfig');
-      writeFileSync(
-        saKubeconfigPath,
-        JSON.stringify({
-          apiVersion: 'v1',
-          kind: 'Config',
-          clusters: [{ name: 'keyward-test', cluster: { server: cp.apiserverUrl, 'certificate-authority': join(cp.dir, 'pki', 'ca.crt') } }],
-          users: [{ name: saName, user: { token: token.status?.token } }],
-          contexts: [{ name: saName, context: { cluster: 'keyward-test', user: saName } }],
-          'current-context': saName,
-        }),
-        { mode: 0o600 },
-      );
+      const saKubeconfigPath = await serviceAccountKubeconfig(saName, 'operator-sa.kubeconfig');
       saKubeConfig = new KubeConfig();
       saKubeConfig.loadFromFile(saKubeconfigPath);
       hsm = createSoftHsmToken({ parentDir: dir });
@@ -556,12 +685,14 @@ describe('Helm chart charts/keyward', function () {
       });
     });
     after(async () => {
+      await csiProvider?.stop();
       await operator?.process.stop();
       await cp?.stop();
       if (dir) rmSync(dir, { recursive: true, force: true });
     });
     afterEach(function () {
       if (this.currentTest?.state === 'failed' && operator) console.error(`operator log (${operator.logFile}):\n${logTail(operator.logFile, 60)}`);
+      if (this.currentTest?.state === 'failed' && csiProvider) console.error(`CSI provider log (${csiProvider.logFile}):\n${logTail(csiProvider.logFile, 60)}`);
     });
 
     it('installs the CRD and every object, with no Pod Security warning under "restricted"', async () => {
@@ -746,11 +877,7 @@ describe('Helm chart charts/keyward', function () {
         { group: 'rbac.authorization.k8s.io', resource: 'clusterrolebindings', verb: 'create' },
         { group: '', resource: 'users', verb: 'impersonate', name: 'admin' },
       ];
-      const label = (a: V1ResourceAttributes): string => `${a.verb} ${a.group ? `${a.group}/` : ''}${a.resource}${a.subresource ? `/${a.subresource}` : ''} ${a.namespace ?? '(cluster)'}/${a.name ?? '*'}`;
-      const wrong: string[] = [];
-      for (const a of allowed) if (!(await mayI(a))) wrong.push(`denied but needed: ${label(a)}`);
-      for (const a of denied) if (await mayI(a)) wrong.push(`allowed but not needed: ${label(a)}`);
-      assert.deepEqual(wrong, []);
+      assert.deepEqual(await wrongGrants(allowed, denied, saKubeConfig), []);
       // And for real: the PIN Secret's namespace is closed to the operator's token.
       await assert.rejects(
         saKubeConfig.makeApiClient(CoreV1Api).listNamespacedSecret({ namespace: releaseNamespace }),
@@ -803,6 +930,116 @@ describe('Helm chart charts/keyward', function () {
       const next = await installedWebhooks();
       assert.equal(next.crt, renewed.crt);
       assert.deepEqual(fingerprints(fromBase64(next.caBundle)), fingerprints(renewed.ca));
+    });
+
+    it('upgrades to the CSI provider DaemonSet: accepted by the apiserver, only hostPath falls short of "restricted"; its ServiceAccount may review tokens and read KeyPolicies, nothing else', async () => {
+      const { stdout, stderr } = await upgrade(...withCsiProvider);
+      const daemonSet = await cp.kubeConfig.makeApiClient(AppsV1Api).readNamespacedDaemonSet({ name: csiProviderName, namespace: releaseNamespace });
+      const spec = daemonSet.spec?.template.spec;
+      assert.equal(spec?.serviceAccountName, csiProviderName);
+      assert.equal(spec?.automountServiceAccountToken, true);
+      assert.deepEqual(JSON.parse(JSON.stringify(spec?.volumes?.find((v) => v.name === 'provider-dir')?.hostPath)), { path: providerDir, type: 'DirectoryOrCreate' });
+      assert.equal(spec?.containers[0]?.resources?.limits?.memory, '100Mi');
+      const rbac = cp.kubeConfig.makeApiClient(RbacAuthorizationV1Api);
+      assert.deepEqual(JSON.parse(JSON.stringify((await rbac.readClusterRole({ name: csiProviderName })).rules)), expectedCsiProviderRules);
+      const warnings = `${stdout}\n${stderr}`.split('\n').filter((line) => /would violate PodSecurity/.test(line));
+      assert.ok(warnings.some((w) => w.includes('provider-dir')), `the provider directory is a hostPath below "restricted": ${warnings.join('\n')}`);
+      for (const warning of warnings) {
+        assert.match(warning, /restricted volume types? .*hostPath/);
+        assert.doesNotMatch(warning, /runAsNonRoot|allowPrivilegeEscalation|capabilities|seccompProfile|privileged/, warning);
+      }
+
+      const csiKubeConfig = new KubeConfig();
+      csiKubeConfig.loadFromFile(await serviceAccountKubeconfig(csiProviderName, 'csi-provider-sa.kubeconfig'));
+      const keypolicies = { group: 'keyward.dev', resource: 'keypolicies' };
+      const keyrings = { group: 'keyward.dev', resource: 'keyrings' };
+      const allowed: V1ResourceAttributes[] = [
+        { group: 'authentication.k8s.io', resource: 'tokenreviews', verb: 'create' },
+        { ...keypolicies, verb: 'list' },
+        { ...keypolicies, verb: 'watch' },
+        { ...keypolicies, verb: 'list', namespace: keyRingNamespace },
+      ];
+      const denied: V1ResourceAttributes[] = [
+        // The pod's identity comes from its reviewed token, never from reading pods.
+        { group: '', resource: 'pods', verb: 'get', namespace: keyRingNamespace, name: 'shop' },
+        { group: '', resource: 'pods', verb: 'list' },
+        { group: '', resource: 'secrets', verb: 'get', namespace: releaseNamespace, name: 'keyward-hsm-pin' },
+        { group: '', resource: 'secrets', verb: 'list' },
+        { group: '', resource: 'serviceaccounts', subresource: 'token', verb: 'create', namespace: keyRingNamespace, name: 'shop' },
+        { group: '', resource: 'configmaps', verb: 'get', namespace: releaseNamespace },
+        { group: '', resource: 'events', verb: 'create', namespace: keyRingNamespace },
+        { group: '', resource: 'nodes', verb: 'get', name: 'node-1' },
+        { group: 'authorization.k8s.io', resource: 'subjectaccessreviews', verb: 'create' },
+        { ...keypolicies, verb: 'get', namespace: keyRingNamespace, name: 'invoice-admins' },
+        { ...keypolicies, verb: 'create', namespace: keyRingNamespace },
+        { ...keypolicies, verb: 'patch', namespace: keyRingNamespace, name: 'invoice-admins' },
+        { ...keypolicies, verb: 'patch', subresource: 'status', namespace: keyRingNamespace, name: 'invoice-admins' },
+        { ...keypolicies, verb: 'delete', namespace: keyRingNamespace, name: 'invoice-admins' },
+        { ...keyrings, verb: 'list' },
+        { ...keyrings, verb: 'get', namespace: keyRingNamespace, name: 'invoices' },
+        { ...keyrings, verb: 'patch', namespace: keyRingNamespace, name: 'invoices' },
+        { group: 'coordination.k8s.io', resource: 'leases', verb: 'create', namespace: releaseNamespace },
+        { group: 'secrets-store.csi.x-k8s.io', resource: 'secretproviderclasses', verb: 'list' },
+      ];
+      assert.deepEqual(await wrongGrants(allowed, denied, csiKubeConfig), []);
+    });
+
+    it("runs the real provider with the chart's flags as its ServiceAccount: it lists and watches KeyPolicies, reviews a pod's token, and KeyPolicy decides", async () => {
+      const container = only<V1DaemonSet>(csi, 'DaemonSet').spec?.template.spec?.containers[0] as V1Container;
+      const kubeconfig = await serviceAccountKubeconfig(csiProviderName, 'csi-provider-run.kubeconfig');
+      const socketDir = join(dir, 'secrets-store-csi-providers');
+      mkdirSync(socketDir, { mode: 0o700 });
+      const pinFile = join(dir, 'csi-provider.pin');
+      writeFileSync(pinFile, hsm.pin, { mode: 0o600 });
+      const metricsUrl = `http://127.0.0.1:${await freePort()}`;
+      // The pod's paths, module and address mapped to this machine's; every other flag as the chart wrote it.
+      const local: Record<string, string> = {
+        '--socket-dir': socketDir,
+        '--pkcs11-module': hsm.modulePath,
+        '--token-label': hsm.label,
+        '--pin-file': pinFile,
+        '--metrics-address': metricsUrl.slice('http://'.length),
+      };
+      const args = localInvocation(container, {}).map((a) => {
+        const flag = a.split('=', 1)[0] ?? '';
+        return flag in local ? `${flag}=${local[flag]}` : a;
+      });
+      const env = Object.fromEntries((container.env ?? []).filter((e) => e.name === 'KEYWARD_LOG_LEVEL').map((e) => [e.name, e.value ?? '']));
+      csiProvider = new ComponentProcess('keyward csi-provider', process.execPath, args, join(dir, 'csi-provider.log'), {
+        PATH: process.env.PATH,
+        HOME: dir,
+        KUBECONFIG: kubeconfig,
+        ...hsm.env,
+        ...env,
+      });
+      // Healthy only once the first list of KeyPolicies came back: list and watch suffice.
+      await csiProvider.waitReady(async () => (await fetch(`${metricsUrl}/healthz`)).ok, 60_000, 'healthy (/healthz)');
+      const socketPath = join(socketDir, 'keyward.sock');
+      assert.equal(statSync(socketPath).mode & 0o777, 0o600, 'the socket is 0600');
+      const health = grpcClient(Health, `unix:${socketPath}`);
+      const provider = grpcClient(CSIDriverProvider, `unix:${socketPath}`);
+      try {
+        assert.equal((await health.check({ service: '' })).status, HealthCheckResponse_ServingStatus.SERVING);
+        const core = cp.kubeConfig.makeApiClient(CoreV1Api);
+        const pod = await createPod(core, keyRingNamespace, 'shop', 'shop');
+        const tokens = { keyward: await podToken(core, pod, 'keyward') };
+        const request = driverMountRequest(pod, { objects: '- {type: dataKey, name: db-volume, keyRing: invoices, path: db.key}\n', tokens });
+        const response = await provider.mount(request);
+        // The token was reviewed and bound to the pod (no identity refusal); no KeyPolicy grants
+        // the pod's ServiceAccount anything, so the provider refuses before any HSM lookup.
+        assert.ok(!(identityRefusalCodes as readonly string[]).includes(response.error?.code ?? ''), `identity verified (${response.error?.code})`);
+        assert.equal(response.error?.code, 'NotAuthorized');
+        assert.deepEqual(response.files, []);
+        const metrics = await (await fetch(`${metricsUrl}/metrics`)).text();
+        assert.match(metrics, /^keyward_csi_token_reviews_total\{outcome="authenticated"\} 1$/m, 'one TokenReview, authenticated');
+      } finally {
+        health.close();
+        provider.close();
+      }
+      assert.doesNotMatch(readFileSync(csiProvider.logFile, 'utf8'), /forbidden|\b403\b/i, 'no request of the provider was refused');
+      await csiProvider.stop();
+      assert.equal(csiProvider.exitStatus?.code, 0, 'SIGTERM drains and exits 0');
+      assert.ok(!existsSync(socketPath), 'the socket is removed on the way out');
     });
   });
 });

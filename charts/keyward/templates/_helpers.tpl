@@ -1,4 +1,4 @@
-{{/* Names, labels and the pieces operator and KMS plugin share. */}}
+{{/* Names, labels and the pieces operator, KMS plugin and CSI provider share. */}}
 
 {{- define "keyward.name" -}}
 {{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
@@ -57,6 +57,10 @@ app.kubernetes.io/component: {{ .component }}
 
 {{- define "keyward.kmsPlugin.fullname" -}}
 {{- printf "%s-kms-plugin" (include "keyward.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "keyward.csiProvider.fullname" -}}
+{{- printf "%s-csi-provider" (include "keyward.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
 {{- define "keyward.image" -}}
