@@ -1,7 +1,8 @@
 // The Helm chart, twice over. Rendered: helm lint, then every object read back: RBAC is exactly
 // what the operator's code calls (no wildcards), every container is non-root with a read-only
-// root filesystem and no capabilities, the PIN only ever travels as a file, and the flags are
-// ones the real CLI accepts. Installed on a real control plane: the real operator process runs as
+// root filesystem and no capabilities (but one: the CSI provider's init container that lets the
+// provider's gid write the driver's directory, uid 0 with CAP_CHOWN alone, its command run here
+// with just that), the PIN only ever travels as a file, and the flags are ones the real CLI accepts. Installed on a real control plane: the real operator process runs as
 // the chart's ServiceAccount (a TokenRequest token, nothing else) and takes a KeyRing through
 // creation and deletion, so the RBAC is shown to suffice; access reviews show what it may not do.
 // The admission webhooks are reached the way a cluster reaches them: kube-apiserver resolves the
@@ -13,6 +14,7 @@ import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { createPrivateKey, X509Certificate } from 'node:crypto';
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { createServer, type Server } from 'node:net';
 import { networkInterfaces, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connect } from 'node:tls';
@@ -72,6 +74,28 @@ const csiProviderName = 'keyward-csi-provider';
 const providerDir = '/var/run/secrets-store-csi-providers';
 /** How the chart runs the provider's Node: a bounded heap inside the 100Mi limit. */
 const csiProviderNodeFlags = ['--max-semi-space-size=4', '--max-old-space-size=64'];
+/**
+ * The chart's one root container (csiProvider.prepareProviderDir, the default): it lets the
+ * provider's gid write the driver's root-owned directory. Root with CAP_CHOWN alone, otherwise as
+ * locked down as every other container.
+ */
+const rootContainer = 'prepare-provider-dir';
+const rootSecurityContext = {
+  runAsNonRoot: false,
+  runAsUser: 0,
+  runAsGroup: 0,
+  readOnlyRootFilesystem: true,
+  allowPrivilegeEscalation: false,
+  privileged: false,
+  capabilities: { drop: ['ALL'], add: ['CHOWN'] },
+  seccompProfile: { type: 'RuntimeDefault' },
+};
+/** What the "restricted" Pod Security level says of that container (all of it within "baseline"). */
+const rootContainerViolations = [
+  `runAsNonRoot != true (container "${rootContainer}" must not set securityContext.runAsNonRoot=false)`,
+  `runAsUser=0 (container "${rootContainer}" must not set runAsUser=0)`,
+  `unrestricted capabilities (container "${rootContainer}" must not include "CHOWN" in securityContext.capabilities.add)`,
+];
 
 /** What the operator's code calls, verb by verb (see charts/keyward/templates/rbac.yaml). */
 const expectedClusterRules: V1PolicyRule[] = [
@@ -192,6 +216,17 @@ function assertLockedDown(owner: string, spec: V1PodSpec, container: V1Container
   assert.deepEqual(sc.capabilities?.drop, ['ALL'], `${where}: drops ALL capabilities`);
   assert.equal(sc.capabilities?.add, undefined, `${where}: adds none`);
   assert.equal((sc.seccompProfile ?? spec.securityContext?.seccompProfile)?.type, 'RuntimeDefault', `${where}: RuntimeDefault seccomp`);
+  assertResources(where, container);
+}
+
+/** The one exception to assertLockedDown: uid 0 and CAP_CHOWN, nothing more. */
+function assertRootWithChownOnly(owner: string, container: V1Container): void {
+  const where = `${owner} container ${container.name}`;
+  assert.deepEqual(container.securityContext, rootSecurityContext, `${where}: uid 0 with CAP_CHOWN alone, read-only root filesystem, no escalation, RuntimeDefault seccomp`);
+  assertResources(where, container);
+}
+
+function assertResources(where: string, container: V1Container): void {
   for (const kind of ['cpu', 'memory']) {
     assert.ok(container.resources?.requests?.[kind], `${where}: ${kind} request`);
     assert.ok(container.resources?.limits?.[kind], `${where}: ${kind} limit`);
@@ -224,13 +259,31 @@ function localInvocation(container: V1Container, env: Record<string, string>): s
   );
 }
 
-function runNode(args: string[], env: NodeJS.ProcessEnv): Promise<{ code: number; stderr: string }> {
+function runFile(file: string, args: string[], env: NodeJS.ProcessEnv): Promise<{ code: number; stderr: string }> {
   return new Promise((resolve) => {
-    execFile(process.execPath, args, { env, timeout: 60_000 }, (err, _stdout, stderr) => {
+    execFile(file, args, { env, timeout: 60_000 }, (err, _stdout, stderr) => {
       resolve({ code: err ? ((err as { code?: number }).code ?? -1) : 0, stderr });
     });
   });
 }
+
+const runNode = (args: string[], env: NodeJS.ProcessEnv): Promise<{ code: number; stderr: string }> => runFile(process.execPath, args, env);
+
+/**
+ * `node args` started the way a container runtime starts a container's process, through setpriv
+ * (util-linux): `privileges` are setpriv options. From root, a bounding set and no inheritable
+ * capabilities leave the process exactly the bounding set's capabilities after exec.
+ */
+const runNodeWith = (privileges: string[], args: string[]): Promise<{ code: number; stderr: string }> =>
+  runFile('setpriv', [...privileges, '--', process.execPath, ...args], { PATH: process.env.PATH });
+/** uid 0, capabilities drop [ALL] add [CHOWN], allowPrivilegeEscalation false. */
+const asRootWithChownOnly = ['--bounding-set=-all,+chown', '--inh-caps=-all', '--no-new-privs'];
+/** uid 0, capabilities drop [ALL]. */
+const asRootWithoutCapabilities = ['--bounding-set=-all', '--inh-caps=-all', '--no-new-privs'];
+/** The provider: uid and gid 65532 (runAsUser, runAsGroup, fsGroup), no capabilities. */
+const asProvider = ['--reuid=65532', '--regid=65532', '--clear-groups', '--no-new-privs'];
+/** Listens on the unix socket argv[1] and exits 0, or prints the error's code and exits 1. */
+const listenScript = "require('node:net').createServer().listen(process.argv[1], () => process.exit(0)).on('error', (e) => { console.error(e.code); process.exit(1); });";
 
 describe('Helm chart charts/keyward', function () {
   this.timeout(300_000);
@@ -239,15 +292,18 @@ describe('Helm chart charts/keyward', function () {
   let defaults: KubernetesObject[];
   let plugin: KubernetesObject[];
   let csi: KubernetesObject[];
+  /** The CSI provider, its directory prepared on the nodes by hand (csiProvider.prepareProviderDir=false). */
+  let csiManual: KubernetesObject[];
 
   before(async () => {
     home = mkdtempSync(join(tmpdir(), 'keyward-helm-'));
     helm = helmIn(home);
     // Side by side: each render generates a webhook CA and certificate (RSA 4096 keys take a while).
-    [defaults, plugin, csi] = await Promise.all([
+    [defaults, plugin, csi, csiManual] = await Promise.all([
       renderChart(helm, releaseNamespace),
       renderChart(helm, releaseNamespace, withPlugin),
       renderChart(helm, releaseNamespace, withCsiProvider),
+      renderChart(helm, releaseNamespace, [...withCsiProvider, '--set', 'csiProvider.prepareProviderDir=false']),
     ]);
   });
   after(() => {
@@ -300,16 +356,28 @@ describe('Helm chart charts/keyward', function () {
       }
     });
 
-    it('runs every container non-root, read-only, without privilege escalation or capabilities, with resources', () => {
+    it('runs every container non-root, read-only, without privilege escalation or capabilities, with resources; but one, root with CAP_CHOWN alone', () => {
       const staticPod = parseManifests(readFileSync(join(chartDir, 'files', 'kms-plugin-static-pod.yaml'), 'utf8'));
-      const specs = [...podSpecs(defaults), ...podSpecs(plugin), ...podSpecs(csi), ...podSpecs(staticPod)];
-      assert.equal(specs.length, 6, 'operator (three times), KMS plugin DaemonSet, CSI provider DaemonSet, static pod');
-      for (const { owner, spec } of specs) {
+      const rendered = { defaults, plugin, csi, csiManual, staticPod };
+      const specs = Object.entries(rendered).flatMap(([render, objects]) => podSpecs(objects).map((s) => ({ ...s, render })));
+      assert.equal(specs.length, 8, 'operator (four times), KMS plugin DaemonSet, CSI provider DaemonSet (twice), static pod');
+      const asRoot: string[] = [];
+      for (const { owner, spec, render } of specs) {
         assert.equal(spec.securityContext?.runAsNonRoot, true, `${owner}: pod runAsNonRoot`);
         assert.ok(!spec.hostPID && !spec.hostIPC, `${owner}: no host PID or IPC namespace`);
         if (owner !== 'Pod/keyward-kms-plugin') assert.ok(!spec.hostNetwork, `${owner}: pod network`);
-        for (const container of allContainers(spec)) assertLockedDown(owner, spec, container);
+        for (const container of allContainers(spec)) {
+          if (container.name !== rootContainer) {
+            assertLockedDown(owner, spec, container);
+            continue;
+          }
+          asRoot.push(`${render}: ${owner} container ${container.name}`);
+          assertRootWithChownOnly(owner, container);
+        }
       }
+      // The single exception: the CSI provider's init container, and only while it prepares the
+      // directory (the default); with prepareProviderDir=false every container is non-root.
+      assert.deepEqual(asRoot, [`csi: DaemonSet/${csiProviderName} container ${rootContainer}`]);
       const operator = only<V1Deployment>(defaults, 'Deployment').spec?.template.spec;
       assert.equal(operator?.securityContext?.runAsUser, 65532);
       assert.equal(operator?.containers[0]?.securityContext?.runAsUser, 65532);
@@ -509,7 +577,74 @@ describe('Helm chart charts/keyward', function () {
       const account = named<KubernetesObject & { automountServiceAccountToken?: boolean }>(csi, 'ServiceAccount', csiProviderName);
       assert.equal(account.metadata?.namespace, releaseNamespace);
       assert.equal(account.automountServiceAccountToken, false);
-      assert.equal(spec?.initContainers?.[0]?.name, 'pin-file', 'the PIN copied to a 0600 file');
+      // First the driver's directory is given to the provider's gid (as root: the only container
+      // that is), then the PIN copied to a 0600 file.
+      assert.deepEqual(spec?.initContainers?.map((c) => c.name), [rootContainer, 'pin-file']);
+      const prepare = spec?.initContainers?.[0];
+      assert.deepEqual(prepare?.command?.slice(0, 2), ['node', '-e']);
+      assert.deepEqual(prepare?.command?.slice(-2), [providerDir, '65532'], 'the directory and the gid of the provider');
+      assert.equal(prepare?.args, undefined);
+      assert.deepEqual(prepare?.volumeMounts, [{ name: 'provider-dir', mountPath: providerDir }], 'the provider directory alone: no PIN, no token directory');
+      assert.deepEqual([prepare?.env, prepare?.envFrom], [undefined, undefined]);
+      assert.deepEqual(prepare?.securityContext, rootSecurityContext);
+    });
+
+    it('leaves the provider directory to the node\'s admin with csiProvider.prepareProviderDir=false: no root init container', () => {
+      const spec = only<V1DaemonSet>(csiManual, 'DaemonSet').spec?.template.spec;
+      assert.deepEqual(spec?.initContainers?.map((c) => c.name), ['pin-file']);
+      for (const container of spec ? allContainers(spec) : []) assert.equal(container.securityContext?.runAsUser, 65532, `${container.name}: uid 65532`);
+      // Otherwise the same DaemonSet.
+      const withoutInit = (objects: KubernetesObject[]): unknown => {
+        const daemonSet = only<V1DaemonSet>(objects, 'DaemonSet');
+        return { ...daemonSet.spec?.template.spec, initContainers: daemonSet.spec?.template.spec?.initContainers?.filter((c) => c.name !== rootContainer) };
+      };
+      assert.deepEqual(withoutInit(csiManual), withoutInit(csi));
+    });
+
+    it("prepares the provider directory, in its init container's own command, as root with CAP_CHOWN alone: then the provider may create its socket; nothing else changes; a second run changes nothing", async function () {
+      // chown to another group needs root, as in the container.
+      if (process.getuid?.() !== 0) this.skip();
+      const command = only<V1DaemonSet>(csi, 'DaemonSet').spec?.template.spec?.initContainers?.find((c) => c.name === rootContainer)?.command ?? [];
+      assert.deepEqual(command.slice(-2), [providerDir, '65532']);
+      const prepare = (privileges: string[], dir: string): Promise<{ code: number; stderr: string }> => runNodeWith(privileges, [...command.slice(1, -2), dir, '65532']);
+      const parent = mkdtempSync(join(tmpdir(), 'keyward-provider-dir-'));
+      chmodSync(parent, 0o755);
+      const dir = join(parent, 'secrets-store-csi-providers');
+      // As the driver or the kubelet creates it: root's, 0755; another provider listens in it.
+      mkdirSync(dir);
+      chmodSync(dir, 0o755);
+      const otherSocket = join(dir, 'vault.sock');
+      const other: Server = createServer();
+      await new Promise<void>((resolve) => other.listen(otherSocket, resolve));
+      const snapshot = (path: string): unknown => {
+        const { ino, uid, gid, mode, ctimeNs } = statSync(path, { bigint: true });
+        return { ino, uid, gid, mode, ctimeNs };
+      };
+      try {
+        const otherBefore = snapshot(otherSocket);
+        const socket = join(dir, 'keyward.sock');
+        assert.deepEqual(await runNodeWith(asProvider, ['-e', listenScript, socket]), { code: 1, stderr: 'EACCES\n' }, 'the provider cannot create its socket in the driver\'s directory');
+        // CAP_CHOWN is needed: without it, root may not give the directory to another group.
+        const refused = await prepare(asRootWithoutCapabilities, dir);
+        assert.notEqual(refused.code, 0);
+        assert.match(refused.stderr, /EPERM: operation not permitted, chown/);
+        assert.equal(statSync(dir).gid, 0);
+        // With it alone (and root owning the directory, chmod needs nothing more).
+        const first = await prepare(asRootWithChownOnly, dir);
+        assert.deepEqual(first, { code: 0, stderr: '' });
+        const prepared = statSync(dir);
+        assert.deepEqual([prepared.uid, prepared.gid, prepared.mode & 0o7777], [0, 65532, 0o775], "root's still, group 65532, 0775");
+        const after = snapshot(dir);
+        // Twice: init containers run again whenever the pod restarts; nothing to do is done.
+        assert.deepEqual(await prepare(asRootWithChownOnly, dir), { code: 0, stderr: '' });
+        assert.deepEqual(snapshot(dir), after, 'the second run changes nothing (not even the ctime)');
+        assert.deepEqual(snapshot(otherSocket), otherBefore, "the other provider's socket untouched");
+        assert.deepEqual(await runNodeWith(asProvider, ['-e', listenScript, socket]), { code: 0, stderr: '' }, 'now the provider creates its socket');
+        assert.equal(statSync(socket).uid, 65532);
+      } finally {
+        other.close();
+        rmSync(parent, { recursive: true, force: true });
+      }
     });
 
     it('grants the CSI provider exactly tokenreviews create and keypolicies list, watch, bound to its own ServiceAccount', () => {
@@ -530,10 +665,13 @@ describe('Helm chart charts/keyward', function () {
       const custom = await renderChart(helm, releaseNamespace, [
         ...withCsiProvider,
         ...set(['providerDir=/etc/kubernetes/secrets-store-csi-providers', 'audience=keyward-csi', 'metricsPort=9477', 'logLevel=debug']),
-        ...set(['tokenReviewTtlSeconds=60', 'materialTtlSeconds=30', 'ringRefreshSeconds=5']),
+        ...set(['tokenReviewTtlSeconds=60', 'materialTtlSeconds=30', 'ringRefreshSeconds=5', 'securityContext.runAsGroup=4242']),
       ]);
       const spec = only<V1DaemonSet>(custom, 'DaemonSet').spec?.template.spec;
       const container = spec?.containers[0];
+      const prepare = spec?.initContainers?.find((c) => c.name === rootContainer);
+      assert.deepEqual(prepare?.command?.slice(-2), ['/etc/kubernetes/secrets-store-csi-providers', '4242'], 'the directory given to the provider\'s gid');
+      assert.deepEqual(prepare?.volumeMounts, [{ name: 'provider-dir', mountPath: '/etc/kubernetes/secrets-store-csi-providers' }]);
       for (const flag of ['--socket-dir=/etc/kubernetes/secrets-store-csi-providers', '--audience=keyward-csi', '--metrics-address=0.0.0.0:9477', '--token-review-ttl=60', '--material-ttl=30', '--ring-refresh=5']) {
         assert.ok(container?.args?.includes(flag), `arg ${flag}`);
       }
@@ -932,7 +1070,7 @@ describe('Helm chart charts/keyward', function () {
       assert.deepEqual(fingerprints(fromBase64(next.caBundle)), fingerprints(renewed.ca));
     });
 
-    it('upgrades to the CSI provider DaemonSet: accepted by the apiserver, only hostPath falls short of "restricted"; its ServiceAccount may review tokens and read KeyPolicies, nothing else', async () => {
+    it('upgrades to the CSI provider DaemonSet: accepted by the apiserver, only hostPath and the root init container (uid 0, CHOWN) fall short of "restricted"; its ServiceAccount may review tokens and read KeyPolicies, nothing else', async () => {
       const { stdout, stderr } = await upgrade(...withCsiProvider);
       const daemonSet = await cp.kubeConfig.makeApiClient(AppsV1Api).readNamespacedDaemonSet({ name: csiProviderName, namespace: releaseNamespace });
       const spec = daemonSet.spec?.template.spec;
@@ -940,13 +1078,24 @@ describe('Helm chart charts/keyward', function () {
       assert.equal(spec?.automountServiceAccountToken, true);
       assert.deepEqual(JSON.parse(JSON.stringify(spec?.volumes?.find((v) => v.name === 'provider-dir')?.hostPath)), { path: providerDir, type: 'DirectoryOrCreate' });
       assert.equal(spec?.containers[0]?.resources?.limits?.memory, '100Mi');
+      const prepare = spec?.initContainers?.find((c) => c.name === rootContainer);
+      assert.deepEqual(JSON.parse(JSON.stringify(prepare?.securityContext)), rootSecurityContext, 'the root init container as the apiserver stored it');
       const rbac = cp.kubeConfig.makeApiClient(RbacAuthorizationV1Api);
       assert.deepEqual(JSON.parse(JSON.stringify((await rbac.readClusterRole({ name: csiProviderName })).rules)), expectedCsiProviderRules);
-      const warnings = `${stdout}\n${stderr}`.split('\n').filter((line) => /would violate PodSecurity/.test(line));
+      // helm logs each warning quoted, its quotes escaped.
+      const warnings = `${stdout}\n${stderr}`
+        .split('\n')
+        .filter((line) => /would violate PodSecurity/.test(line))
+        .map((line) => line.replaceAll('\\"', '"'));
       assert.ok(warnings.some((w) => w.includes('provider-dir')), `the provider directory is a hostPath below "restricted": ${warnings.join('\n')}`);
+      // Besides hostPath, the CSI provider's root init container, and only it, for uid 0 and CHOWN.
+      const csiWarnings = warnings.filter((w) => rootContainerViolations.some((v) => w.includes(v)));
+      assert.equal(csiWarnings.length, 1, `one DaemonSet runs a root container: ${warnings.join('\n')}`);
+      for (const violation of rootContainerViolations) assert.ok(csiWarnings[0]?.includes(violation), `${violation} in ${csiWarnings[0]}`);
       for (const warning of warnings) {
         assert.match(warning, /restricted volume types? .*hostPath/);
-        assert.doesNotMatch(warning, /runAsNonRoot|allowPrivilegeEscalation|capabilities|seccompProfile|privileged/, warning);
+        const rest = rootContainerViolations.reduce((w, v) => w.replace(v, ''), warning);
+        assert.doesNotMatch(rest, /runAsNonRoot|runAsUser|allowPrivilegeEscalation|capabilities|seccompProfile|privileged/, warning);
       }
 
       const csiKubeConfig = new KubeConfig();
