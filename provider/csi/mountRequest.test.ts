@@ -8,10 +8,14 @@ import {
   mountRefusalCodes,
   mountRequestLimits,
   parseMountRequest,
+  type MountObject,
   type MountRefusalCode,
   type MountRequestInput,
   type ParsedMountRequest,
 } from './mountRequest.js';
+import { objectRefusalCodes } from './mountService.js';
+import { identityRefusalCodes } from './podIdentity.js';
+import { TtlCache } from './ttlCache.js';
 
 const audience = 'keyward.dev/csi';
 const podUid = '6f1c1b7e-3c2a-4a59-9a3e-2f0d4c1b9e77';
@@ -346,9 +350,10 @@ describe('CSI MountRequest parsing', () => {
       refused(oneObject({ ciphertext: 'abc' }), 'InvalidObjects', /ciphertext is not base64/);
       refused(oneObject({ ciphertext: '====' }), 'InvalidObjects', /ciphertext is not base64/);
       const tooBig = Buffer.alloc(mountRequestLimits.ciphertextBytes + 3).toString('base64');
-      refused(oneObject({ ciphertext: tooBig }), 'InvalidObjects', /ciphertext is 87388 base64 characters; the limit is 64 KiB decoded/);
-      const oneOver = Buffer.alloc(mountRequestLimits.ciphertextBytes + 1).toString('base64');
-      refused(oneObject({ ciphertext: oneOver }), 'InvalidObjects', /ciphertext is 65537 bytes; the limit is 64 KiB$/);
+      const limit = mountRequestLimits.ciphertextBytes;
+      refused(oneObject({ ciphertext: tooBig }), 'InvalidObjects', new RegExp(`ciphertext is ${tooBig.length} base64 characters; the limit is ${limit} bytes decoded`));
+      const oneOver = Buffer.alloc(limit + 1).toString('base64');
+      refused(oneObject({ ciphertext: oneOver }), 'InvalidObjects', new RegExp(`ciphertext is ${limit + 1} bytes; the limit is ${limit} bytes$`));
       assert.equal(accepted(oneObject({ ciphertext: Buffer.alloc(mountRequestLimits.ciphertextBytes).toString('base64') })).objects.length, 1);
     });
 
@@ -397,6 +402,21 @@ describe('CSI MountRequest parsing', () => {
     });
   });
 
+  it('reuses parsed objects for the same YAML and default mode, never across modes or for refusals', () => {
+    const objectsCache = new TtlCache<string, readonly MountObject[]>({ ttlMs: 60_000, maxEntries: 10 });
+    const first = parseMountRequest(driverRequest(), { audience, objectsCache });
+    const again = parseMountRequest(driverRequest(), { audience, objectsCache });
+    assert.ok(first.ok && again.ok);
+    assert.equal(again.request.objects, first.request.objects, 'the same parsed list');
+    assert.ok(Object.isFrozen(first.request.objects[0]), 'shared objects cannot be changed by one Mount');
+    const otherMode = parseMountRequest(driverRequest({ permission: '256' }), { audience, objectsCache });
+    assert.ok(otherMode.ok);
+    assert.notEqual(otherMode.request.objects, first.request.objects);
+    assert.equal(objectsCache.size, 2);
+    assert.equal(parseMountRequest(withObjects('- type: nope\n'), { audience, objectsCache }).ok, false);
+    assert.equal(objectsCache.size, 2, 'a refused list is not kept');
+  });
+
   it('never throws on garbage, and refuses it', () => {
     const good = driverRequest();
     const garbage = ['', '{', '}', '[', 'null', 'true', '0', '"', '\u0000', '{"a":', '{"a":{"b":[]}}', '\ud800'];
@@ -416,11 +436,11 @@ describe('CSI MountRequest parsing', () => {
     }
   });
 
-  it('documents every refusal code in provider/csi/README.md', () => {
+  it('documents every refusal code of the provider in provider/csi/README.md, in order', () => {
     const readme = readFileSync(join(import.meta.dirname, '..', '..', '..', 'provider', 'csi', 'README.md'), 'utf8');
     const table = readme.slice(readme.indexOf('| code | when |'));
     assert.ok(table.length < readme.length, 'README has a table headed "code | when"');
-    const documented = [...table.matchAll(/^\| `(\w+)` \|/gm)].map((m) => m[1]);
-    assert.deepEqual(documented, [...mountRefusalCodes]);
+    const documented = [...table.matchAll(/^\| `(\w+)`(?:, `(\w+)`)? \|/gm)].flatMap((m) => m.slice(1).filter(Boolean));
+    assert.deepEqual(documented, [...mountRefusalCodes, ...identityRefusalCodes, ...objectRefusalCodes]);
   });
 });

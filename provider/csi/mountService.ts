@@ -10,7 +10,7 @@
 //   4. the response stays under 1 MiB.
 // Every object gets an audit record per Mount: served, refused, or withheld because another
 // object of the same Mount was refused.
-import { create, toBinary } from '@bufbuild/protobuf';
+import { create } from '@bufbuild/protobuf';
 import { randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import type { AuditLog, AuditRecord } from '../../core/audit/auditLog.js';
@@ -28,6 +28,7 @@ import type { HsmCallCount, KeyMaterial } from './keyMaterial.js';
 import { parseMountRequest, type MountObject, type MountObjectType, type ParsedMountRequest } from './mountRequest.js';
 import { createObjectVersioner, type ObjectVersioner, type ServedFile } from './objectVersion.js';
 import type { PodIdentity, VerifiedPod } from './podIdentity.js';
+import { TtlCache } from './ttlCache.js';
 
 /** Refusals after parsing and identity: per object, or of the whole response. */
 export const objectRefusalCodes = [
@@ -86,6 +87,9 @@ export function csiProviderHandlers(deps: MountServiceDeps): UnaryHandlers<(type
   const now = deps.now ?? (() => new Date());
   const { metrics, audit, log } = deps;
   const responseLimit = deps.maxResponseBytes ?? maxResponseBytes;
+  // Keyed by the YAML itself; weighed by the sealed values, the bulk of both key and value.
+  const weigh = (objects: unknown): number => (objects as MountObject[]).reduce((n, o) => n + 256 + (o.type === 'secret' ? o.ciphertext.length : 0), 0);
+  const objectsCache = new TtlCache<string, readonly MountObject[]>({ ttlMs: 10 * 60_000, maxEntries: 10_000, maxWeight: 4 * 1024 * 1024, weigh });
 
   const refused = (code: string, message: string, started: bigint, context: Record<string, unknown>): MountResponse => {
     const result = code === 'HsmUnavailable' || code === 'Internal' || code === 'TokenReviewUnavailable' ? 'failed' : 'refused';
@@ -101,7 +105,7 @@ export function csiProviderHandlers(deps: MountServiceDeps): UnaryHandlers<(type
     mount: async (input) => {
       const started = process.hrtime.bigint();
       const requestId = randomUUID();
-      const parsed = parseMountRequest(input, { audience: deps.audience });
+      const parsed = parseMountRequest(input, { audience: deps.audience, objectsCache });
       if (!parsed.ok) {
         const { code, message } = parsed.refusal;
         audit.record({ requestId, actor: 'unverified', operation: 'mount', result: 'denied', code, reason: message });
@@ -137,7 +141,7 @@ export function csiProviderHandlers(deps: MountServiceDeps): UnaryHandlers<(type
           objectVersion: served.map(({ object, files }) => ({ id: object.name, version: versioner(pod.uid, object, files) })),
           files: served.flatMap(({ files }) => files),
         });
-        const size = toBinary(MountResponseSchema, response).length;
+        const size = encodedSizeBound(response);
         if (size > responseLimit) {
           response = undefined;
           failure = { index: -1, error: new ObjectRefused('ResponseTooLarge', `the response would be ${size} bytes; the limit is ${responseLimit}: split the objects over several SecretProviderClasses`) };
@@ -276,6 +280,18 @@ function unexpected(err: unknown, log: Logger): ObjectRefused {
 function pem(der: Buffer): string {
   const lines = der.toString('base64').match(/.{1,64}/g) ?? [];
   return `-----BEGIN PUBLIC KEY-----\n${lines.join('\n')}\n-----END PUBLIC KEY-----\n`;
+}
+
+/**
+ * An upper bound of the response's protobuf size, without encoding it (gRPC does that once):
+ * each field costs its bytes plus a tag and a length of at most 6 bytes, each message 6 more.
+ */
+function encodedSizeBound(response: MountResponse): number {
+  const text = (s: string): number => Buffer.byteLength(s, 'utf8') + 6;
+  let size = 0;
+  for (const file of response.files) size += 6 + text(file.path) + 6 + file.contents.length + 6;
+  for (const v of response.objectVersion) size += 6 + text(v.id) + text(v.version);
+  return size;
 }
 
 const seconds = (started: bigint): number => Number(process.hrtime.bigint() - started) / 1e9;

@@ -3,8 +3,8 @@
 // the pod author's to write, so the namespace, ServiceAccount, pod name and UID they claim count
 // only when the reviewed token says the same.
 //
-// Reviews are cached by a hash of the token for at most `ttlMs` (default 5 min) and never past
-// the token's own expiry; a refusal is cached for 10 s, so a bad token cannot make every mount
+// Reviews are cached by a hash of the token for at most `ttlMs` (default 5 min, less a random
+// fifth) and never past the token's own expiry; a refusal is cached for 10 s, so a bad token cannot make every mount
 // cost an apiserver call. Through a brief apiserver outage a cached review keeps serving; a token
 // with no live review is refused with TokenReviewUnavailable.
 import { createHash } from 'node:crypto';
@@ -69,6 +69,7 @@ type Review = { ok: true; outcome: TokenReviewOutcome } | { ok: false; code: Ide
 export class PodIdentity {
   private readonly reviews: TtlCache<string, Review>;
   private readonly audience: string;
+  private readonly ttlMs: number;
   private readonly now: () => number;
 
   constructor(
@@ -77,7 +78,8 @@ export class PodIdentity {
   ) {
     this.audience = options.audience;
     this.now = options.now ?? Date.now;
-    this.reviews = new TtlCache({ ttlMs: options.ttlMs ?? 5 * 60_000, maxEntries: options.maxEntries ?? 20_000, now: this.now });
+    this.ttlMs = options.ttlMs ?? 5 * 60_000;
+    this.reviews = new TtlCache({ ttlMs: this.ttlMs, maxEntries: options.maxEntries ?? 20_000, now: this.now });
   }
 
   /** How many reviews are cached; a gauge. */
@@ -86,11 +88,12 @@ export class PodIdentity {
   }
 
   async verify(token: PodToken, claimed: ClaimedPod): Promise<IdentityResult> {
-    const expiresAt = Math.min(token.expiresAt.getTime(), jwtExpiry(token.value) ?? Infinity);
+    // Unverified claims, only to refuse early with a clear message; acceptance needs the review.
+    const claims = jwtClaims(token.value);
+    const expiresAt = Math.min(token.expiresAt.getTime(), jwtExpiry(claims) ?? Infinity);
     const left = expiresAt - this.now();
     if (left <= 0) return { ok: false, code: 'TokenExpired', message: `the ServiceAccount token expired at ${new Date(expiresAt).toISOString()}`, cached: false };
-    // Unverified, only to refuse early with a clear message; acceptance needs the review.
-    const audiences = jwtAudiences(token.value);
+    const audiences = jwtAudiences(claims);
     if (audiences && !audiences.includes(this.audience)) {
       return { ok: false, code: 'TokenWrongAudience', message: `the token is for audience ${quoteList(audiences)}, not '${this.audience}'`, cached: false };
     }
@@ -101,7 +104,9 @@ export class PodIdentity {
     try {
       ({ value: review, hit } = await this.reviews.getOrLoad(key, async () => {
         const reviewed = await this.review(token.value);
-        return { value: reviewed, ttlMs: reviewed.ok ? left : refusalTtlMs };
+        // A random fifth off each review's life, so the reviews of pods started together do not
+        // all expire in the same second.
+        return { value: reviewed, ttlMs: reviewed.ok ? Math.min(left, this.ttlMs * (1 - Math.random() / 5)) : refusalTtlMs };
       }));
     } catch (err) {
       return { ok: false, code: 'TokenReviewUnavailable', message: `TokenReview failed and no review of this token is cached: ${(err as Error).message}`, cached: false };
@@ -165,13 +170,13 @@ function jwtClaims(jwt: string): Record<string, unknown> | undefined {
   }
 }
 
-function jwtExpiry(jwt: string): number | undefined {
-  const exp = jwtClaims(jwt)?.exp;
+function jwtExpiry(claims: Record<string, unknown> | undefined): number | undefined {
+  const exp = claims?.exp;
   return typeof exp === 'number' && Number.isFinite(exp) ? exp * 1000 : undefined;
 }
 
-function jwtAudiences(jwt: string): string[] | undefined {
-  const aud = jwtClaims(jwt)?.aud;
+function jwtAudiences(claims: Record<string, unknown> | undefined): string[] | undefined {
+  const aud = claims?.aud;
   if (typeof aud === 'string') return [aud];
   return Array.isArray(aud) && aud.every((a) => typeof a === 'string') ? aud : undefined;
 }
