@@ -218,10 +218,7 @@ async function csiProvider(args: string[]): Promise<void> {
   const tokenReviewTtlMs = secondsOption(values['token-review-ttl'], 'token-review-ttl', 1, 3600);
   const materialTtlMs = secondsOption(values['material-ttl'], 'material-ttl', 1, 3600);
   const ringRefreshMs = secondsOption(values['ring-refresh'], 'ring-refresh', 0.1, 60);
-  const { KubeConfig } = await import('@kubernetes/client-node');
   const { startCsiProvider } = await import('../provider/csi/csiProvider.js');
-  const kubeConfig = new KubeConfig();
-  kubeConfig.loadFromDefault();
   const log = createLogger('csi-provider');
   const provider = await startCsiProvider(
     {
@@ -229,7 +226,6 @@ async function csiProvider(args: string[]): Promise<void> {
       modulePath: values['pkcs11-module'] ?? findSoftHsmModule(),
       tokenLabel: values['token-label'],
       pin: readPinFile(values['pin-file']),
-      kubeConfig,
       audience: values.audience,
       metricsAddress: values['metrics-address'],
       auditLog: values['audit-log'],

@@ -8,6 +8,7 @@ import { HsmToken } from '../core/hsm/hsmToken.js';
 import { RingStore } from '../core/hsm/ringStore.js';
 import { startMetricsServer, type MetricsServer } from '../core/observability/metricsServer.js';
 import type { Logger } from '../core/observability/logger.js';
+import { keyPolicyResource, type KeyPolicy } from './api/keyPolicy.js';
 import { keyRingResource, type KeyRing } from './api/keyRing.js';
 import { startAdmissionServer, type AdmissionServer } from './admission/admissionServer.js';
 import { startHsmJanitor } from './hsmJanitor.js';
@@ -72,7 +73,7 @@ export async function startOperator(config: OperatorConfig, log: Logger): Promis
   }
 
   const now = config.now ?? (() => new Date());
-  const policies = new PolicyCache(config.kubeConfig, log);
+  const policies = new PolicyCache(resourceInformer<KeyPolicy>(config.kubeConfig, keyPolicyResource, log));
   let admission: AdmissionServer | undefined;
   try {
     await policies.start();

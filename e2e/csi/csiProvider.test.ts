@@ -11,6 +11,7 @@ import { CoreV1Api, CustomObjectsApi, PatchStrategy, setHeaderOptions } from '@k
 import { signDigest } from '../../core/hsm/ecdsaSigning.js';
 import { grpcClient, type UnaryClient } from '../../core/grpc/unaryService.js';
 import { HsmToken } from '../../core/hsm/hsmToken.js';
+import { loadApiConnection } from '../../core/kube/apiConnection.js';
 import { RingStore } from '../../core/hsm/ringStore.js';
 import { createSoftHsmToken, type SoftHsmToken } from '../../core/hsm/softHsmToken.js';
 import { createLogger } from '../../core/observability/logger.js';
@@ -137,7 +138,7 @@ describe('CSI provider: HSM-backed objects in pod volumes, end to end', function
         modulePath: softhsm.modulePath,
         tokenLabel: softhsm.label,
         pin: softhsm.pin,
-        kubeConfig: cp.kubeConfig,
+        kubeconfigPath: cp.kubeconfigPath,
         audience,
         auditLog: auditFile,
         ringRefreshMs: 100,
@@ -356,6 +357,29 @@ describe('CSI provider: HSM-backed objects in pod volumes, end to end', function
       const response = await mount(gone.pod, gone.token, dataKeyObject());
       assert.equal(response.error?.code, 'TokenNotAuthenticated');
     });
+  });
+
+  it('serves cached pods through an apiserver outage, refuses unreviewed tokens, and follows policy changes after it', async () => {
+    assert.equal((await mount(web, webToken, secretObject())).error, undefined, 'the review of this token is cached');
+    const web2 = pods.get('shop/web-2') ?? assert.fail();
+    const unreviewed = await podToken(core, web2.pod, audience);
+    const api = loadApiConnection(cp.kubeconfigPath);
+    try {
+      const restarted = cp.restartApiserver();
+      await eventually('the apiserver is down', 30_000, () => api.request('GET', '/version').then(() => undefined, () => true), 20);
+      const fresh = await mount(web2.pod, unreviewed, secretObject());
+      const cached = await mount(web, webToken, secretObject());
+      await restarted;
+      assert.equal(fresh.error?.code, 'TokenReviewUnavailable');
+      assert.equal(cached.error, undefined, 'served from the cached review and policies');
+    } finally {
+      api.close();
+    }
+    // The KeyPolicy watch resumes by itself.
+    await setPolicy('shop', 'workloads', [{ ...workloadRule('shop', ['app', 'batch']), operations: ['deriveKey', 'getPublicKey'] }]);
+    await eventually('a change after the outage is enforced', 15_000, async () => ((await mount(web, webToken, secretObject())).error?.code === 'NotAuthorized' ? true : undefined));
+    await setPolicy('shop', 'workloads', [workloadRule('shop', ['app', 'batch'])]);
+    await eventually('the grant restored', 15_000, async () => ((await mount(web, webToken, secretObject())).error ? undefined : true));
   });
 
   it('counts mounts by result and code, cache hits and HSM calls per mount in its metrics', async () => {

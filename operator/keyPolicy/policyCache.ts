@@ -1,15 +1,13 @@
-// Every KeyPolicy of the cluster from a watch, and the PolicySet built from them. A namespace's
+// Every KeyPolicy of the cluster from an informer (client-node's in the operator, the lean one in
+// the CSI provider), and the PolicySet built from them. A namespace's
 // part of the set is rebuilt on the first decision after a change to one of its policies' specs
 // (status writes do not count), so enforcement lags a policy change by the watch delivery and
 // one namespace's rebuild.
-import type { KubeConfig } from '@kubernetes/client-node';
-import type { Logger } from '../../core/observability/logger.js';
+import type { ObjectInformer } from '../../core/kube/listWatchInformer.js';
 import { PolicySet } from '../../core/policy/policySet.js';
-import { keyPolicyResource, policyDocument, type KeyPolicy } from '../api/keyPolicy.js';
-import { resourceInformer, type ResourceInformer } from '../runtime/resourceInformer.js';
+import { policyDocument, type KeyPolicy } from '../api/keyPolicy.js';
 
 export class PolicyCache {
-  private readonly informer: ResourceInformer<KeyPolicy>;
   private current = new PolicySet([]);
   /** Namespaces whose policies changed since the set was last built. */
   private readonly stale = new Set<string>();
@@ -17,8 +15,7 @@ export class PolicyCache {
   private readonly generations = new Map<string, number | undefined>();
   private readonly handlers: ((policy: KeyPolicy) => void)[] = [];
 
-  constructor(kubeConfig: KubeConfig, log: Logger) {
-    this.informer = resourceInformer<KeyPolicy>(kubeConfig, keyPolicyResource, log);
+  constructor(private readonly informer: ObjectInformer<KeyPolicy>) {
     const changed = (policy: KeyPolicy, gone = false): void => {
       const key = `${policy.metadata.namespace}/${policy.metadata.name}`;
       const generation = policy.metadata.generation;

@@ -1,9 +1,9 @@
 // `keyward csi-provider`: the Secrets Store CSI provider on `<dir>/keyward.sock` (mode 0600, stale
 // socket removed, path fixed, since the driver caches it), with the gRPC health service on the
 // same socket and metrics on a loopback listener. It needs the apiserver for TokenReview and the
-// KeyPolicy informer, and the HSM for the objects; SIGTERM drains in-flight mounts.
+// KeyPolicy informer (through core/kube's lean client, to fit the driver's 100 MiB per provider),
+// and the HSM for the objects; SIGTERM drains in-flight mounts.
 import { create } from '@bufbuild/protobuf';
-import { AuthenticationV1Api, type KubeConfig } from '@kubernetes/client-node';
 import { Server } from '@grpc/grpc-js';
 import { existsSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
@@ -12,9 +12,11 @@ import { grpcImplementation, grpcServiceDefinition } from '../../core/grpc/unary
 import { bindUnixSocket, drainServer, prepareSocketPath } from '../../core/grpc/unixSocket.js';
 import { HsmToken } from '../../core/hsm/hsmToken.js';
 import { RingStore } from '../../core/hsm/ringStore.js';
-import { keepAliveApiClient } from '../../core/kube/keepAliveApiClient.js';
+import { ApiStatusError, loadApiConnection, type ApiConnection } from '../../core/kube/apiConnection.js';
+import { listWatchInformer } from '../../core/kube/listWatchInformer.js';
 import { createLogger, type Logger } from '../../core/observability/logger.js';
 import { startMetricsServer, type MetricsServer } from '../../core/observability/metricsServer.js';
+import { keyPolicyResource, type KeyPolicy } from '../../operator/api/keyPolicy.js';
 import { PolicyCache } from '../../operator/keyPolicy/policyCache.js';
 import { CSIDriverProvider } from '../../proto/gen/csi/v1alpha1/service_pb.js';
 import { Health, HealthCheckResponse_ServingStatus, HealthCheckResponseSchema } from '../../proto/gen/grpc/health/v1/health_pb.js';
@@ -33,7 +35,8 @@ export interface CsiProviderConfig {
   modulePath: string;
   tokenLabel: string;
   pin: string;
-  kubeConfig: KubeConfig;
+  /** A kubeconfig file; by default KUBECONFIG, ~/.kube/config or the in-cluster ServiceAccount. */
+  kubeconfigPath?: string;
   /** The audience of the tokens the CSIDriver's tokenRequests mint for us. */
   audience: string;
   /** host:port for /metrics, /healthz, /livez; loopback by default. */
@@ -58,18 +61,24 @@ export interface CsiProvider {
   stop(): Promise<void>;
 }
 
+interface TokenReviewStatus {
+  authenticated?: boolean;
+  error?: string;
+  audiences?: string[];
+  user?: { username?: string; groups?: string[]; extra?: Record<string, string[]> };
+}
+
 /** TokenReview through the apiserver; errors name the failure, never the token. */
-export function apiserverTokenReviewer(kubeConfig: KubeConfig, onReview: (outcome: string) => void = () => undefined): TokenReviewer {
-  const api = keepAliveApiClient(kubeConfig, AuthenticationV1Api);
+export function apiserverTokenReviewer(api: ApiConnection, onReview: (outcome: string) => void = () => undefined): TokenReviewer {
   return async (token, audience) => {
-    let status;
+    let status: TokenReviewStatus;
     try {
-      const review = await api.createTokenReview({ body: { apiVersion: 'authentication.k8s.io/v1', kind: 'TokenReview', spec: { token, audiences: [audience] } } });
-      status = review.status ?? {};
+      const body = { apiVersion: 'authentication.k8s.io/v1', kind: 'TokenReview', spec: { token, audiences: [audience] } };
+      status = (await api.request<{ status?: TokenReviewStatus }>('POST', '/apis/authentication.k8s.io/v1/tokenreviews', body)).status ?? {};
     } catch (err) {
       onReview('error');
-      const code = (err as { code?: unknown }).code;
-      throw new Error(typeof code === 'number' ? `the apiserver answered HTTP ${code}` : `the apiserver is unreachable (${String((err as { cause?: { code?: string } }).cause?.code ?? (err as Error).name)})`, { cause: err });
+      const why = err instanceof ApiStatusError ? `the apiserver answered HTTP ${err.statusCode}` : `the apiserver is unreachable (${(err as NodeJS.ErrnoException).code ?? (err as Error).name})`;
+      throw new Error(why, { cause: err });
     }
     onReview(status.authenticated ? 'authenticated' : 'unauthenticated');
     return {
@@ -88,7 +97,8 @@ export async function startCsiProvider(config: CsiProviderConfig, log: Logger = 
   await prepareSocketPath(socketPath);
   const metrics = new CsiMetrics();
   const token = HsmToken.open({ modulePath: config.modulePath, tokenLabel: config.tokenLabel, pin: config.pin, poolSize: config.sessionPoolSize ?? 4 });
-  const policies = new PolicyCache(config.kubeConfig, log);
+  const api = loadApiConnection(config.kubeconfigPath);
+  const policies = new PolicyCache(listWatchInformer<KeyPolicy>(api, keyPolicyResource, log));
   const server = new Server({
     // The largest MountRequest mountRequest.ts accepts is 1 MiB of attributes plus the rest.
     'grpc.max_receive_message_length': 2 * 1024 * 1024,
@@ -99,7 +109,7 @@ export async function startCsiProvider(config: CsiProviderConfig, log: Logger = 
   let serving = false;
   try {
     audit = createAuditLog('csi-provider', config.auditLog ?? '-');
-    const identity = new PodIdentity(config.tokenReviewer ?? apiserverTokenReviewer(config.kubeConfig, (outcome) => metrics.tokenReviews.inc({ outcome })), {
+    const identity = new PodIdentity(config.tokenReviewer ?? apiserverTokenReviewer(api, (outcome) => metrics.tokenReviews.inc({ outcome })), {
       audience: config.audience,
       ttlMs: config.tokenReviewTtlMs,
     });
@@ -125,6 +135,7 @@ export async function startCsiProvider(config: CsiProviderConfig, log: Logger = 
   } catch (err) {
     server.forceShutdown();
     await policies.stop();
+    api.close();
     await audit?.flush();
     token.close();
     throw err;
@@ -144,6 +155,7 @@ export async function startCsiProvider(config: CsiProviderConfig, log: Logger = 
         log.info('draining in-flight mounts');
         await drainServer(server, drainMs);
         await policies.stop();
+        api.close();
         await finalMetrics.close();
         token.close();
         await finalAudit.flush();

@@ -1,0 +1,162 @@
+// A small apiserver client for the node-side components, which run within the CSI driver's
+// 100 MiB memory budget per provider: @kubernetes/client-node loads every generated API and model
+// (about 70 MiB resident) to make the two kinds of call the CSI provider needs, a POST of a
+// TokenReview and a list and watch of KeyPolicies. This speaks JSON over HTTPS on keep-alive
+// connections, with the credentials of the in-cluster ServiceAccount or of a kubeconfig file
+// (client certificates or a bearer token; exec and auth-provider plugins are not supported).
+import { readFileSync } from 'node:fs';
+import type { IncomingMessage } from 'node:http';
+import { Agent, request as httpsRequest } from 'node:https';
+import { homedir } from 'node:os';
+import { dirname, isAbsolute, join } from 'node:path';
+import { load } from 'js-yaml';
+import { setupError } from '../errors.js';
+
+/** An answer the apiserver gave with a status other than 2xx. */
+export class ApiStatusError extends Error {
+  constructor(
+    readonly statusCode: number,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+export interface ApiConnection {
+  readonly server: string;
+  /** One JSON request; rejects with ApiStatusError for a non-2xx answer. */
+  request<T>(method: 'GET' | 'POST', path: string, body?: unknown): Promise<T>;
+  /** A streamed GET (a watch): `onLine` gets each line of the body; resolves when the stream ends. */
+  stream(path: string, onLine: (line: string) => void, signal: AbortSignal): Promise<void>;
+  close(): void;
+}
+
+interface Credentials {
+  server: string;
+  ca?: Buffer;
+  cert?: Buffer;
+  key?: Buffer;
+  /** Read again at most once a minute: projected ServiceAccount tokens are rotated. */
+  tokenFile?: string;
+  token?: string;
+}
+
+const serviceAccountDir = '/var/run/secrets/kubernetes.io/serviceaccount';
+const tokenRereadMs = 60_000;
+
+/** KUBECONFIG (its first file), else ~/.kube/config, else the in-cluster ServiceAccount. */
+export function loadApiConnection(kubeconfigPath = process.env.KUBECONFIG?.split(':')[0]): ApiConnection {
+  const defaultPath = join(homedir(), '.kube', 'config');
+  if (kubeconfigPath) return apiConnection(fromKubeconfig(kubeconfigPath));
+  if (process.env.KUBERNETES_SERVICE_HOST) return apiConnection(inCluster());
+  return apiConnection(fromKubeconfig(defaultPath));
+}
+
+function inCluster(): Credentials {
+  const host = process.env.KUBERNETES_SERVICE_HOST ?? '';
+  const port = process.env.KUBERNETES_SERVICE_PORT ?? '443';
+  return {
+    server: `https://${host.includes(':') ? `[${host}]` : host}:${port}`,
+    ca: readFileSync(join(serviceAccountDir, 'ca.crt')),
+    tokenFile: join(serviceAccountDir, 'token'),
+  };
+}
+
+type Named<T> = { name: string } & T;
+interface Kubeconfig {
+  'current-context'?: string;
+  contexts?: Named<{ context: { cluster: string; user: string } }>[];
+  clusters?: Named<{ cluster: { server: string; 'certificate-authority'?: string; 'certificate-authority-data'?: string } }>[];
+  users?: Named<{ user: Record<string, unknown> }>[];
+}
+
+function fromKubeconfig(path: string): Credentials {
+  let config: Kubeconfig;
+  try {
+    config = load(readFileSync(path, 'utf8')) as Kubeconfig;
+  } catch (err) {
+    throw setupError(`cannot read kubeconfig ${path}: ${(err as Error).message.split('\n')[0]}`);
+  }
+  const context = config.contexts?.find((c) => c.name === config['current-context'])?.context;
+  const cluster = config.clusters?.find((c) => c.name === context?.cluster)?.cluster;
+  const user = config.users?.find((u) => u.name === context?.user)?.user ?? {};
+  if (!context || !cluster?.server) throw setupError(`kubeconfig ${path} has no current context with a cluster server`);
+  if (!cluster.server.startsWith('https://')) throw setupError(`kubeconfig ${path}: the server must be https, not ${cluster.server}`);
+  if (user.exec || user['auth-provider']) throw setupError(`kubeconfig ${path}: exec and auth-provider credentials are not supported here; use a client certificate or a token`);
+  const base = dirname(path);
+  const file = (name: unknown): Buffer | undefined => (typeof name === 'string' ? readFileSync(isAbsolute(name) ? name : join(base, name)) : undefined);
+  const data = (value: unknown): Buffer | undefined => (typeof value === 'string' ? Buffer.from(value, 'base64') : undefined);
+  return {
+    server: cluster.server.replace(/\/$/, ''),
+    ca: data(cluster['certificate-authority-data']) ?? file(cluster['certificate-authority']),
+    cert: data(user['client-certificate-data']) ?? file(user['client-certificate']),
+    key: data(user['client-key-data']) ?? file(user['client-key']),
+    token: typeof user.token === 'string' ? user.token : undefined,
+    tokenFile: typeof user.tokenFile === 'string' ? user.tokenFile : undefined,
+  };
+}
+
+function apiConnection(credentials: Credentials): ApiConnection {
+  const agent = new Agent({ keepAlive: true, ca: credentials.ca, cert: credentials.cert, key: credentials.key });
+  let token = credentials.token;
+  let tokenReadAt = -Infinity;
+  const authorization = (): Record<string, string> => {
+    if (credentials.tokenFile && Date.now() - tokenReadAt > tokenRereadMs) {
+      token = readFileSync(credentials.tokenFile, 'utf8').trim();
+      tokenReadAt = Date.now();
+    }
+    return token ? { authorization: `Bearer ${token}` } : {};
+  };
+
+  const readBody = async (res: IncomingMessage): Promise<string> => {
+    res.setEncoding('utf8');
+    let text = '';
+    for await (const chunk of res) text += chunk as string;
+    return text;
+  };
+
+  const send = (method: string, path: string, body: string | undefined, signal?: AbortSignal) =>
+    new Promise<IncomingMessage>((resolve, reject) => {
+      const headers: Record<string, string> = { accept: 'application/json', ...authorization() };
+      if (body !== undefined) Object.assign(headers, { 'content-type': 'application/json', 'content-length': String(Buffer.byteLength(body)) });
+      const req = httpsRequest(`${credentials.server}${path}`, { method, agent, headers, signal }, resolve);
+      req.once('error', reject);
+      req.end(body);
+    });
+
+  const failure = async (res: IncomingMessage, method: string, path: string): Promise<ApiStatusError> => {
+    const text = await readBody(res);
+    let message = text.slice(0, 300);
+    try {
+      message = (JSON.parse(text) as { message?: string }).message ?? message;
+    } catch {
+      // Not a Status object; the text says enough.
+    }
+    return new ApiStatusError(res.statusCode ?? 0, `${method} ${path.split('?')[0]}: HTTP ${res.statusCode}: ${message}`);
+  };
+
+  return {
+    server: credentials.server,
+    async request<T>(method: 'GET' | 'POST', path: string, body?: unknown): Promise<T> {
+      const res = await send(method, path, body === undefined ? undefined : JSON.stringify(body));
+      if ((res.statusCode ?? 0) >= 300) throw await failure(res, method, path);
+      return JSON.parse(await readBody(res)) as T;
+    },
+    async stream(path, onLine, signal) {
+      const res = await send('GET', path, undefined, signal);
+      if ((res.statusCode ?? 0) >= 300) throw await failure(res, 'GET', path);
+      let pending = '';
+      res.setEncoding('utf8');
+      for await (const chunk of res) {
+        pending += chunk as string;
+        let end: number;
+        while ((end = pending.indexOf('\n')) >= 0) {
+          const line = pending.slice(0, end);
+          pending = pending.slice(end + 1);
+          if (line.trim()) onLine(line);
+        }
+      }
+    },
+    close: () => agent.destroy(),
+  };
+}
