@@ -33,7 +33,7 @@
 // KEYWARD_BENCH_PODS, _COLD_PODS, _WARM_CALLS, _INTERVAL_S, _ROUNDS, _CREATE_CONCURRENCY shrink it
 // for a quick harness check; KEYWARD_BENCH_COMPRESS_TTLS=0 keeps the default TTLs in the steady
 // state; KEYWARD_BENCH_CPU_PROF=DIR runs the providers with --cpu-prof into DIR;
-// KEYWARD_BENCH_PROVIDER_NODE_FLAGS="--max-semi-space-size=4 ..." passes Node flags to them;
+// the providers run with the chart's Node flags, or KEYWARD_BENCH_PROVIDER_NODE_FLAGS ("" for none);
 // KEYWARD_BENCH_KEEP_LOGS=DIR keeps their logs.
 import { CoreV1Api, CustomObjectsApi, RbacAuthorizationV1Api } from '@kubernetes/client-node';
 import { execFileSync, spawn } from 'node:child_process';
@@ -49,7 +49,7 @@ import { keepAliveApiClient } from '../core/kube/keepAliveApiClient.js';
 import { keyPolicyResource, type KeyPolicyRule } from '../operator/api/keyPolicy.js';
 import { trackDirectory, type ComponentProcess } from '../e2e/control-plane/componentProcess.js';
 import { startControlPlane, type ControlPlane } from '../e2e/control-plane/controlPlane.js';
-import { startCsiProviderProcess } from '../e2e/csi/csiProviderProcess.js';
+import { csiProviderNodeFlags, startCsiProviderProcess } from '../e2e/csi/csiProviderProcess.js';
 import { createPod, driverMountRequest, podToken, type TestPod } from '../e2e/csi/driverRequest.js';
 import { userKubeConfig } from '../e2e/operator/admissionWebhooks.js';
 import { installCrds } from '../e2e/operator/crds.js';
@@ -72,7 +72,7 @@ const keepLogsDir = process.env.KEYWARD_BENCH_KEEP_LOGS;
  * Node flags for the provider processes; none by default (plain `node dist/cli/keyward.js
  * csi-provider`). The chart's DaemonSet adds --max-semi-space-size=4 --max-old-space-size=64.
  */
-const providerNodeFlags = (process.env.KEYWARD_BENCH_PROVIDER_NODE_FLAGS ?? '').split(/\s+/).filter(Boolean);
+const providerNodeFlags = process.env.KEYWARD_BENCH_PROVIDER_NODE_FLAGS?.split(/\s+/).filter(Boolean) ?? csiProviderNodeFlags;
 
 const warmupCalls = 50;
 const targets = { coldP99Ms: 50, warmP99Ms: 5, rssMib: 100 };

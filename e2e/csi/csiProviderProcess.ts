@@ -7,6 +7,9 @@ import { ComponentProcess } from '../control-plane/componentProcess.js';
 import { freePort } from '../control-plane/network.js';
 import { keywardCli } from '../kms/kmsPluginProcess.js';
 
+/** How the chart runs the provider's Node (csi-provider-daemonset.yaml): within the driver's 100 MiB. */
+export const csiProviderNodeFlags = ['--max-semi-space-size=4', '--max-old-space-size=64'];
+
 export interface CsiProviderProcessOptions {
   hsm: Pick<SoftHsmToken, 'modulePath' | 'label' | 'pin' | 'env'>;
   kubeconfigPath: string;
@@ -15,7 +18,7 @@ export interface CsiProviderProcessOptions {
   audience?: string;
   /** Extra CLI flags, e.g. --ring-refresh=0.5. */
   flags?: string[];
-  /** Node flags; the DaemonSet's memory budget is 100 MiB. */
+  /** Node flags; by default the chart's. */
   nodeFlags?: string[];
   readyTimeoutMs?: number;
 }
@@ -40,7 +43,7 @@ export async function startCsiProviderProcess(options: CsiProviderProcessOptions
     'keyward csi-provider',
     process.execPath,
     [
-      ...(options.nodeFlags ?? []),
+      ...(options.nodeFlags ?? csiProviderNodeFlags),
       keywardCli,
       'csi-provider',
       `--socket-dir=${socketDir}`,
