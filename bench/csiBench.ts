@@ -36,11 +36,9 @@
 // the providers run with the chart's Node flags, or KEYWARD_BENCH_PROVIDER_NODE_FLAGS ("" for none);
 // KEYWARD_BENCH_KEEP_LOGS=DIR keeps their logs.
 import { CoreV1Api, CustomObjectsApi, RbacAuthorizationV1Api } from '@kubernetes/client-node';
-import { execFileSync, spawn } from 'node:child_process';
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { HsmToken } from '../core/hsm/hsmToken.js';
 import { RingStore } from '../core/hsm/ringStore.js';
 import { sealSecret } from '../core/sealedSecret.js';
@@ -54,6 +52,7 @@ import { createPod, driverMountRequest, podToken, type TestPod } from '../e2e/cs
 import { userKubeConfig } from '../e2e/operator/admissionWebhooks.js';
 import { installCrds } from '../e2e/operator/crds.js';
 import { warnIfBusy } from './kmsBench.js';
+import { buildGoClient, runGoClient } from './goClient.js';
 import { cpuSeconds, rssMib, watchPeakRss } from './procStats.js';
 
 /** Overridable so a quick check of the harness does not take minutes. */
@@ -88,7 +87,6 @@ const rings = {
   signing: { name: 'release', algorithm: 'ECDSA_P384' },
 } as const;
 const providerUser = 'keyward-csi-provider';
-const repoRoot = join(fileURLToPath(import.meta.url), '..', '..', '..');
 
 const progress = (line: string): void => console.error(`[bench:csi] ${line}`);
 const round = (value: number, places: number): number => Number(value.toFixed(places));
@@ -301,42 +299,12 @@ function costs(before: Scrape, after: Scrape): Record<string, unknown> {
 
 // ---------------------------------------------------------------- load generator
 
-function buildLoadGenerator(): string {
-  progress('building the Go load generator (cached after the first build)');
-  const out = execFileSync('bash', [join(repoRoot, 'bench', 'csi-load', 'build.sh')], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] });
-  const bin = out.trim().split('\n').pop();
-  if (!bin) throw new Error('bench/csi-load/build.sh printed no binary path');
-  return bin;
-}
-
-/** Runs csi-load to completion and returns its JSON report. */
-function runLoad(bin: string, provider: ProviderProcess, requestsFile: string, args: string[]): Promise<Record<string, unknown>> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(bin, [`-socket=${provider.socketPath}`, `-requests=${requestsFile}`, `-expect-files=${objectsPerMount}`, ...args], {
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
-    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-    child.once('error', reject);
-    child.once('exit', (code) => {
-      if (code !== 0) return reject(new Error(`csi-load exited with code ${code}: ${stderr.trim()}`));
-      try {
-        resolve(JSON.parse(stdout.trim().split('\n').pop() ?? '') as Record<string, unknown>);
-      } catch {
-        reject(new Error(`csi-load printed no JSON report: ${stdout.trim()}`));
-      }
-    });
-  });
-}
-
 /** One load run, with the provider's metric deltas, CPU and RSS around it. */
 async function measured(bin: string, provider: ProviderProcess, requestsFile: string, args: string[]): Promise<Record<string, unknown>> {
   const before = await scrape(provider);
   const cpuBefore = cpuSeconds(provider.pid);
   const loadStart = load1m();
-  const report = await runLoad(bin, provider, requestsFile, args);
+  const report = await runGoClient(bin, [`-socket=${provider.socketPath}`, `-requests=${requestsFile}`, `-expect-files=${objectsPerMount}`, ...args]);
   const cpuUsed = cpuSeconds(provider.pid) - cpuBefore;
   const cost = costs(before, await scrape(provider));
   const mounts = Number(cost.mounts);
@@ -372,7 +340,8 @@ async function main(): Promise<void> {
   checkSettings();
   progress(`load average at start: ${loadavg().map((l) => l.toFixed(2)).join(' ')}`);
   warnIfBusy(progress);
-  const bin = buildLoadGenerator();
+  progress('building the Go load generator (cached after the first build)');
+  const bin = buildGoClient('csi-load');
   const dir = mkdtempSync(join(tmpdir(), 'keyward-bench-csi-'));
   const removeDir = trackDirectory(dir);
   if (cpuProfDir) mkdirSync(cpuProfDir, { recursive: true });

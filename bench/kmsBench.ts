@@ -2,7 +2,6 @@
 // by the Go load generator (bench/kms-load). For Encrypt and Decrypt: throughput and latency at
 // several concurrencies, p99 at a fixed rate, and the plugin's own CPU time and memory per run.
 // One JSON line per run on stdout; progress on stderr.
-import { execFileSync, spawn } from 'node:child_process';
 import { mkdtempSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -13,6 +12,7 @@ import { RingStore } from '../core/hsm/ringStore.js';
 import { createSoftHsmToken, type SoftHsmToken } from '../core/hsm/softHsmToken.js';
 import { trackDirectory } from '../e2e/control-plane/componentProcess.js';
 import { startKmsPluginProcess, type KmsPluginProcess } from '../e2e/kms/kmsPluginProcess.js';
+import { buildGoClient, runGoClient } from './goClient.js';
 import { cpuSeconds, rssMib, watchPeakRss } from './procStats.js';
 
 type Method = 'encrypt' | 'decrypt';
@@ -36,7 +36,6 @@ const fixedRateSeconds = Math.max(runSeconds, 15);
 const fixedRateConcurrency = 16;
 const rssSampleMs = 200;
 const ringName = 'bench-ring';
-const repoRoot = join(fileURLToPath(import.meta.url), '..', '..', '..');
 
 const progress = (line: string): void => console.error(`[bench:kms] ${line}`);
 
@@ -95,37 +94,6 @@ export function warnIfBusy(log: (line: string) => void): void {
 
 // ---------------------------------------------------------------- load generator
 
-function buildLoadGenerator(): string {
-  progress('building the Go load generator (cached after the first build)');
-  const out = execFileSync('bash', [join(repoRoot, 'bench', 'kms-load', 'build.sh')], {
-    encoding: 'utf8',
-    stdio: ['ignore', 'pipe', 'inherit'],
-  });
-  const bin = out.trim().split('\n').pop();
-  if (!bin) throw new Error('bench/kms-load/build.sh printed no binary path');
-  return bin;
-}
-
-/** Runs kms-load to completion and returns its JSON report. */
-function runLoadGenerator(bin: string, args: string[]): Promise<Record<string, unknown>> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
-    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-    child.once('error', reject);
-    child.once('exit', (code) => {
-      if (code !== 0) return reject(new Error(`kms-load exited with code ${code}: ${stderr.trim()}`));
-      try {
-        resolve(JSON.parse(stdout.trim().split('\n').pop() ?? '') as Record<string, unknown>);
-      } catch {
-        reject(new Error(`kms-load printed no JSON report: ${stdout.trim()}`));
-      }
-    });
-  });
-}
-
 function loadArgs(socketPath: string, run: LoadRun): string[] {
   return [
     `-socket=${socketPath}`,
@@ -150,7 +118,7 @@ const round = (value: number, places: number): number => Number(value.toFixed(pl
 async function measure(bin: string, pid: number, socketPath: string, run: LoadRun): Promise<Record<string, unknown>> {
   const stopRssWatch = watchPeakRss(pid, rssSampleMs);
   const cpuWindow = measureCpuWindow(pid, (warmupSeconds + 0.3) * 1000, (run.seconds - 0.6) * 1000);
-  const report = await runLoadGenerator(bin, loadArgs(socketPath, run));
+  const report = await runGoClient(bin, loadArgs(socketPath, run));
   const { cpuSecondsUsed, wallSeconds } = await cpuWindow;
   const peak = stopRssWatch();
   const opsPerSecond = Number(report.ops_per_s);
@@ -184,7 +152,8 @@ function plannedRuns(): LoadRun[] {
 
 async function main(): Promise<void> {
   warnIfBusy(progress);
-  const bin = buildLoadGenerator();
+  progress('building the Go load generator (cached after the first build)');
+  const bin = buildGoClient('kms-load');
   const bench = await startBenchPlugin(progress);
   try {
     const pid = bench.plugin.process.pid;

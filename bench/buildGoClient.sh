@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds the csi-load benchmark client and prints the binary's path as the
-# last line of stdout (progress goes to stderr).
+# Builds one of the Go benchmark clients (bench/<name>: kms-load, csi-load) and
+# prints the binary's path as the last line of stdout (progress goes to stderr).
+# Usage: bench/buildGoClient.sh NAME
 #
 # The build happens in a throw-away Go module outside the repository, so the
 # repository never holds a go.mod that tooling could take for the project's
@@ -8,9 +9,10 @@
 # and reused while neither changes.
 set -euo pipefail
 
-src_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+name=${1:?usage: bench/buildGoClient.sh NAME (kms-load or csi-load)}
+src_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")/$name" && pwd)
 
-log() { printf 'csi-load build: %s\n' "$*" >&2; }
+log() { printf '%s build: %s\n' "$name" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
 sha256_of() {
@@ -28,8 +30,8 @@ command -v go >/dev/null 2>&1 ||
 
 cache_root=${KEYWARD_CACHE:-${XDG_CACHE_HOME:-${HOME:?set HOME, XDG_CACHE_HOME or KEYWARD_CACHE}/.cache}/keyward}
 key=$(sha256_of "$src_dir/main.go" "$src_dir/go.mod.in")
-out_dir=$cache_root/bench/csi-load-$key
-bin=$out_dir/csi-load
+out_dir=$cache_root/bench/$name-$key
+bin=$out_dir/$name
 
 if [[ -x $bin ]]; then
   log "reusing cached $bin"
@@ -37,7 +39,7 @@ if [[ -x $bin ]]; then
   exit 0
 fi
 
-work=$(mktemp -d "${TMPDIR:-/tmp}/csi-load-build.XXXXXX")
+work=$(mktemp -d "${TMPDIR:-/tmp}/$name-build.XXXXXX")
 trap 'rm -rf "$work"; rm -f "${bin:?}.tmp.$$"' EXIT
 cp "$src_dir/main.go" "$work/main.go"
 cp "$src_dir/go.mod.in" "$work/go.mod"
