@@ -25,7 +25,7 @@ import { SealedSecretError } from '../../core/sealedSecret.js';
 import { MountResponseSchema, VersionResponseSchema, type CSIDriverProvider, type MountResponse } from '../../proto/gen/csi/v1alpha1/service_pb.js';
 import type { CsiMetrics } from './csiMetrics.js';
 import type { HsmCallCount, KeyMaterial } from './keyMaterial.js';
-import { parseMountRequest, type MountObject, type MountObjectType, type ParsedMountRequest } from './mountRequest.js';
+import { parseMountRequest, type MountObject, type MountObjectType } from './mountRequest.js';
 import { createObjectVersioner, type ObjectVersioner, type ServedFile } from './objectVersion.js';
 import type { PodIdentity, VerifiedPod } from './podIdentity.js';
 import { TtlCache } from './ttlCache.js';
@@ -118,7 +118,8 @@ export function csiProviderHandlers(deps: MountServiceDeps): UnaryHandlers<(type
       const identity = await deps.identity.verify(request.token, request.pod);
       metrics.cache.inc({ cache: 'tokenReview', outcome: identity.cached ? 'hit' : 'miss' });
       if (!identity.ok) {
-        audit.record({ requestId, actor: `unverified pod ${claimed}`, pod: claimed, operation: 'mount', result: 'denied', code: identity.code, reason: identity.message });
+        const result = identity.code === 'TokenReviewUnavailable' ? 'failed' : 'denied';
+        audit.record({ requestId, actor: `unverified pod ${claimed}`, pod: claimed, operation: 'mount', result, code: identity.code, reason: identity.message });
         return refused(identity.code, identity.message, started, context);
       }
       const pod = identity.pod;
@@ -127,7 +128,7 @@ export function csiProviderHandlers(deps: MountServiceDeps): UnaryHandlers<(type
       let failure: { index: number; error: ObjectRefused } | undefined;
       for (const [index, object] of request.objects.entries()) {
         try {
-          served.push({ object, ...(await serveObject(deps, request, pod, object, now(), calls)) });
+          served.push({ object, ...(await serveObject(deps, pod, object, now(), calls)) });
         } catch (err) {
           failure = { index, error: err instanceof ObjectRefused ? err : unexpected(err, log) };
           break;
@@ -185,7 +186,6 @@ export function csiProviderHandlers(deps: MountServiceDeps): UnaryHandlers<(type
 
 async function serveObject(
   deps: MountServiceDeps,
-  request: ParsedMountRequest,
   pod: VerifiedPod,
   object: MountObject,
   now: Date,
