@@ -1,6 +1,6 @@
 // A throw-away SoftHSM2 token with a logged-in session pool for one mocha suite: made in
 // before(), closed and removed in after().
-import { HsmToken } from '../core/hsm/hsmToken.js';
+import { HsmToken, type Handle } from '../core/hsm/hsmToken.js';
 import { createSoftHsmToken, type SoftHsmToken } from '../core/hsm/softHsmToken.js';
 
 export interface SoftHsmFixture {
@@ -22,4 +22,14 @@ export function useSoftHsmToken(): SoftHsmFixture {
     fixture.softhsm?.remove();
   });
   return fixture;
+}
+
+/** One attribute of a key object, as the module returns it (it throws for a sensitive value). */
+export function keyAttribute(token: HsmToken, key: Handle, type: number): Promise<Buffer | undefined> {
+  return token.withSession((session) => token.pkcs11.C_GetAttributeValue(session, key, [{ type }])[0]?.value);
+}
+
+/** A boolean attribute (CK_BBOOL) of a key object. */
+export async function keyFlag(token: HsmToken, key: Handle, type: number): Promise<boolean> {
+  return (await keyAttribute(token, key, type))?.readUInt8(0) === 1;
 }

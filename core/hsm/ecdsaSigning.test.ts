@@ -5,16 +5,15 @@ import { KeywardError } from '../errors.js';
 import { generateAesKey } from './aesGcm.js';
 import { ecdsaP384SignatureBytes, generateEcdsaKeyPair, publicKeyDer, secp384r1Params, signDigest } from './ecdsaSigning.js';
 import { pkcs11Code, type Handle, type HsmToken } from './hsmToken.js';
-import { useSoftHsmToken } from '../../test/softHsmFixture.js';
+import { keyAttribute, keyFlag, useSoftHsmToken } from '../../test/softHsmFixture.js';
 
 describe('ECDSA P-384 signing keys in a real SoftHSM2 token', () => {
   const hsm = useSoftHsmToken();
   let token: HsmToken;
   before(() => (token = hsm.token));
 
-  const attribute = (key: Handle, type: number): Promise<Buffer | undefined> =>
-    token.withSession((s) => token.pkcs11.C_GetAttributeValue(s, key, [{ type }])[0]?.value);
-  const flag = async (key: Handle, type: number): Promise<boolean> => (await attribute(key, type))?.readUInt8(0) === 1;
+  const attribute = (key: Handle, type: number): Promise<Buffer | undefined> => keyAttribute(token, key, type);
+  const flag = (key: Handle, type: number): Promise<boolean> => keyFlag(token, key, type);
   const refused = (code: KeywardError['code'], pattern: RegExp) => (err: unknown) =>
     err instanceof KeywardError && err.code === code && pattern.test(err.message);
   const sha384 = (data: Buffer): Buffer => createHash('sha384').update(data).digest();

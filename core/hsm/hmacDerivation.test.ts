@@ -6,16 +6,15 @@ import { aesGcmDecrypt, aesGcmEncrypt, generateAesKey } from './aesGcm.js';
 import { derivedKeyBytes, deriveKey, generateHmacKey } from './hmacDerivation.js';
 import { pkcs11Code, type Handle, type HsmToken } from './hsmToken.js';
 import { WorkingKeys } from './workingKeys.js';
-import { useSoftHsmToken } from '../../test/softHsmFixture.js';
+import { keyAttribute, keyFlag, useSoftHsmToken } from '../../test/softHsmFixture.js';
 
 describe('HMAC-SHA-384 derivation keys in a real SoftHSM2 token', () => {
   const hsm = useSoftHsmToken();
   let token: HsmToken;
   before(() => (token = hsm.token));
 
-  const attribute = (key: Handle, type: number): Promise<Buffer | undefined> =>
-    token.withSession((s) => token.pkcs11.C_GetAttributeValue(s, key, [{ type }])[0]?.value);
-  const flag = async (key: Handle, type: number): Promise<boolean> => (await attribute(key, type))?.readUInt8(0) === 1;
+  const attribute = (key: Handle, type: number): Promise<Buffer | undefined> => keyAttribute(token, key, type);
+  const flag = (key: Handle, type: number): Promise<boolean> => keyFlag(token, key, type);
 
   it('generates a 48-byte generic secret token key for signing only, sensitive and non-extractable', async () => {
     const id = randomBytes(16);

@@ -8,7 +8,7 @@ import { deriveKey, generateHmacKey } from './hmacDerivation.js';
 import { HsmToken, pkcs11Code, type Handle } from './hsmToken.js';
 import { assertRingAlgorithm, keyIdFor, keyObjectId, keyObjectLabel, parseRingState, ringObjectLabel, type RingState } from './ringState.js';
 import { RingStore } from './ringStore.js';
-import { useSoftHsmToken } from '../../test/softHsmFixture.js';
+import { keyAttribute, useSoftHsmToken } from '../../test/softHsmFixture.js';
 
 describe('Ring lifecycle in a real SoftHSM2 token', () => {
   const hsm = useSoftHsmToken();
@@ -119,8 +119,7 @@ describe('Derivation rings in a real SoftHSM2 token', () => {
     assert.ok(handle, `version ${version} has a key`);
     return handle;
   };
-  const attribute = (key: Handle, type: number): Promise<Buffer | undefined> =>
-    token.withSession((s) => token.pkcs11.C_GetAttributeValue(s, key, [{ type }])[0]?.value);
+  const attribute = (key: Handle, type: number): Promise<Buffer | undefined> => keyAttribute(token, key, type);
   const refused = (pattern: RegExp) => (err: unknown) =>
     err instanceof KeywardError && err.code === 'FailedPrecondition' && pattern.test(err.message);
   const context = (text: string): Uint8Array => new TextEncoder().encode(text);
@@ -280,7 +279,7 @@ describe('Signing rings in a real SoftHSM2 token', () => {
     assert.deepEqual(await classesOf(ringId, 1), pair, 'a private and a public key object under the version id');
 
     const key = await keyOf(ringId, 1);
-    const attribute = (type: number): Promise<Buffer | undefined> => token.withSession((s) => token.pkcs11.C_GetAttributeValue(s, key, [{ type }])[0]?.value);
+    const attribute = (type: number): Promise<Buffer | undefined> => keyAttribute(token, key, type);
     assert.equal((await attribute(pkcs11js.CKA_CLASS))?.readUInt32LE(0), pkcs11js.CKO_PRIVATE_KEY, 'keyHandle is the private key');
     assert.equal((await attribute(pkcs11js.CKA_LABEL))?.toString('utf8'), keyObjectLabel(ringId, 1));
     assert.equal((await attribute(pkcs11js.CKA_EXTRACTABLE))?.readUInt8(0), 0);

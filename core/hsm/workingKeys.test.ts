@@ -3,7 +3,7 @@ import { randomBytes } from 'node:crypto';
 import pkcs11js from 'pkcs11js';
 import { aesGcmDecrypt, aesGcmEncrypt, generateAesKey } from './aesGcm.js';
 import { HsmToken, pkcs11Code, type Handle } from './hsmToken.js';
-import { useSoftHsmToken } from '../../test/softHsmFixture.js';
+import { keyAttribute, useSoftHsmToken } from '../../test/softHsmFixture.js';
 import { WorkingKeys } from './workingKeys.js';
 
 describe('Working copies of HSM keys', () => {
@@ -11,8 +11,7 @@ describe('Working copies of HSM keys', () => {
   let token: HsmToken;
   before(() => (token = hsm.token));
 
-  const attribute = (key: Handle, type: number): Promise<Buffer | undefined> =>
-    token.withSession((s) => token.pkcs11.C_GetAttributeValue(s, key, [{ type }])[0]?.value);
+  const attribute = (key: Handle, type: number): Promise<Buffer | undefined> => keyAttribute(token, key, type);
 
   it('computes like the token key, stays sensitive and non-extractable, and is never revealed', async () => {
     const tokenKey = await generateAesKey(token, { label: 'k-copy', id: randomBytes(16) });
