@@ -51,9 +51,9 @@ import { csiProviderNodeFlags, startCsiProviderProcess } from '../e2e/csi/csiPro
 import { createPod, driverMountRequest, podToken, type TestPod } from '../e2e/csi/driverRequest.js';
 import { userKubeConfig } from '../e2e/operator/admissionWebhooks.js';
 import { installCrds } from '../e2e/operator/crds.js';
-import { warnIfBusy } from './kmsBench.js';
 import { buildGoClient, runGoClient } from './goClient.js';
 import { cpuSeconds, rssMib, watchPeakRss } from './procStats.js';
+import { emit, load1m, round, warnIfBusy } from './report.js';
 
 /** Overridable so a quick check of the harness does not take minutes. */
 const envNumber = (name: string, fallback: number): number => Number(process.env[`KEYWARD_BENCH_${name}`] ?? fallback);
@@ -89,11 +89,6 @@ const rings = {
 const providerUser = 'keyward-csi-provider';
 
 const progress = (line: string): void => console.error(`[bench:csi] ${line}`);
-const round = (value: number, places: number): number => Number(value.toFixed(places));
-const load1m = (): number => round(loadavg()[0] ?? 0, 2);
-const emit = (line: Record<string, unknown>): void => {
-  process.stdout.write(`${JSON.stringify(line)}\n`);
-};
 
 // ---------------------------------------------------------------- the workload
 

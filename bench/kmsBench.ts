@@ -3,7 +3,7 @@
 // several concurrencies, p99 at a fixed rate, and the plugin's own CPU time and memory per run.
 // One JSON line per run on stdout; progress on stderr.
 import { mkdtempSync } from 'node:fs';
-import { loadavg, tmpdir } from 'node:os';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
@@ -14,6 +14,7 @@ import { trackDirectory } from '../e2e/control-plane/componentProcess.js';
 import { startKmsPluginProcess, type KmsPluginProcess } from '../e2e/kms/kmsPluginProcess.js';
 import { buildGoClient, runGoClient } from './goClient.js';
 import { cpuSeconds, rssMib, watchPeakRss } from './procStats.js';
+import { round, warnIfBusy } from './report.js';
 
 type Method = 'encrypt' | 'decrypt';
 
@@ -87,10 +88,6 @@ export async function startBenchPlugin(log: (line: string) => void): Promise<Ben
 }
 
 /** On 2 cores anything else running skews every figure; say so up front. */
-export function warnIfBusy(log: (line: string) => void): void {
-  const [oneMinute = 0] = loadavg();
-  if (oneMinute > 0.5) log(`WARNING: load average is ${oneMinute.toFixed(2)} before starting; other work will skew the figures`);
-}
 
 // ---------------------------------------------------------------- load generator
 
@@ -108,7 +105,6 @@ function loadArgs(socketPath: string, run: LoadRun): string[] {
 
 // ---------------------------------------------------------------- one measured run
 
-const round = (value: number, places: number): number => Number(value.toFixed(places));
 
 /**
  * Runs one load and measures the plugin around it. CPU is read over a window strictly inside the

@@ -16,9 +16,9 @@ import { trackDirectory } from '../e2e/control-plane/componentProcess.js';
 import { startControlPlane, type ControlPlane } from '../e2e/control-plane/controlPlane.js';
 import { installCrds } from '../e2e/operator/crds.js';
 import { startOperatorProcess, type OperatorProcess } from '../e2e/operator/operatorProcess.js';
-import { warnIfBusy } from './kmsBench.js';
 import { cpuSeconds, rssMib, watchPeakRss } from './procStats.js';
 import { watchObjects } from './watchObjects.js';
+import { load1m, percentile, round, warnIfBusy } from './report.js';
 
 /** Overridable so a quick check of the harness does not take minutes. */
 const ringCount = Number(process.env.KEYWARD_BENCH_RINGS ?? 500);
@@ -34,8 +34,6 @@ const rssSampleMs = 200;
 const identity = 'bench-operator';
 
 const progress = (line: string): void => console.error(`[bench:operator] ${line}`);
-const round = (value: number, places: number): number => Number(value.toFixed(places));
-const load1m = (): number => round(loadavg()[0] ?? 0, 2);
 
 // ---------------------------------------------------------------- operator metrics
 
@@ -150,7 +148,6 @@ async function runPhase(
   return { wallSeconds: (last - started) / 1000, latenciesMs: names.map(latency).sort((a, b) => a - b) };
 }
 
-const percentile = (sorted: number[], p: number): number => sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)] ?? NaN;
 
 /** Runs a phase while measuring the operator process around it; prints its JSON lines. */
 async function measuredPhase(

@@ -30,9 +30,9 @@ import { freePort } from '../e2e/control-plane/network.js';
 import { registerAdmissionWebhooks, userKubeConfig, webhookCertDir } from '../e2e/operator/admissionWebhooks.js';
 import { installCrds } from '../e2e/operator/crds.js';
 import { startOperatorProcess, type OperatorProcess } from '../e2e/operator/operatorProcess.js';
-import { warnIfBusy } from './kmsBench.js';
 import { cpuSeconds, rssMib, watchPeakRss } from './procStats.js';
 import { watchObjects } from './watchObjects.js';
+import { emit, load1m, percentile, round, warnIfBusy } from './report.js';
 
 /** Overridable so a quick check of the harness does not take minutes. */
 const changes = Number(process.env.KEYWARD_BENCH_CHANGES ?? 200);
@@ -53,13 +53,6 @@ const benchUser = 'bench-user';
 const identity = 'bench-policy-operator';
 
 const progress = (line: string): void => console.error(`[bench:policy] ${line}`);
-const round = (value: number, places: number): number => Number(value.toFixed(places));
-const load1m = (): number => round(loadavg()[0] ?? 0, 2);
-const emit = (line: Record<string, unknown>): void => {
-  process.stdout.write(`${JSON.stringify(line)}\n`);
-};
-/** Nearest rank, as bench:operator reports them. */
-const percentile = (sorted: readonly number[], p: number): number => sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)] ?? NaN;
 const summary = (values: readonly number[]): { p50_ms: number; p99_ms: number; max_ms: number; mean_ms: number } => {
   const sorted = [...values].sort((a, b) => a - b);
   return {

@@ -12,7 +12,8 @@ import { trackDirectory } from '../e2e/control-plane/componentProcess.js';
 import { startControlPlane, type ControlPlane } from '../e2e/control-plane/controlPlane.js';
 import { readEtcdKey, secretEtcdKey } from '../e2e/control-plane/etcdClient.js';
 import { aesgcmEncryptionConfig, kmsEncryptionConfig } from '../e2e/kms/kmsPluginProcess.js';
-import { startBenchPlugin, warnIfBusy, type BenchPlugin } from './kmsBench.js';
+import { startBenchPlugin, type BenchPlugin } from './kmsBench.js';
+import { warnIfBusy } from './report.js';
 
 type Provider = 'kms' | 'aesgcm';
 
