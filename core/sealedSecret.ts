@@ -17,8 +17,8 @@
 import pkcs11js from 'pkcs11js';
 import { algorithmAes256Gcm } from './ciphertext.js';
 import { KeywardError, type KeywardErrorCode } from './errors.js';
-import { aesGcmDecrypt, aesGcmEncrypt, gcmIvBytes, gcmTagBytes, type GcmSealed } from './hsm/aesGcm.js';
-import { pkcs11Code, type Handle, type HsmToken } from './hsm/hsmToken.js';
+import { aesGcmDecrypt, aesGcmEncrypt, gcmAuthenticationFailures, gcmIvBytes, gcmTagBytes, type GcmSealed } from './hsm/aesGcm.js';
+import { hsmError, pkcs11Code, type Handle, type HsmToken } from './hsm/hsmToken.js';
 import { assertRingAlgorithm, primaryVersion, type RingState } from './hsm/ringState.js';
 import type { RingStore } from './hsm/ringStore.js';
 
@@ -121,15 +121,6 @@ function parseSealedSecret(sealed: Uint8Array): ParsedSealedSecret {
 }
 
 /** Non-Keyward HSM failures as Keyward errors; messages carry PKCS#11 codes, never data. */
-function hsmFailure(err: unknown): KeywardError {
-  if (err instanceof KeywardError) return err;
-  const code = pkcs11Code(err);
-  if (code === pkcs11js.CKR_KEY_HANDLE_INVALID || code === pkcs11js.CKR_OBJECT_HANDLE_INVALID) {
-    return new KeywardError('Unavailable', 'the key is not reachable in the HSM right now; retry', { cause: err });
-  }
-  return new KeywardError('Internal', `HSM operation failed (${(err as Error).message})`, { cause: err });
-}
-
 /**
  * Seals `plaintext` (1 byte to 64 KiB) under the primary version of an AES-256-GCM ring. Returns
  * the binary sealed secret; the CLI prints it as base64.
@@ -154,7 +145,7 @@ export async function sealSecret(token: HsmToken, store: RingStore, ring: RingNa
   try {
     sealed = await aesGcmEncrypt(token, key, Buffer.from(plaintext), additionalData(headerBytes, state));
   } catch (err) {
-    throw hsmFailure(err);
+    throw hsmError(err);
   }
   return Buffer.concat([headerBytes, sealed.iv, sealed.sealed]);
 }
@@ -195,11 +186,9 @@ export async function openSealedSecret(token: HsmToken, store: RingStore, ring: 
     if (await isAuthenticationFailure(token, key, err)) {
       throw new SealedSecretError('Tampered', `sealed secret failed authentication with ${name} version ${version.number}: tampered, or sealed for another ring`);
     }
-    throw hsmFailure(err);
+    throw hsmError(err);
   }
 }
-
-const authenticationFailures = new Set([pkcs11js.CKR_ENCRYPTED_DATA_INVALID, pkcs11js.CKR_ENCRYPTED_DATA_LEN_RANGE, pkcs11js.CKR_DATA_INVALID]);
 
 /**
  * Whether a failed decryption was the input's fault. SoftHSM2 reports a bad GCM tag as
@@ -209,7 +198,7 @@ const authenticationFailures = new Set([pkcs11js.CKR_ENCRYPTED_DATA_INVALID, pkc
 async function isAuthenticationFailure(token: HsmToken, key: Handle, err: unknown): Promise<boolean> {
   if (err instanceof KeywardError) return false;
   const code = pkcs11Code(err);
-  if (authenticationFailures.has(code ?? -1)) return true;
+  if (gcmAuthenticationFailures.has(code ?? -1)) return true;
   if (code !== pkcs11js.CKR_GENERAL_ERROR) return false;
   try {
     const probe = Buffer.from('keyward.dev/sealed-secret/probe');

@@ -7,6 +7,12 @@ import { pkcs11Code, type Handle, type HsmToken } from './hsmToken.js';
 export const gcmIvBytes = 12;
 export const gcmTagBytes = 16;
 
+/**
+ * Codes with which a module says a GCM tag did not verify: the input's fault. SoftHSM2 says
+ * CKR_GENERAL_ERROR instead, which an HSM fault also gives; callers tell those apart with a probe.
+ */
+export const gcmAuthenticationFailures: ReadonlySet<number> = new Set([pkcs11js.CKR_ENCRYPTED_DATA_INVALID, pkcs11js.CKR_ENCRYPTED_DATA_LEN_RANGE, pkcs11js.CKR_DATA_INVALID]);
+
 /** Codes with which a module refuses a key of another type or use for a mechanism. */
 const wrongKeyCodes = new Set<number>([pkcs11js.CKR_KEY_TYPE_INCONSISTENT, pkcs11js.CKR_KEY_FUNCTION_NOT_PERMITTED]);
 

@@ -50,6 +50,19 @@ export function pkcs11Code(err: unknown): number | undefined {
   return match ? Number(match[1]) : undefined;
 }
 
+/**
+ * A failed HSM call as a caller-facing error: a stale key or object handle is Unavailable (retry
+ * after the pool reconnects), anything else Internal. KeywardErrors pass through.
+ */
+export function hsmError(err: unknown): KeywardError {
+  if (err instanceof KeywardError) return err;
+  const code = pkcs11Code(err);
+  if (code === pkcs11js.CKR_KEY_HANDLE_INVALID || code === pkcs11js.CKR_OBJECT_HANDLE_INVALID) {
+    return new KeywardError('Unavailable', 'the key is not reachable in the HSM right now; retry', { cause: err });
+  }
+  return new KeywardError('Internal', `HSM operation failed (${(err as Error).message})`, { cause: err });
+}
+
 export class HsmToken {
   private readonly free: Handle[] = [];
   /** Every session this pool opened and has not closed, borrowed or not. */

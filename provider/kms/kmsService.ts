@@ -7,9 +7,9 @@ import type { AuditLog } from '../../core/audit/auditLog.js';
 import { additionalData, ciphertextHeader, encodeCiphertext, maxPlaintextBytes, parseCiphertext } from '../../core/ciphertext.js';
 import { KeywardError } from '../../core/errors.js';
 import { grpcStatusOf, type UnaryHandlers } from '../../core/grpc/unaryService.js';
-import { aesGcmDecrypt, aesGcmEncrypt } from '../../core/hsm/aesGcm.js';
+import { aesGcmDecrypt, aesGcmEncrypt, gcmAuthenticationFailures } from '../../core/hsm/aesGcm.js';
 import type { HsmToken } from '../../core/hsm/hsmToken.js';
-import { pkcs11Code } from '../../core/hsm/hsmToken.js';
+import { hsmError, pkcs11Code } from '../../core/hsm/hsmToken.js';
 import { assertKeyIdWellFormed } from '../../core/hsm/ringState.js';
 import {
   DecryptResponseSchema,
@@ -161,8 +161,6 @@ interface AuditNote {
 
 const grpcStatusName = (err: unknown): string => grpcStatus[grpcStatusOf(err)];
 
-const authenticationFailures = new Set([pkcs11js.CKR_ENCRYPTED_DATA_INVALID, pkcs11js.CKR_ENCRYPTED_DATA_LEN_RANGE, pkcs11js.CKR_DATA_INVALID]);
-
 /**
  * PKCS#11 failures as caller-facing errors: a failed tag check is the caller's input, the rest is
  * ours. SoftHSM2 reports a failed GCM tag as CKR_GENERAL_ERROR, so for decryption that code counts
@@ -175,12 +173,9 @@ async function hsmCall<T>(fn: () => Promise<T>, hsmHealthy?: () => boolean): Pro
     if (err instanceof KeywardError) throw err;
     const code = pkcs11Code(err);
     const decrypting = hsmHealthy !== undefined;
-    if (decrypting && (authenticationFailures.has(code ?? -1) || (code === pkcs11js.CKR_GENERAL_ERROR && hsmHealthy()))) {
+    if (decrypting && (gcmAuthenticationFailures.has(code ?? -1) || (code === pkcs11js.CKR_GENERAL_ERROR && hsmHealthy()))) {
       throw invalid('ciphertext failed authentication: tampered, or not made under this key_id');
     }
-    if (code === pkcs11js.CKR_KEY_HANDLE_INVALID || code === pkcs11js.CKR_OBJECT_HANDLE_INVALID) {
-      throw new KeywardError('Unavailable', 'the key is not reachable in the HSM right now; retry');
-    }
-    throw new KeywardError('Internal', `HSM operation failed (${(err as Error).message})`, { cause: err });
+    throw hsmError(err);
   }
 }
