@@ -1,8 +1,7 @@
 // AES-256-GCM keys that live in the HSM. Keys are generated sensitive and non-extractable, and
 // every cipher operation runs inside the HSM: no function here can read a key value.
 import pkcs11js from 'pkcs11js';
-import { KeywardError } from '../errors.js';
-import { pkcs11Code, type Handle, type HsmToken } from './hsmToken.js';
+import { initOperation, type Handle, type HsmToken } from './hsmToken.js';
 
 export const gcmIvBytes = 12;
 export const gcmTagBytes = 16;
@@ -12,19 +11,6 @@ export const gcmTagBytes = 16;
  * CKR_GENERAL_ERROR instead, which an HSM fault also gives; callers tell those apart with a probe.
  */
 export const gcmAuthenticationFailures: ReadonlySet<number> = new Set([pkcs11js.CKR_ENCRYPTED_DATA_INVALID, pkcs11js.CKR_ENCRYPTED_DATA_LEN_RANGE, pkcs11js.CKR_DATA_INVALID]);
-
-/** Codes with which a module refuses a key of another type or use for a mechanism. */
-const wrongKeyCodes = new Set<number>([pkcs11js.CKR_KEY_TYPE_INCONSISTENT, pkcs11js.CKR_KEY_FUNCTION_NOT_PERMITTED]);
-
-/** Starts an AES-GCM operation; a key of another kind (a derivation ring's, say) is refused by name. */
-function startGcm(start: () => void): void {
-  try {
-    start();
-  } catch (err) {
-    if (!wrongKeyCodes.has(pkcs11Code(err) ?? -1)) throw err;
-    throw new KeywardError('FailedPrecondition', `the key is not an AES-256-GCM encryption key (${(err as Error).message})`, { cause: err });
-  }
-}
 
 export interface AesKeyIdentity {
   /** CKA_LABEL: opaque, never a ring name or other sensitive metadata. */
@@ -68,7 +54,7 @@ export function aesGcmEncrypt(token: HsmToken, key: Handle, plaintext: Buffer, a
   return token.withSession((session) => {
     const iv = token.pkcs11.C_GenerateRandom(session, Buffer.alloc(gcmIvBytes));
     const params: pkcs11js.GcmParams = { type: pkcs11js.CK_PARAMS_GCM, iv, ivBits: gcmIvBytes * 8, aad, tagBits: gcmTagBytes * 8 };
-    startGcm(() => token.pkcs11.C_EncryptInit(session, { mechanism: pkcs11js.CKM_AES_GCM, parameter: params }, key));
+    initOperation(() => token.pkcs11.C_EncryptInit(session, { mechanism: pkcs11js.CKM_AES_GCM, parameter: params }, key), 'an AES-256-GCM encryption key');
     const sealed = token.pkcs11.C_Encrypt(session, plaintext, Buffer.alloc(plaintext.length + gcmTagBytes));
     return { iv, sealed: Buffer.from(sealed) };
   });
@@ -78,7 +64,7 @@ export function aesGcmEncrypt(token: HsmToken, key: Handle, plaintext: Buffer, a
 export function aesGcmDecrypt(token: HsmToken, key: Handle, { iv, sealed }: GcmSealed, aad: Buffer): Promise<Buffer> {
   return token.withSession((session) => {
     const params: pkcs11js.GcmParams = { type: pkcs11js.CK_PARAMS_GCM, iv, ivBits: gcmIvBytes * 8, aad, tagBits: gcmTagBytes * 8 };
-    startGcm(() => token.pkcs11.C_DecryptInit(session, { mechanism: pkcs11js.CKM_AES_GCM, parameter: params }, key));
+    initOperation(() => token.pkcs11.C_DecryptInit(session, { mechanism: pkcs11js.CKM_AES_GCM, parameter: params }, key), 'an AES-256-GCM encryption key');
     return Buffer.from(token.pkcs11.C_Decrypt(session, sealed, Buffer.alloc(sealed.length)));
   });
 }

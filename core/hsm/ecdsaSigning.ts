@@ -5,7 +5,7 @@
 import pkcs11js from 'pkcs11js';
 import { KeywardError } from '../errors.js';
 import type { AesKeyIdentity as KeyObjectIdentity } from './aesGcm.js';
-import { pkcs11Code, type Handle, type HsmToken } from './hsmToken.js';
+import { initOperation, signOnce, type Handle, type HsmToken } from './hsmToken.js';
 
 /** DER of the named curve secp384r1 (OID 1.3.132.0.34): CKA_EC_PARAMS of every P-384 key. */
 export const secp384r1Params = Buffer.from('06052b81040022', 'hex');
@@ -20,9 +20,6 @@ const sha384Bytes = 48;
  * (1.2.840.10045.2.1), secp384r1 }, BIT STRING of 98 bytes (no unused bits, then the point) }.
  */
 const p384SpkiPrefix = Buffer.from('3076301006072a8648ce3d020106052b81040022036200', 'hex');
-
-/** Codes with which a module refuses a key of another type or use for a mechanism. */
-const wrongKeyCodes = new Set<number>([pkcs11js.CKR_KEY_TYPE_INCONSISTENT, pkcs11js.CKR_KEY_FUNCTION_NOT_PERMITTED]);
 
 export interface EcdsaKeyPair {
   privateKey: Handle;
@@ -115,22 +112,7 @@ export function signDigest(token: HsmToken, privateKey: Handle, digest: Buffer):
     if (!isP384Key(token, session, privateKey, pkcs11js.CKO_PRIVATE_KEY)) {
       throw new KeywardError('FailedPrecondition', 'the key is not an ECDSA P-384 signing key');
     }
-    try {
-      token.pkcs11.C_SignInit(session, { mechanism: pkcs11js.CKM_ECDSA }, privateKey);
-    } catch (err) {
-      if (!wrongKeyCodes.has(pkcs11Code(err) ?? -1)) throw err;
-      throw new KeywardError('FailedPrecondition', `the key is not an ECDSA P-384 signing key (${(err as Error).message})`, { cause: err });
-    }
-    try {
-      return Buffer.from(token.pkcs11.C_Sign(session, digest, Buffer.alloc(ecdsaP384SignatureBytes)));
-    } catch (err) {
-      // As in deriveKey: end an operation the module left active, so the pooled session stays usable.
-      try {
-        token.pkcs11.C_SignFinal(session, Buffer.alloc(ecdsaP384SignatureBytes));
-      } catch {
-        // Already ended.
-      }
-      throw err;
-    }
+    initOperation(() => token.pkcs11.C_SignInit(session, { mechanism: pkcs11js.CKM_ECDSA }, privateKey), 'an ECDSA P-384 signing key');
+    return signOnce(token.pkcs11, session, digest, ecdsaP384SignatureBytes);
   });
 }

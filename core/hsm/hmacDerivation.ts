@@ -4,15 +4,13 @@
 import pkcs11js from 'pkcs11js';
 import { KeywardError } from '../errors.js';
 import type { AesKeyIdentity as KeyObjectIdentity } from './aesGcm.js';
-import { pkcs11Code, type Handle, type HsmToken } from './hsmToken.js';
+import { initOperation, signOnce, type Handle, type HsmToken } from './hsmToken.js';
 
 /** HMAC-SHA-384's output; callers that need an AES-256 key take the first 32 bytes. */
 export const derivedKeyBytes = 48;
 /** A key as long as the hash output, as NIST SP 800-107 recommends for HMAC. */
 const hmacKeyBytes = 48;
 
-/** Codes with which a module refuses a key of another type or use for a mechanism. */
-const wrongKeyCodes = new Set<number>([pkcs11js.CKR_KEY_TYPE_INCONSISTENT, pkcs11js.CKR_KEY_FUNCTION_NOT_PERMITTED]);
 
 export function generateHmacKey(token: HsmToken, identity: KeyObjectIdentity): Promise<Handle> {
   return token.withSession((session) =>
@@ -50,23 +48,7 @@ export async function deriveKey(token: HsmToken, key: Handle, context: Uint8Arra
   }
   const message = Buffer.from(context.buffer, context.byteOffset, context.byteLength);
   return token.withSession((session) => {
-    try {
-      token.pkcs11.C_SignInit(session, { mechanism: pkcs11js.CKM_SHA384_HMAC }, key);
-    } catch (err) {
-      if (!wrongKeyCodes.has(pkcs11Code(err) ?? -1)) throw err;
-      throw new KeywardError('FailedPrecondition', `the key is not an HMAC-SHA-384 derivation key (${(err as Error).message})`, { cause: err });
-    }
-    try {
-      return Buffer.from(token.pkcs11.C_Sign(session, message, Buffer.alloc(derivedKeyBytes)));
-    } catch (err) {
-      // SoftHSM2 leaves the operation active after some refusals, which would make every later
-      // use of this pooled session fail with CKR_OPERATION_ACTIVE; finishing it ends it.
-      try {
-        token.pkcs11.C_SignFinal(session, Buffer.alloc(derivedKeyBytes));
-      } catch {
-        // Already ended.
-      }
-      throw err;
-    }
+    initOperation(() => token.pkcs11.C_SignInit(session, { mechanism: pkcs11js.CKM_SHA384_HMAC }, key), 'an HMAC-SHA-384 derivation key');
+    return signOnce(token.pkcs11, session, message, derivedKeyBytes);
   });
 }

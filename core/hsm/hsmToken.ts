@@ -63,6 +63,40 @@ export function hsmError(err: unknown): KeywardError {
   return new KeywardError('Internal', `HSM operation failed (${(err as Error).message})`, { cause: err });
 }
 
+/** Codes with which a module refuses a key of another type or use for a mechanism. */
+const wrongKeyCodes: ReadonlySet<number> = new Set([pkcs11js.CKR_KEY_TYPE_INCONSISTENT, pkcs11js.CKR_KEY_FUNCTION_NOT_PERMITTED]);
+
+/**
+ * Runs a C_*Init. A key the mechanism refuses (another ring's kind, say) becomes a
+ * FailedPrecondition that says what was needed: `the key is not <wanted>`.
+ */
+export function initOperation(init: () => void, wanted: string): void {
+  try {
+    init();
+  } catch (err) {
+    if (!wrongKeyCodes.has(pkcs11Code(err) ?? -1)) throw err;
+    throw new KeywardError('FailedPrecondition', `the key is not ${wanted} (${(err as Error).message})`, { cause: err });
+  }
+}
+
+/**
+ * A single-part C_Sign after C_SignInit. SoftHSM2 leaves the operation active after some
+ * refusals, which would make every later use of this pooled session fail with
+ * CKR_OPERATION_ACTIVE; on failure the operation is ended with C_SignFinal.
+ */
+export function signOnce(pkcs11: Pkcs11, session: Handle, data: Buffer, outputBytes: number): Buffer {
+  try {
+    return Buffer.from(pkcs11.C_Sign(session, data, Buffer.alloc(outputBytes)));
+  } catch (err) {
+    try {
+      pkcs11.C_SignFinal(session, Buffer.alloc(outputBytes));
+    } catch {
+      // Already ended.
+    }
+    throw err;
+  }
+}
+
 export class HsmToken {
   private readonly free: Handle[] = [];
   /** Every session this pool opened and has not closed, borrowed or not. */
