@@ -135,13 +135,18 @@ describe('KeyRing operator: HSM keys through their lifecycle', function () {
     assert.deepEqual([ring.name, ring.namespace, ring.primary], ['orders', namespace, 1], 'the ring in the HSM the KMS plugin reads');
   });
 
-  it('refuses algorithms it does not generate yet, with a reason, and creates nothing in the HSM', async () => {
-    const created = await createKeyRing('rsa-signer', { purpose: 'signing', algorithm: 'RSA-3072' });
-    const kr = await statusWhen('rsa-signer', 'a Ready condition', (k) => k.status?.conditions?.some((c) => c.type === 'Ready') ?? false);
-    const condition = kr.status?.conditions?.find((c) => c.type === 'Ready');
-    assert.deepEqual([condition?.status, condition?.reason], ['False', 'PurposeNotSupported']);
-    assert.match(condition?.message ?? '', /algorithm RSA-3072 \(purpose signing\) is not generated .*ECDSA-P384 \(signing\)/);
-    assert.equal(await store.get({ ringId: created.metadata.uid ?? '' }), undefined);
+  it('cannot be asked for an algorithm it does not generate: the apiserver refuses RSA at creation, and nothing reaches the HSM', async () => {
+    // Admission, not a PurposeNotSupported condition later: the CRD offers only what the operator makes.
+    await assert.rejects(
+      createKeyRing('rsa-signer', { purpose: 'signing', algorithm: 'RSA-3072' as KeyRingSpec['algorithm'] }),
+      (err: unknown) => {
+        const { code, body } = err as { code?: number; body?: unknown };
+        assert.equal(code, 422);
+        assert.match((JSON.parse(String(body)) as { message?: string }).message ?? '', /spec\.algorithm: Unsupported value: "RSA-3072"/);
+        return true;
+      },
+    );
+    assert.ok(!(await store.list()).some((r) => r.name === 'rsa-signer'), 'no ring in the HSM');
   });
 
   it('generates signing rings as ECDSA P-384 key pairs, the private key non-extractable and the public key readable', async () => {

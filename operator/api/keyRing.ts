@@ -7,7 +7,9 @@ import { conditionSchema, type FromSchema, type ObjectSchema, type ValidationRul
 export const keyRingResource = { group: 'keyward.dev', version: 'v1alpha1', plural: 'keyrings' } as const;
 
 const purposes = ['encryption', 'derivation', 'signing'] as const;
-const algorithms = ['AES-256-GCM', 'HMAC-SHA-384', 'ECDSA-P384', 'RSA-3072', 'RSA-4096'] as const;
+// Only what the operator generates: the schema refuses the rest at admission. CNSA 1.0 also allows
+// RSA-3072/4096 signing; add them here when the reconciler can make such keys.
+const algorithms = ['AES-256-GCM', 'HMAC-SHA-384', 'ECDSA-P384'] as const;
 export type KeyPurpose = (typeof purposes)[number];
 export type KeyAlgorithm = (typeof algorithms)[number];
 
@@ -15,7 +17,7 @@ export type KeyAlgorithm = (typeof algorithms)[number];
 export const algorithmsByPurpose: Readonly<Record<KeyPurpose, readonly [KeyAlgorithm, ...KeyAlgorithm[]]>> = {
   encryption: ['AES-256-GCM'],
   derivation: ['HMAC-SHA-384'],
-  signing: ['ECDSA-P384', 'RSA-3072', 'RSA-4096'],
+  signing: ['ECDSA-P384'],
 };
 
 const allowedAlgorithmsText = Object.entries(algorithmsByPurpose)
