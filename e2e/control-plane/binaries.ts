@@ -31,6 +31,7 @@ export interface ControlPlaneBinaries {
   etcd: string;
   kubeApiserver: string;
   kubeControllerManager: string;
+  kubeScheduler: string;
   kubectl: string;
   helm: string;
 }
@@ -44,6 +45,7 @@ export function controlPlaneBinaries(): ControlPlaneBinaries {
     etcd: join(root, 'etcd', v.etcd, 'etcd'),
     kubeApiserver: join(k8s, 'kube-apiserver'),
     kubeControllerManager: join(k8s, 'kube-controller-manager'),
+    kubeScheduler: join(k8s, 'kube-scheduler'),
     kubectl: join(k8s, 'kubectl'),
     helm: join(root, 'helm', v.helm, 'helm'),
   };

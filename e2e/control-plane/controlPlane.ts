@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { controlPlaneBinaries, controlPlaneVersions, type ControlPlaneBinaries } from './binaries.js';
 import { ComponentProcess, trackDirectory } from './componentProcess.js';
 import { assertPortFree, freePort, httpsGet, type TlsClient } from './network.js';
-import { createPki, kubeconfigYaml, type ControlPlanePki } from './pki.js';
+import { createPki, issueClientCertificate, kubeconfigYaml, type ControlPlanePki } from './pki.js';
 
 export interface ControlPlaneOptions {
   /** An EncryptionConfiguration file for --encryption-provider-config. */
@@ -24,6 +24,13 @@ export interface ControlPlaneOptions {
   progress?: (line: string) => void;
   /** Wait only until the API serves, not for /readyz: its KMS check fails while no plugin runs yet. */
   skipReadyz?: boolean;
+  /**
+   * Serve a real node (e2e/node): listen on every address and advertise `address`, so pods reach
+   * the apiserver through kube-proxy at 10.0.0.1:443; Node authorization and NodeRestriction for
+   * the kubelet; ServiceAccount admission (pods get tokens); a client certificate for the
+   * apiserver's calls to the kubelet (logs, exec); kube-scheduler and kube-controller-manager.
+   */
+  node?: { address: string };
 }
 
 export interface ControlPlane {
@@ -38,6 +45,7 @@ export interface ControlPlane {
   readonly apiserver: ComponentProcess;
   readonly etcd: ComponentProcess;
   readonly controllerManager: ComponentProcess | undefined;
+  readonly scheduler: ComponentProcess | undefined;
   /**
    * Stops the apiserver and starts it again with the same flags (KMS restart tests). With
    * `skipReadyz`, waits only until it serves the API: /readyz includes the KMS check, which
@@ -53,6 +61,7 @@ interface Ports {
   etcdPeer: number;
   apiserver: number;
   controllerManager: number;
+  scheduler: number;
 }
 
 async function choosePorts(fixed: ControlPlaneOptions['ports'] = {}): Promise<Ports> {
@@ -66,6 +75,7 @@ async function choosePorts(fixed: ControlPlaneOptions['ports'] = {}): Promise<Po
     etcdPeer: await pick(fixed.etcdPeer, 'the etcd peer URL'),
     apiserver: await pick(fixed.apiserver, 'kube-apiserver'),
     controllerManager: await pick(fixed.controllerManager, 'kube-controller-manager'),
+    scheduler: await freePort(),
   };
 }
 
@@ -92,19 +102,34 @@ function apiserverArgs(dir: string, ports: Ports, pki: ControlPlanePki, options:
     `--tls-cert-file=${pki.servingCert}`,
     `--tls-private-key-file=${pki.servingKey}`,
     `--client-ca-file=${pki.caCert}`,
-    '--bind-address=127.0.0.1',
     `--secure-port=${ports.apiserver}`,
     `--service-account-issuer=https://127.0.0.1:${ports.apiserver}/`,
     `--service-account-key-file=${pki.serviceAccountPub}`,
     `--service-account-signing-key-file=${pki.serviceAccountKey}`,
     '--service-cluster-ip-range=10.0.0.0/24',
-    '--authorization-mode=RBAC',
-    '--disable-admission-plugins=ServiceAccount',
     '--allow-privileged=true',
     '--profiling=false',
   ];
+  if (options.node) {
+    args.push(
+      '--bind-address=0.0.0.0',
+      `--advertise-address=${options.node.address}`,
+      '--authorization-mode=Node,RBAC',
+      '--enable-admission-plugins=NodeRestriction',
+      `--kubelet-client-certificate=${join(dir, 'pki', 'apiserver-kubelet-client.crt')}`,
+      `--kubelet-client-key=${join(dir, 'pki', 'apiserver-kubelet-client.key')}`,
+    );
+  } else {
+    args.push('--bind-address=127.0.0.1', '--authorization-mode=RBAC', '--disable-admission-plugins=ServiceAccount');
+  }
   if (options.encryptionConfig) args.push(`--encryption-provider-config=${options.encryptionConfig}`);
   return [...args, ...(options.extraApiserverArgs ?? [])];
+}
+
+/** The names pods and the node use for the apiserver, for its serving certificate. */
+function nodeFacingNames(address: string): string[] {
+  const dns = ['kubernetes', 'kubernetes.default', 'kubernetes.default.svc', 'kubernetes.default.svc.cluster.local'];
+  return [`IP:${address}`, 'IP:10.0.0.1', ...dns.map((name) => `DNS:${name}`)];
 }
 
 export async function startControlPlane(options: ControlPlaneOptions = {}): Promise<ControlPlane> {
@@ -124,7 +149,8 @@ export async function startControlPlane(options: ControlPlaneOptions = {}): Prom
     const ports = await choosePorts(options.ports);
     const pkiDir = join(dir, 'pki');
     mkdirSync(pkiDir);
-    const pki = createPki(pkiDir);
+    const pki = createPki(pkiDir, options.node ? nodeFacingNames(options.node.address) : []);
+    if (options.node) issueClientCertificate(pkiDir, 'apiserver-kubelet-client', 'kube-apiserver-kubelet-client', ['system:masters']);
     const tls: TlsClient = { ca: readFileSync(pki.caCert), cert: readFileSync(pki.adminCert), key: readFileSync(pki.adminKey) };
     const apiserverUrl = `https://127.0.0.1:${ports.apiserver}`;
     const etcdEndpoint = `http://127.0.0.1:${ports.etcdClient}`;
@@ -155,7 +181,7 @@ export async function startControlPlane(options: ControlPlaneOptions = {}): Prom
     await launchApiserver(options.skipReadyz);
 
     let controllerManager: ComponentProcess | undefined;
-    if (options.controllerManager) {
+    if (options.controllerManager || options.node) {
       progress(`starting kube-controller-manager on 127.0.0.1:${ports.controllerManager}`);
       controllerManager = new ComponentProcess('kube-controller-manager', bin.kubeControllerManager, [
         `--kubeconfig=${kubeconfigPath}`,
@@ -168,10 +194,33 @@ export async function startControlPlane(options: ControlPlaneOptions = {}): Prom
         `--service-account-private-key-file=${pki.serviceAccountKey}`,
         `--root-ca-file=${pki.caCert}`,
         '--use-service-account-credentials=true',
+        // Signs the certificates the kubelet asks for, and knows the Service range, on a real node.
+        `--cluster-signing-cert-file=${pki.caCert}`,
+        `--cluster-signing-key-file=${pki.caKey}`,
+        '--service-cluster-ip-range=10.0.0.0/24',
       ], join(dir, 'kube-controller-manager.log'));
       started.push(controllerManager);
       await controllerManager.waitReady(
         async () => (await httpsGet(`https://127.0.0.1:${ports.controllerManager}/healthz`, { insecure: true })).status === 200,
+        timeoutMs,
+        'healthy (/healthz)',
+      );
+    }
+
+    let scheduler: ComponentProcess | undefined;
+    if (options.node) {
+      progress(`starting kube-scheduler on 127.0.0.1:${ports.scheduler}`);
+      scheduler = new ComponentProcess('kube-scheduler', bin.kubeScheduler, [
+        `--kubeconfig=${kubeconfigPath}`,
+        `--authentication-kubeconfig=${kubeconfigPath}`,
+        `--authorization-kubeconfig=${kubeconfigPath}`,
+        '--bind-address=127.0.0.1',
+        `--secure-port=${ports.scheduler}`,
+        '--leader-elect=false',
+      ], join(dir, 'kube-scheduler.log'));
+      started.push(scheduler);
+      await scheduler.waitReady(
+        async () => (await httpsGet(`https://127.0.0.1:${ports.scheduler}/healthz`, { insecure: true })).status === 200,
         timeoutMs,
         'healthy (/healthz)',
       );
@@ -193,6 +242,7 @@ export async function startControlPlane(options: ControlPlaneOptions = {}): Prom
       },
       etcd,
       controllerManager,
+      scheduler,
       restartApiserver: async (restart) => {
         await apiserver.stop();
         started.splice(started.indexOf(apiserver), 1);

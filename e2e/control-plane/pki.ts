@@ -35,10 +35,12 @@ function sign(dir: string, name: string, extensions: string): void {
   openssl(dir, ['x509', '-req', '-in', `${name}.csr`, '-CA', 'ca.crt', '-CAkey', 'ca.key', '-CAcreateserial', '-days', '2', '-out', `${name}.crt`, '-extfile', `${name}.ext`]);
 }
 
-export function createPki(dir: string): ControlPlanePki {
+/** `servingNames`: more SANs for the apiserver's certificate (`IP:...` or `DNS:...`), e.g. a node's address. */
+export function createPki(dir: string, servingNames: readonly string[] = []): ControlPlanePki {
   openssl(dir, ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', 'ca.key', '-out', 'ca.crt', '-days', '2', '-subj', '/CN=keyward-test-ca', '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign']);
   keyAndCsr(dir, 'serving', '/CN=kube-apiserver');
-  sign(dir, 'serving', 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n');
+  const sans = ['IP:127.0.0.1', 'DNS:localhost', ...servingNames].join(',');
+  sign(dir, 'serving', `subjectAltName=${sans}\nextendedKeyUsage=serverAuth\n`);
   keyAndCsr(dir, 'admin', '/O=system:masters/CN=keyward-admin');
   sign(dir, 'admin', 'extendedKeyUsage=clientAuth\n');
   openssl(dir, ['genpkey', '-algorithm', 'EC', '-pkeyopt', 'ec_paramgen_curve:P-256', '-out', 'sa.key']);
@@ -76,6 +78,11 @@ export function issueServingCertificate(dir: string, file: string, dnsNames: rea
 }
 
 export function kubeconfigYaml(server: string, pki: ControlPlanePki): string {
+  return clientKubeconfigYaml(server, pki.caCert, { cert: pki.adminCert, key: pki.adminKey }, 'keyward-admin');
+}
+
+/** A kubeconfig that authenticates with a client certificate (files), trusting `caCert`. */
+export function clientKubeconfigYaml(server: string, caCert: string, client: { cert: string; key: string }, user: string): string {
   const b64 = (file: string): string => readFileSync(file).toString('base64');
   return `apiVersion: v1
 kind: Config
@@ -83,17 +90,17 @@ clusters:
 - name: keyward-test
   cluster:
     server: ${server}
-    certificate-authority-data: ${b64(pki.caCert)}
+    certificate-authority-data: ${b64(caCert)}
 users:
-- name: keyward-admin
+- name: ${user}
   user:
-    client-certificate-data: ${b64(pki.adminCert)}
-    client-key-data: ${b64(pki.adminKey)}
+    client-certificate-data: ${b64(client.cert)}
+    client-key-data: ${b64(client.key)}
 contexts:
 - name: keyward-test
   context:
     cluster: keyward-test
-    user: keyward-admin
+    user: ${user}
 current-context: keyward-test
 `;
 }
