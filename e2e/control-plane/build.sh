@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds etcd, kube-apiserver, kube-controller-manager, kubectl and helm from their Go modules,
-# each in its own throw-away builder module, into a cache outside the repository keyed by version:
+# Builds etcd, kube-apiserver, kube-controller-manager, kubectl, helm and the node's kubelet,
+# kube-scheduler and kube-proxy from their Go modules, each project in its own throw-away builder
+# module, into a cache outside the repository keyed by version:
 #   $KEYWARD_CACHE/{k8s,etcd,helm}/<version>/<binary>
 # A binary already in the cache is reused. Every step prints what it runs and fails naming it.
 set -euo pipefail
@@ -66,10 +67,11 @@ version_ldflags() { # k8s version -> -X flags so /version reports the real relea
 
 build_kubernetes() {
   local v=$KUBERNETES_VERSION out=$cache/k8s/$KUBERNETES_VERSION
-  local bins=(kube-apiserver kube-controller-manager kubectl)
-  local missing=0 b
-  for b in "${bins[@]}"; do [ -x "$out/$b" ] || missing=1; done
-  if [ $missing = 0 ]; then log "kubernetes $v: cached in $out"; return; fi
+  local bins=(kube-apiserver kube-controller-manager kubectl kubelet kube-scheduler kube-proxy)
+  # Only what is missing is compiled: a cache from before the node binaries keeps its three.
+  local missing=() b
+  for b in "${bins[@]}"; do [ -x "$out/$b" ] || missing+=("$b"); done
+  if [ ${#missing[@]} = 0 ]; then log "kubernetes $v: cached in $out"; return; fi
   prepare_build
   local dir; dir=$(new_builder kubernetes)
   log "kubernetes $v: builder module in $dir"
@@ -94,23 +96,22 @@ build_kubernetes() {
     echo "require k8s.io/kubernetes $v"
     local m; for m in $staging; do echo "replace $m => $m $staging_v"; done
   } > "$dir/go.mod"
-  cat > "$dir/tools.go" <<GO
-//go:build tools
-
-package tools
-
-import (
-	_ "k8s.io/kubernetes/cmd/kube-apiserver"
-	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
-	_ "k8s.io/kubernetes/cmd/kubectl"
-)
-GO
+  # Every command, even one already cached, so go mod tidy records all their dependencies
+  # (without kube-proxy here: 'missing go.sum entry ... k8s.io/kube-proxy/config/v1alpha1').
+  {
+    printf '//go:build tools\n\npackage tools\n\nimport (\n'
+    for b in "${bins[@]}"; do printf '\t_ "k8s.io/kubernetes/cmd/%s"\n' "$b"; done
+    printf ')\n'
+  } > "$dir/tools.go"
   step "resolve kubernetes dependencies (go mod tidy)" bash -c "cd '$dir' && go mod tidy"
-  mkdir -p "$out.tmp"
-  step "compile ${bins[*]} (the long step: ~10-20 min cold on 2 cores)" bash -c \
-    "cd '$dir' && go build -trimpath -tags selinux,notest,grpcnotrace -ldflags '$(version_ldflags "$v")' -o '$out.tmp/' k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kubectl"
-  rm -rf "$out" && mv "$out.tmp" "$out" && rm -rf "$dir"
-  log "kubernetes $v: built into $out"
+  local pkgs=() ; for b in "${missing[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$b"); done
+  rm -rf "$out.tmp" && mkdir -p "$out.tmp"
+  step "compile ${missing[*]} (the long step: ~10-20 min cold on 2 cores)" bash -c \
+    "cd '$dir' && go build -trimpath -tags selinux,notest,grpcnotrace -ldflags '$(version_ldflags "$v")' -o '$out.tmp/' ${pkgs[*]}"
+  mkdir -p "$out"
+  for b in "${missing[@]}"; do mv "$out.tmp/$b" "$out/$b" || fail "moving $b into $out"; done
+  rm -rf "$out.tmp" "$dir"
+  log "kubernetes $v: built ${missing[*]} into $out"
 }
 
 build_etcd() {
