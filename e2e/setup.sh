@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Makes a fresh machine ready for the tests and the quickstart, and costs almost nothing when it
-# already is: Debian packages (SoftHSM2, openssl), npm dependencies, and the control-plane
-# binaries built from Go modules into a cache outside the repository.
+# already is: Debian packages (SoftHSM2, openssl, and what the test node runs), npm dependencies,
+# and the control-plane and node binaries built from Go modules into a cache outside the repository.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 say() { printf '[setup] %s\n' "$*" >&2; }
 
-packages=(softhsm2 openssl)
+packages=(softhsm2 openssl
+  # the test node: container runtime, CNI, kube-proxy's and kubelet's host tools, image building
+  containerd runc containernetworking-plugins iptables conntrack socat ethtool ebtables kmod
+  busybox-static umoci skopeo mmdebstrap jq)
 missing=()
 for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -31,3 +34,4 @@ if [ ! -f node_modules/pkcs11js/build/Release/pkcs11.node ]; then
 fi
 
 bash e2e/control-plane/build.sh
+bash e2e/node/build.sh
