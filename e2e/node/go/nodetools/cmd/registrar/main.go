@@ -41,28 +41,36 @@ func (r *registrar) NotifyRegistrationStatus(_ context.Context, s *registration.
 	return &registration.RegistrationStatusResponse{}, nil
 }
 
-// driverName asks the driver for its name, retrying until it answers: the driver may still be starting.
+// driverName asks the driver for its name, retrying until it answers: the driver may still be
+// starting. A new connection per attempt: one connection's reconnect backoff grows to minutes.
 func driverName(ctx context.Context, csiAddress string) (string, error) {
-	conn, err := grpc.NewClient("unix://"+csiAddress, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		return "", err
-	}
-	defer conn.Close()
-	identity := csi.NewIdentityClient(conn)
 	for {
-		callCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		info, err := identity.GetPluginInfo(callCtx, &csi.GetPluginInfoRequest{})
-		cancel()
+		name, err := getPluginName(ctx, csiAddress)
 		if err == nil {
-			return info.GetName(), nil
+			return name, nil
 		}
 		log.Printf("waiting for the CSI driver at %s: %v", csiAddress, err)
 		select {
 		case <-ctx.Done():
 			return "", ctx.Err()
-		case <-time.After(time.Second):
+		case <-time.After(500 * time.Millisecond):
 		}
 	}
+}
+
+func getPluginName(ctx context.Context, csiAddress string) (string, error) {
+	conn, err := grpc.NewClient("unix://"+csiAddress, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return "", err
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	info, err := csi.NewIdentityClient(conn).GetPluginInfo(ctx, &csi.GetPluginInfoRequest{})
+	if err != nil {
+		return "", err
+	}
+	return info.GetName(), nil
 }
 
 func main() {
