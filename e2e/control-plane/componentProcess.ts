@@ -8,9 +8,17 @@ import { setupError } from '../../core/errors.js';
 
 const live = new Set<ComponentProcess>();
 const liveDirs = new Set<string>();
+const cleanups = new Set<() => void>();
 
 function killAllNow(): void {
   for (const component of live) component.killNow();
+  for (const cleanup of cleanups) {
+    try {
+      cleanup();
+    } catch {
+      // an exit hook must not throw; the next run's start cleans up what is left
+    }
+  }
   for (const dir of liveDirs) rmSync(dir, { recursive: true, force: true });
 }
 
@@ -28,6 +36,13 @@ function installExitHooks(): void {
     };
     process.on(signal, onSignal);
   }
+}
+
+/** A synchronous clean-up run after the components are killed, if the process exits or is interrupted. */
+export function onExitCleanup(cleanup: () => void): () => void {
+  installExitHooks();
+  cleanups.add(cleanup);
+  return () => cleanups.delete(cleanup);
 }
 
 /** A directory removed with the process's components if the process is interrupted. */

@@ -113,6 +113,11 @@ export function aesgcmEncryptionConfig(dir: string): string {
 }
 
 /** Secrets through `provider` (YAML list items), with identity after it so older data stays readable. */
+/** Secrets stored as they are: the configuration a cluster has before encryption is turned on. */
+export function identityEncryptionConfig(dir: string): string {
+  return writeEncryptionConfig(join(dir, 'encryption-config.yaml'), '');
+}
+
 function writeEncryptionConfig(path: string, provider: string): string {
   const config = `apiVersion: apiserver.config.k8s.io/v1
 kind: EncryptionConfiguration
