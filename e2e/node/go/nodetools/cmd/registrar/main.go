@@ -89,7 +89,7 @@ func main() {
 	defer stop()
 	name, err := driverName(ctx, *csiAddress)
 	if err != nil {
-		log.Fatalf("no answer from the CSI driver at %s: %v", *csiAddress, err)
+		return // stopped before the driver answered
 	}
 
 	// A socket left by a killed registrar would make Listen fail.
@@ -104,11 +104,13 @@ func main() {
 	registration.RegisterRegistrationServer(server, &registrar{name: name, endpoint: *kubeletPath})
 	go func() {
 		<-ctx.Done()
-		server.Stop() // closes the listener, which removes the socket file
-		os.Remove(*registrationSocket)
+		server.Stop()
 	}()
 	log.Printf("serving registration of %s (endpoint %s) on %s", name, *kubeletPath, *registrationSocket)
-	if err := server.Serve(listener); err != nil {
+	err = server.Serve(listener)
+	// kubelet drops the plugin when its registration socket goes away.
+	os.Remove(*registrationSocket)
+	if err != nil {
 		log.Fatal(err)
 	}
 }
