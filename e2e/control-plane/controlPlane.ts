@@ -116,6 +116,8 @@ function apiserverArgs(dir: string, ports: Ports, pki: ControlPlanePki, options:
       `--advertise-address=${options.node.address}`,
       '--authorization-mode=Node,RBAC',
       '--enable-admission-plugins=NodeRestriction',
+      // The node's name is not in DNS: reach kubelet (logs, exec) at its address.
+      '--kubelet-preferred-address-types=InternalIP',
       `--kubelet-client-certificate=${join(dir, 'pki', 'apiserver-kubelet-client.crt')}`,
       `--kubelet-client-key=${join(dir, 'pki', 'apiserver-kubelet-client.key')}`,
     );
