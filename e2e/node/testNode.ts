@@ -4,7 +4,7 @@
 // Every host change is recorded first (hostChanges.ts) and undone by stop(), by the exit hooks,
 // or by the next start after a killed run. Needs root; one node per machine.
 import { execFile, execFileSync, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { CoreV1Api, KubeConfig, loadAllYaml, type KubernetesObject, KubernetesObjectApi } from '@kubernetes/client-node';
@@ -86,7 +86,13 @@ export async function startTestNode(options: TestNodeOptions = {}): Promise<Test
   const artifacts = nodeArtifacts();
   const kubectlBinary = controlPlaneBinaries().kubectl;
   const dir = mkdtempSync('/tmp/keyward-node-');
-  const host = HostChanges.take(dir, bridgeName(network));
+  let host: HostChanges;
+  try {
+    host = HostChanges.take(dir, bridgeName(network));
+  } catch (err) {
+    rmSync(dir, { recursive: true, force: true });
+    throw err;
+  }
   // Interrupted or exiting without stop(): the processes die with the exit hooks, then this.
   const unregister = onExitCleanup(() => host.undo());
   const p = paths(dir);

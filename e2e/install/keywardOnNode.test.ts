@@ -1,0 +1,249 @@
+// Keyward as users run it, on a real node: the image imported into containerd, `helm install` of
+// the chart (operator, webhook behind its Service, CSI provider DaemonSet), the KMS plugin as the
+// chart's static pod with kube-apiserver encrypting Secrets through it (read back from etcd), and
+// pods whose volumes the real Secrets Store CSI driver fills through the provider. Then the faults
+// the issue names, each on this node: refused pods, rotation reaching running pods, syncSecret,
+// killed containers, a provider pod deleted mid-mount, the operator down during a rotation, and
+// helm test, upgrade and uninstall.
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { eventually } from '../../test/eventually.js';
+import { parseKmsV2Value } from '../control-plane/encryptedObject.js';
+import { readEtcdKey, secretEtcdKey } from '../control-plane/etcdClient.js';
+import { buildKeywardImage, type KeywardImage } from '../image/keywardImage.js';
+import { apiserverKmsHealthStatus, identityEncryptionConfig, kmsStatus } from '../kms/kmsPluginProcess.js';
+import { chartDir, helmIn } from '../helm/helm.js';
+import { nodeUnsupportedReason, startTestNode, type TestNode } from '../node/testNode.js';
+import {
+  applyProviderClass,
+  applyShopWorkload,
+  expectMountRefused,
+  keywardPod,
+  primaryVersion,
+  readPodFile,
+  shop,
+  waitFileChange,
+  waitKeyRingReady,
+  waitPodRunning,
+} from './clusterChecks.js';
+import {
+  createNodeToken,
+  enableKmsEncryption,
+  installKeyward,
+  installKmsStaticPod,
+  nodeValues,
+  releaseNamespace,
+  waitPodReady,
+  type KeywardRelease,
+  type KmsStaticPod,
+  type NodeToken,
+} from './keywardOnNode.js';
+
+const etcdRing = { namespace: 'kube-system', name: 'etcd-secrets' };
+const admin = 'keyward-admin';
+const secretValue = 'node-test-db-password';
+/** The driver re-mounts every pod this often (--rotation-poll-interval). */
+const rotationPollSeconds = 5;
+
+/** SIGKILL to the one Keyward process running `subcommand` in a container of this node. */
+function killContainerProcess(subcommand: string): void {
+  const pids = execFileSync('pgrep', ['-f', `keyward.js ${subcommand}`], { encoding: 'utf8' })
+    .trim()
+    .split('\n')
+    .filter((pid) => pid && readFileSync(`/proc/${pid}/cgroup`, 'utf8').includes('kubepods'));
+  assert.equal(pids.length, 1, `one ${subcommand} process runs`);
+  process.kill(Number(pids[0]), 'SIGKILL');
+}
+
+describe('Keyward installed on a real node (helm, static KMS plugin, Secrets Store CSI driver)', function () {
+  this.timeout(600_000);
+  let dir: string;
+  let image: KeywardImage;
+  let node: TestNode;
+  let token: NodeToken;
+  let release: KeywardRelease;
+  let kms: KmsStaticPod;
+
+  before(async function () {
+    if (nodeUnsupportedReason()) this.skip();
+    dir = mkdtempSync(join(tmpdir(), 'keyward-install-'));
+    image = await buildKeywardImage();
+    node = await startTestNode({
+      images: [image.dockerArchive],
+      controlPlane: { encryptionConfig: identityEncryptionConfig(dir) },
+      rotationPollInterval: `${rotationPollSeconds}s`,
+    });
+    token = createNodeToken(join(node.dir, 'softhsm'));
+  });
+
+  after(async () => {
+    await node?.stop();
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('helm install refuses a schema-invalid value, a missing PIN Secret and a wrong module path, and leaves nothing behind', async () => {
+    const helm = helmIn(join(dir, 'helm-refusals'));
+    const ns = 'keyward-refused';
+    const attempt = (values: string[]): Promise<unknown> =>
+      helm(['install', 'refused', chartDir, '--kubeconfig', node.kubeconfigPath, '--namespace', ns, '--create-namespace', ...nodeValues(node, image.ref, token), ...values, '--wait', '--timeout', '90s']);
+    await assert.rejects(attempt(['--set', 'operator.replicaCount=-1']), /replicaCount/);
+    await assert.rejects(attempt([]), /keyward-hsm-pin/);
+    await node.kubectl(['-n', ns, 'create', 'secret', 'generic', 'keyward-hsm-pin', `--from-file=pin=${token.pinFile}`]);
+    await assert.rejects(attempt(['--set', 'hsm.modulePath=/usr/lib/no-such-pkcs11.so']), /no-such-pkcs11\.so/);
+    await helm(['uninstall', 'refused', '--kubeconfig', node.kubeconfigPath, '--namespace', ns, '--ignore-not-found']).catch(() => undefined);
+    // Nothing of the refused releases stays: no workloads, no cluster-wide objects.
+    const left = await node.kubectl(['get', 'deployments,daemonsets,services,clusterroles,clusterrolebindings,validatingwebhookconfigurations,mutatingwebhookconfigurations', '-A', '-l', 'app.kubernetes.io/instance=refused', '-o', 'name']);
+    assert.equal(left.trim(), '');
+    await node.kubectl(['delete', 'namespace', ns, '--wait=false']);
+  });
+
+  it('helm install brings up the operator behind its webhook Service and the CSI provider DaemonSet', async () => {
+    release = await installKeyward(node, image.ref, token, join(dir, 'helm'));
+    await waitPodReady(node, releaseNamespace, 'app.kubernetes.io/component=operator');
+    await waitPodReady(node, releaseNamespace, 'app.kubernetes.io/component=csi-provider');
+    assert.ok(existsSync(join(node.providerDir, 'keyward.sock')), 'the provider listens in the driver directory');
+    // The webhook answers through the Service: a KeyRing change nobody is granted is refused.
+    await node.kubectl(['apply', '-f', '-'], `apiVersion: keyward.dev/v1alpha1
+kind: KeyRing
+metadata: { name: ${etcdRing.name}, namespace: ${etcdRing.namespace} }
+spec: { purpose: encryption }
+`);
+    await waitKeyRingReady(node, etcdRing.namespace, etcdRing.name);
+    await assert.rejects(
+      node.kubectl(['-n', etcdRing.namespace, 'patch', 'keyring', etcdRing.name, '--type=merge', '-p', '{"spec":{"rotationRequest":"not-granted"}}']),
+      /rotate/,
+    );
+  });
+
+  it('the KMS plugin runs as the chart static pod and kube-apiserver stores Secrets encrypted under the KeyRing', async () => {
+    kms = await installKmsStaticPod(node, image.ref, token, etcdRing);
+    await waitPodReady(node, 'kube-system', 'app.kubernetes.io/component=kms-plugin');
+    const status = await kmsStatus(kms.socketPath);
+    assert.equal(status.healthz, 'ok');
+    const rewritten = await enableKmsEncryption(node, dir, kms.socketPath);
+    assert.ok(rewritten >= 1, 'the PIN Secret and the webhook certificate were rewritten');
+    await node.kubectl(['-n', 'default', 'create', 'secret', 'generic', 'after-kms', '--from-literal=password=plain-words']);
+    const raw = await readEtcdKey(node.controlPlane.etcdEndpoint, secretEtcdKey('default', 'after-kms'));
+    assert.ok(raw, 'etcd holds the Secret');
+    assert.equal(parseKmsV2Value(raw)?.keyId, status.keyId);
+    assert.ok(!raw.includes(Buffer.from('plain-words')));
+    // Secrets written before encryption was on were rewritten under the key too.
+    const pin = await readEtcdKey(node.controlPlane.etcdEndpoint, secretEtcdKey(releaseNamespace, 'keyward-hsm-pin'));
+    assert.equal(parseKmsV2Value(pin!)?.keyId, status.keyId);
+    assert.ok(!pin!.includes(Buffer.from(token.pin)));
+  });
+
+  it('a pod granted by a KeyPolicy gets the sealed secret and its derived key through the real driver', async () => {
+    await applyShopWorkload(node, releaseNamespace, admin, secretValue);
+    await node.kubectl(['apply', '-f', '-'], keywardPod('web', shop.serviceAccount, node.images.busybox.ref));
+    await waitPodRunning(node, 'web');
+    assert.equal((await readPodFile(node, 'web', 'db/password')).toString(), secretValue);
+    assert.equal((await readPodFile(node, 'web', 'luks/db.key')).length, 32);
+    const modes = await node.kubectl(['-n', shop.namespace, 'exec', 'web', '--', 'stat', '-L', '-c', '%a %n', `${shop.mountPath}/db/password`, `${shop.mountPath}/luks/db.key`]);
+    assert.match(modes, /^440 .*password\n400 .*db\.key/);
+  });
+
+  it('a pod whose ServiceAccount no KeyPolicy names stays ContainerCreating, with an Event naming NotAuthorized, and gets no files', async () => {
+    await node.kubectl(['apply', '-f', '-'], keywardPod('intruder', 'intruder', node.images.busybox.ref));
+    const message = await expectMountRefused(node, 'intruder', 'NotAuthorized');
+    assert.doesNotMatch(message, new RegExp(secretValue));
+    const uid = await node.kubectl(['-n', shop.namespace, 'get', 'pod', 'intruder', '-o', 'jsonpath={.metadata.uid}']);
+    const volumeDir = join(node.kubeletRootDir, 'pods', uid, 'volumes', 'kubernetes.io~csi', 'keys', 'mount');
+    assert.deepEqual(existsSync(volumeDir) ? readdirSync(volumeDir) : [], []);
+    await node.kubectl(['-n', shop.namespace, 'delete', 'pod', 'intruder', '--wait=false']);
+  });
+
+  it('syncSecret: the Kubernetes Secret the driver syncs is itself stored encrypted by the KMS plugin', async () => {
+    await applyProviderClass(node, releaseNamespace, secretValue, true);
+    await node.kubectl(['apply', '-f', '-'], keywardPod('synced', shop.serviceAccount, node.images.busybox.ref));
+    await waitPodRunning(node, 'synced');
+    const synced = await eventually('the synced Secret', 30_000, () => node.kubectl(['-n', shop.namespace, 'get', 'secret', 'shop-synced', '-o', 'jsonpath={.data.password}']).catch(() => undefined), 1000);
+    assert.equal(Buffer.from(synced, 'base64').toString(), secretValue);
+    const raw = await readEtcdKey(node.controlPlane.etcdEndpoint, secretEtcdKey(shop.namespace, 'shop-synced'));
+    assert.equal(parseKmsV2Value(raw!)?.keyId, (await kmsStatus(kms.socketPath)).keyId);
+    assert.ok(!raw!.includes(Buffer.from(secretValue)));
+    await node.kubectl(['-n', shop.namespace, 'delete', 'pod', 'synced', '--wait=true']);
+  });
+
+  it('rotation: a new key version and a changed sealed value reach the running pod; a revoked grant stops further updates', async () => {
+    const keyBefore = await readPodFile(node, 'web', 'luks/db.key');
+    const before = await primaryVersion(node, shop.namespace, shop.volumeRing);
+    await node.kubectl(['-n', shop.namespace, 'patch', 'keyring', shop.volumeRing, '--type=merge', '-p', `{"spec":{"rotationRequest":"node-test-${Date.now()}"}}`]);
+    await eventually('the volume ring rotated', 30_000, async () => ((await primaryVersion(node, shop.namespace, shop.volumeRing)) === before + 1 ? true : undefined), 500);
+    // The provider re-reads rings at most every 2 s, the driver remounts every poll interval.
+    await waitFileChange('luks/db.key after rotation', keyBefore, () => readPodFile(node, 'web', 'luks/db.key'), (rotationPollSeconds * 3 + 5) * 1000);
+
+    await applyProviderClass(node, releaseNamespace, 'changed-password');
+    const changed = await waitFileChange('db/password after a new sealed value', Buffer.from(secretValue), () => readPodFile(node, 'web', 'db/password'), (rotationPollSeconds * 3 + 5) * 1000);
+    assert.equal(changed.toString(), 'changed-password');
+
+    // Revoked: the driver's remount is refused, so the files stay as they were.
+    await node.kubectl(['-n', shop.namespace, 'patch', 'keypolicy', 'web-keys', '--type=json', '-p', '[{"op":"remove","path":"/spec/rules/0"}]']);
+    await applyProviderClass(node, releaseNamespace, 'never-delivered');
+    await new Promise((resolve) => setTimeout(resolve, (rotationPollSeconds * 3 + 2) * 1000));
+    assert.equal((await readPodFile(node, 'web', 'db/password')).toString(), 'changed-password');
+  });
+
+  it('the KMS plugin container killed: kubelet restarts it, kube-apiserver recovers by itself, no Secret is lost', async () => {
+    await restoreWebGrant();
+    const countSecrets = async (): Promise<number> => (JSON.parse(await node.kubectl(['get', 'secrets', '-A', '-o', 'json'])) as { items: unknown[] }).items.length;
+    const before = await countSecrets();
+    const restarts = async (): Promise<number> => Number(await node.kubectl(['-n', 'kube-system', 'get', 'pods', '-l', 'app.kubernetes.io/component=kms-plugin', '-o', 'jsonpath={.items[0].status.containerStatuses[0].restartCount}']));
+    const restartsBefore = await restarts();
+    killContainerProcess('kms-plugin');
+    await eventually('kubelet restarting the plugin', 60_000, async () => ((await restarts()) > restartsBefore ? true : undefined), 1000);
+    await waitPodReady(node, 'kube-system', 'app.kubernetes.io/component=kms-plugin');
+    await eventually('kube-apiserver KMS health ok', 90_000, async () => ((await apiserverKmsHealthStatus(node.controlPlane)) === 200 ? true : undefined), 1000);
+    await eventually('a Secret write', 30_000, () => node.kubectl(['-n', 'default', 'create', 'secret', 'generic', 'after-plugin-kill', '--from-literal=k=v']).catch(() => undefined), 1000);
+    assert.equal(await countSecrets(), before + 1, 'every Secret still reads back');
+  });
+
+  it('the CSI provider pod deleted mid-mount: the driver retries and the pod starts once the DaemonSet pod is back', async () => {
+    await node.kubectl(['-n', releaseNamespace, 'delete', 'pod', '-l', 'app.kubernetes.io/component=csi-provider', '--wait=false']);
+    await node.kubectl(['apply', '-f', '-'], keywardPod('web-2', shop.serviceAccount, node.images.busybox.ref));
+    await waitPodRunning(node, 'web-2', 120_000);
+    assert.equal((await readPodFile(node, 'web-2', 'luks/db.key')).length, 32);
+  });
+
+  it('the operator killed during a rotation: KeyRing changes are refused while none serves, nothing is destroyed, the rotation completes exactly once', async () => {
+    const ring = shop.secretRing;
+    const before = await primaryVersion(node, shop.namespace, ring);
+    const versionsBefore = await node.kubectl(['-n', shop.namespace, 'get', 'keyring', ring, '-o', 'jsonpath={.status.versions[*].state}']);
+    await node.kubectl(['-n', shop.namespace, 'patch', 'keyring', ring, '--type=merge', '-p', `{"spec":{"rotationRequest":"during-crash-${Date.now()}"}}`]);
+    killContainerProcess('operator');
+    await assert.rejects(
+      node.kubectl(['-n', shop.namespace, 'patch', 'keyring', ring, '--type=merge', '-p', '{"spec":{"rotationRequest":"while-down"}}']),
+      /webhook/,
+    );
+    await waitPodReady(node, releaseNamespace, 'app.kubernetes.io/component=operator', 120_000);
+    await eventually('the rotation done', 60_000, async () => ((await primaryVersion(node, shop.namespace, ring)) === before + 1 ? true : undefined), 1000);
+    await waitKeyRingReady(node, shop.namespace, ring);
+    assert.equal(await primaryVersion(node, shop.namespace, ring), before + 1, 'rotated exactly once');
+    const states = await node.kubectl(['-n', shop.namespace, 'get', 'keyring', ring, '-o', 'jsonpath={.status.versions[*].state}']);
+    assert.equal(states, `${versionsBefore} Enabled`, 'no version destroyed or disabled');
+  });
+
+  it('helm test passes; helm upgrade keeps the keys; helm uninstall leaves KeyRings and the token and nothing else', async () => {
+    await release.helm(['test', 'keyward', ...release.kubeArgs, '--timeout', '120s']);
+    const keyIds = async (): Promise<string> => node.kubectl(['get', 'keyrings', '-A', '-o', 'jsonpath={range .items[*]}{.metadata.name}={.status.versions[*].keyId};{end}']);
+    const idsBefore = await keyIds();
+    await release.helm(['upgrade', 'keyward', chartDir, ...release.kubeArgs, ...release.values, '--set', 'operator.logLevel=debug', '--wait', '--timeout', '120s']);
+    await waitPodReady(node, releaseNamespace, 'app.kubernetes.io/component=operator');
+    assert.equal(await keyIds(), idsBefore);
+    await release.helm(['uninstall', 'keyward', ...release.kubeArgs, '--wait', '--timeout', '120s']);
+    assert.equal(await keyIds(), idsBefore, 'KeyRings stay (Retain)');
+    assert.ok(readdirSync(token.tokenDir).length > 0, 'the token stays');
+    const left = await node.kubectl(['get', 'all,secrets,configmaps,serviceaccounts,roles,rolebindings,clusterroles,clusterrolebindings,validatingwebhookconfigurations,mutatingwebhookconfigurations,poddisruptionbudgets', '-A', '-l', 'app.kubernetes.io/instance=keyward', '-o', 'name']);
+    assert.equal(left.trim(), '');
+    // Secrets still decrypt: the static-pod plugin is not the release's.
+    await node.kubectl(['get', 'secrets', '-A']);
+  });
+
+  async function restoreWebGrant(): Promise<void> {
+    await node.kubectl(['-n', shop.namespace, 'patch', 'keypolicy', 'web-keys', '--type=json', '-p', JSON.stringify([{ op: 'add', path: '/spec/rules/0', value: { name: 'web-secrets', subjects: [{ kind: 'ServiceAccount', namespace: shop.namespace, name: shop.serviceAccount }], keyRings: [shop.secretRing], operations: ['decrypt'] } }])]);
+  }
+});
+

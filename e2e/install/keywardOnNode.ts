@@ -1,0 +1,160 @@
+// Keyward installed on a test node the way a cluster admin installs it: a SoftHSM2 token on the
+// node, the PIN as a Secret, `helm install` of the chart with the built image, and the KMS plugin
+// as the chart's static pod (charts/keyward/files/) with kube-apiserver's EncryptionConfiguration
+// pointing at its socket. Used by the install tests, the benchmark and the quickstart.
+import { execFileSync } from 'node:child_process';
+import { chmodSync, chownSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { dump, load } from 'js-yaml';
+import { findSoftHsmModule } from '../../core/hsm/pkcs11Module.js';
+import { eventually } from '../../test/eventually.js';
+import { keywardCli, kmsEncryptionConfig } from '../kms/kmsPluginProcess.js';
+import { freePort } from '../control-plane/network.js';
+import { chartDir, helmIn, type Helm } from '../helm/helm.js';
+import type { TestNode } from '../node/testNode.js';
+
+/** The image's user: every Keyward container runs as it, so it owns the token files. */
+export const imageUid = 65532;
+export const releaseName = 'keyward';
+export const releaseNamespace = 'keyward-system';
+const tokenLabel = 'keyward';
+
+/** A development SoftHSM2 token on the node, as the host sees it (the host's CLI seals with it). */
+export interface NodeToken {
+  dir: string;
+  /** Mounted into every Keyward pod at /var/lib/softhsm/tokens. */
+  tokenDir: string;
+  pinFile: string;
+  pin: string;
+  modulePath: string;
+  label: string;
+  /** SOFTHSM2_CONF for host processes. */
+  env: Record<string, string>;
+}
+
+/** `keyward hsm init` on the host, then the token given to the image's uid. */
+export function createNodeToken(dir: string): NodeToken {
+  execFileSync(process.execPath, [keywardCli, 'hsm', 'init', `--dir=${dir}`, `--label=${tokenLabel}`], { stdio: 'ignore' });
+  const tokenDir = join(dir, 'tokens');
+  execFileSync('chown', ['-R', `${imageUid}:${imageUid}`, tokenDir]);
+  const pinFile = join(dir, 'user.pin');
+  return {
+    dir,
+    tokenDir,
+    pinFile,
+    pin: readFileSync(pinFile, 'utf8'),
+    modulePath: findSoftHsmModule(),
+    label: tokenLabel,
+    env: { SOFTHSM2_CONF: join(dir, 'softhsm2.conf') },
+  };
+}
+
+export interface KeywardRelease {
+  helm: Helm;
+  /** helm arguments that reach the node's cluster. */
+  kubeArgs: string[];
+  /** The values given to `helm install`, for an upgrade with the same ones. */
+  values: string[];
+}
+
+/** The values for this node: the local image, the token's hostPath, the driver's provider directory. */
+export function nodeValues(node: TestNode, image: string, token: NodeToken): string[] {
+  const [repository, tag] = splitImage(image);
+  return [
+    '--set', `image.repository=${repository}`,
+    '--set', `image.tag=${tag}`,
+    // Imported into containerd, not in any registry.
+    '--set', 'image.pullPolicy=Never',
+    '--set', `hsm.softhsm.hostPath=${token.tokenDir}`,
+    '--set', 'csiProvider.enabled=true',
+    '--set', `csiProvider.providerDir=${node.providerDir}`,
+  ];
+}
+
+/** Creates the PIN Secret and runs `helm install --wait`; rejects with helm's message. */
+export async function installKeyward(node: TestNode, image: string, token: NodeToken, helmHome: string, extraValues: string[] = []): Promise<KeywardRelease> {
+  const helm = helmIn(helmHome);
+  const kubeArgs = ['--kubeconfig', node.kubeconfigPath, '--namespace', releaseNamespace];
+  await node.kubectl(['create', 'namespace', releaseNamespace]).catch(() => undefined);
+  await node.kubectl(['-n', releaseNamespace, 'create', 'secret', 'generic', 'keyward-hsm-pin', `--from-file=pin=${token.pinFile}`]);
+  const values = [...nodeValues(node, image, token), ...extraValues];
+  await helm(['install', releaseName, chartDir, ...kubeArgs, ...values, '--wait', '--timeout', '120s']);
+  return { helm, kubeArgs, values };
+}
+
+export interface KmsStaticPod {
+  /** The socket on the host, named by the EncryptionConfiguration. */
+  socketPath: string;
+  metricsPort: number;
+  manifestPath: string;
+}
+
+/**
+ * The chart's static-pod manifest, as an admin installs it on a control-plane node: the image
+ * set, the host directories made (owned by the image's uid, 0700), the PIN and SoftHSM2
+ * configuration files written, and the file dropped into kubelet's manifest directory. Only the
+ * host paths and the metrics port differ from the file (everything of this node lives under
+ * its own directory, and ports are chosen free).
+ */
+export async function installKmsStaticPod(node: TestNode, image: string, token: NodeToken, ring: { namespace: string; name: string }): Promise<KmsStaticPod> {
+  const base = join(node.dir, 'keyward-kms');
+  const socketDir = join(base, 'run');
+  const configDir = join(base, 'etc');
+  for (const dir of [socketDir, configDir]) {
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
+    chownSync(dir, imageUid, imageUid);
+    chmodSync(dir, 0o700);
+  }
+  writeFileSync(join(configDir, 'user.pin'), token.pin, { mode: 0o600 });
+  writeFileSync(join(configDir, 'softhsm2.conf'), 'directories.tokendir = /var/lib/softhsm/tokens\nobjectstore.backend = file\nlog.level = ERROR\n', { mode: 0o600 });
+  for (const file of ['user.pin', 'softhsm2.conf']) chownSync(join(configDir, file), imageUid, imageUid);
+
+  const metricsPort = await freePort();
+  const pod = load(readFileSync(join(chartDir, 'files', 'kms-plugin-static-pod.yaml'), 'utf8')) as StaticPod;
+  const container = pod.spec.containers[0]!;
+  container.image = image;
+  container.imagePullPolicy = 'Never';
+  container.args = container.args
+    .map((arg) => (arg.startsWith('--metrics-address=') ? `--metrics-address=127.0.0.1:${metricsPort}` : arg))
+    .map((arg) => (arg.startsWith('--ring=') ? `--ring=${ring.name}` : arg.startsWith('--namespace=') ? `--namespace=${ring.namespace}` : arg));
+  for (const probe of [container.livenessProbe, container.readinessProbe]) probe.httpGet.port = metricsPort;
+  const hostPaths: Record<string, string> = { 'socket-dir': socketDir, config: configDir, 'softhsm-tokens': token.tokenDir };
+  for (const volume of pod.spec.volumes) volume.hostPath.path = hostPaths[volume.name] ?? volume.hostPath.path;
+  const manifestPath = join(node.staticPodDir, 'keyward-kms-plugin.yaml');
+  writeFileSync(manifestPath, dump(pod));
+  return { socketPath: join(socketDir, 'kms.sock'), metricsPort, manifestPath };
+}
+
+interface StaticPod {
+  spec: {
+    containers: { image: string; imagePullPolicy?: string; args: string[]; livenessProbe: { httpGet: { port: number } }; readinessProbe: { httpGet: { port: number } } }[];
+    volumes: { name: string; hostPath: { path: string } }[];
+  };
+}
+
+/**
+ * Turns on KMS encryption the way an admin does on a running cluster: the EncryptionConfiguration
+ * gets the plugin first (identity stays second, so Secrets written before still read), kube-apiserver
+ * restarts with it, and every existing Secret is rewritten so it is stored under the KMS key.
+ */
+export async function enableKmsEncryption(node: TestNode, configDir: string, socketPath: string): Promise<number> {
+  // The same file the apiserver was started with (identityEncryptionConfig(configDir)).
+  kmsEncryptionConfig(configDir, 'keyward', socketPath);
+  await node.controlPlane.restartApiserver();
+  const secrets = JSON.parse(await node.kubectl(['get', 'secrets', '-A', '-o', 'json'])) as { items: unknown[] };
+  if (secrets.items.length > 0) await node.kubectl(['replace', '-f', '-'], JSON.stringify({ apiVersion: 'v1', kind: 'List', items: secrets.items }));
+  return secrets.items.length;
+}
+
+/** Waits until a pod matching `selector` in `namespace` is Ready. */
+export async function waitPodReady(node: TestNode, namespace: string, selector: string, timeoutMs = 60_000): Promise<string> {
+  return eventually(`a Ready pod ${selector} in ${namespace}`, timeoutMs, async () => {
+    const out = await node.kubectl(['get', 'pods', '-n', namespace, '-l', selector, '-o', 'jsonpath={range .items[*]}{.metadata.name} {.status.conditions[?(@.type=="Ready")].status}{"\\n"}{end}']);
+    return out.split('\n').find((line) => line.endsWith(' True'))?.split(' ')[0];
+  }, 500);
+}
+
+function splitImage(image: string): [string, string] {
+  const at = image.lastIndexOf(':');
+  return [image.slice(0, at), image.slice(at + 1)];
+}
