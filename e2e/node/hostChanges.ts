@@ -76,7 +76,15 @@ function has(command: string): boolean {
   return spawnSync('sh', ['-c', `command -v ${command}`], { stdio: 'ignore' }).status === 0;
 }
 
+/** Reading a legacy table the kernel has not made yet would make it: only read existing ones. */
+function tableExists(variant: string, table: string): boolean {
+  if (!variant.endsWith('-legacy')) return true;
+  const names = variant.startsWith('ip6') ? '/proc/net/ip6_tables_names' : '/proc/net/ip_tables_names';
+  return existsSync(names) && readFileSync(names, 'utf8').split('\n').includes(table);
+}
+
 function chainsOf(variant: string, table: string): string[] {
+  if (!tableExists(variant, table)) return [];
   const out = spawnSync(`${variant}-save`, ['-t', table], { encoding: 'utf8' });
   if (out.status !== 0) return [];
   return out.stdout.split('\n').filter((l) => l.startsWith(':')).map((l) => l.slice(1).split(' ')[0]!);
@@ -229,6 +237,7 @@ export class HostChanges {
   private removeChains(): void {
     for (const variant of iptablesVariants.filter(has)) {
       for (const table of iptablesTables) {
+        if (!tableExists(variant, table)) continue;
         const before = new Set(this.record.chains[`${variant}/${table}`] ?? []);
         const save = spawnSync(`${variant}-save`, ['-t', table], { encoding: 'utf8' });
         if (save.status !== 0) continue;

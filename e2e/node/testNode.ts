@@ -279,10 +279,12 @@ async function deleteWorkloads(kubectl: (args: string[]) => Promise<string>, sta
   spawnSync('sh', ['-c', `rm -f '${staticPodDir}'/*`]);
   const namespaces = (await kubectl(['get', 'namespaces', '-o', 'jsonpath={.items[*].metadata.name}'])).split(' ').filter(Boolean);
   const own = namespaces.filter((n) => !['default', 'kube-system', 'kube-public', 'kube-node-lease'].includes(n));
-  if (own.length > 0) await kubectl(['delete', 'namespace', '--wait=false', ...own]);
-  for (const ns of ['default', 'kube-system']) {
-    await kubectl(['delete', 'deployments,daemonsets,statefulsets,jobs,pods', '--all', '-n', ns, '--wait=false']);
+  for (const ns of ['default', 'kube-system', ...own]) {
+    await kubectl(['delete', 'deployments,daemonsets,statefulsets,jobs', '--all', '-n', ns, '--wait=false']);
   }
+  // A test's pods need no graceful shutdown; their volumes are still unmounted properly.
+  await kubectl(['delete', 'pods', '--all', '-A', '--grace-period=1', '--wait=false']);
+  if (own.length > 0) await kubectl(['delete', 'namespace', '--wait=false', ...own]);
   const deadline = Date.now() + 60_000;
   while (Date.now() < deadline) {
     const pods = await kubectl(['get', 'pods', '-A', '-o', 'name']);
