@@ -65,7 +65,8 @@ RUN npm run build \
 
 FROM ${BASE_IMAGE}
 # Runtime libraries only. SoftHSM2 is the development HSM; /var/lib/softhsm is 2770
-# root:softhsm as packaged, which keeps uid 65532 from a token volume mounted below it.
+# root:softhsm as packaged, which keeps uid 65532 from a token volume mounted below it
+# (00755: a plain 0755 keeps a directory's setgid bit).
 # No token ships: the packaged token directory is emptied and stays only as a mount point.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends libstdc++6 ca-certificates softhsm2 \
@@ -74,7 +75,7 @@ RUN apt-get update \
            /var/log/apt /var/log/dpkg.log /var/log/alternatives.log \
            /usr/share/doc/* /usr/share/man/* /usr/share/info/* /usr/share/locale/* /usr/share/lintian \
  && mkdir -p /var/lib/softhsm/tokens && find /var/lib/softhsm/tokens -mindepth 1 -delete \
- && chmod 0755 /var/lib/softhsm \
+ && chmod 00755 /var/lib/softhsm \
  && groupadd --gid 65532 nonroot \
  && useradd --uid 65532 --gid 65532 --home-dir /nonexistent --no-create-home --shell /usr/sbin/nologin nonroot
 COPY --from=toolchain /usr/local/bin/node /usr/local/bin/node

@@ -102,6 +102,8 @@ flock 9
 start=$(date +%s)
 
 bah() { buildah --root "$work/buildah/root" --runroot "$work/buildah/runroot" --storage-driver overlay "$@"; }
+# A failed or interrupted build leaves its working container mounted: remove it (we hold the lock).
+trap 'bah rm --all >/dev/null 2>&1 || true' EXIT
 
 base_tar=$work/base/$suite-$base_key.tar
 if [ ! -f "$base_tar" ]; then
@@ -128,7 +130,7 @@ fi
 ca_bundle=${KEYWARD_BUILD_CA:-${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}}
 secret=()
 [ -s "$ca_bundle" ] && secret=(--secret "id=build-ca,src=$ca_bundle")
-step_steps "buildah bud Dockerfile -> $ref" bah bud --isolation chroot --layers --pull=never "${secret[@]}" \
+step_steps "buildah bud Dockerfile -> $ref" bah bud --isolation chroot --layers --force-rm --pull=never "${secret[@]}" \
   --build-arg BASE_IMAGE="$base_ref" -f "$repo/Dockerfile" -t "$ref" "$repo"
 
 step "write $oci_archive" bah push --quiet "$ref" "oci-archive:$oci_archive.tmp:$ref"
