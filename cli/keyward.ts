@@ -9,7 +9,7 @@ import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { createAuditLog } from '../core/audit/auditLog.js';
 import { KeywardError } from '../core/errors.js';
 import { HsmToken } from '../core/hsm/hsmToken.js';
-import { findSoftHsmModule } from '../core/hsm/pkcs11Module.js';
+import { acquirePkcs11Module, findSoftHsmModule, releasePkcs11Module } from '../core/hsm/pkcs11Module.js';
 import { RingStore } from '../core/hsm/ringStore.js';
 import { type VersionState } from '../core/hsm/ringState.js';
 import { readPinFile } from '../core/hsm/pinFile.js';
@@ -22,6 +22,7 @@ const usage = `usage: keyward <command> [options]
 
 commands:
   hsm init --dir DIR [--label L]           create a development SoftHSM2 token in DIR (PINs written to files there)
+  hsm check [--pin-file PATH]              load the PKCS#11 module; with a PIN file, also find the token and log in
   ring create NAME [--namespace NS]        create a ring with version 1 as primary
   ring rotate NAME [--namespace NS]        generate a new version and make it primary
   ring list                                list rings and their versions
@@ -34,7 +35,7 @@ commands:
   csi-provider                             serve the Secrets Store CSI provider API on <socket-dir>/keyward.sock
   operator                                 reconcile KeyRings into HSM keys (leader-elected)
 
-HSM options (ring, encrypt, kms-plugin, csi-provider, operator):
+HSM options (hsm check, ring, encrypt, kms-plugin, csi-provider, operator):
   --pkcs11-module PATH   PKCS#11 library (default: SoftHSM2)
   --token-label LABEL    token to use (default: keyward)
   --pin-file PATH        file holding the user PIN (never pass a PIN on the command line)
@@ -109,6 +110,22 @@ function hsmInit(args: string[]): void {
   process.env.SOFTHSM2_CONF = configPath;
   initToken(values['pkcs11-module'] ?? findSoftHsmModule(), values.label, readPinFile(soPinFile), readPinFile(pinFile));
   process.stdout.write(`token '${values.label}' ready\nexport SOFTHSM2_CONF=${configPath}\nPIN file: ${pinFile}\n`);
+}
+
+/** The chart's pre-install check: fails, naming the module or the token, before anything is deployed. */
+function hsmCheck(args: string[]): void {
+  const { values, positionals } = parse(args, hsmOptions);
+  if (positionals.length > 0) throw new KeywardError('InvalidArgument', 'hsm check takes no arguments');
+  const modulePath = values['pkcs11-module'] ?? findSoftHsmModule();
+  if (!values['pin-file']) {
+    // The token's storage may not exist yet (a volume created with the release): the module alone.
+    acquirePkcs11Module(modulePath);
+    releasePkcs11Module(modulePath);
+    process.stdout.write(`PKCS#11 module ${modulePath} loads\n`);
+    return;
+  }
+  openToken(values).close();
+  process.stdout.write(`PKCS#11 module ${modulePath} loads; token '${values['token-label']}' found, PIN accepted\n`);
 }
 
 async function ring(args: string[]): Promise<void> {
@@ -353,8 +370,9 @@ async function encrypt(args: string[]): Promise<void> {
 const commands: Record<string, (args: string[]) => Promise<void>> = {
   hsm: ([verb, ...rest]) =>
     Promise.resolve().then(() => {
-      if (verb !== 'init') throw new KeywardError('InvalidArgument', `unknown hsm command '${verb ?? ''}' (init)`);
-      hsmInit(rest);
+      if (verb === 'init') hsmInit(rest);
+      else if (verb === 'check') hsmCheck(rest);
+      else throw new KeywardError('InvalidArgument', `unknown hsm command '${verb ?? ''}' (init, check)`);
     }),
   ring,
   encrypt,

@@ -14,27 +14,34 @@ import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { createPrivateKey, X509Certificate } from 'node:crypto';
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { createServer, type Server } from 'node:net';
+import { createServer as createHttpServer, type IncomingMessage, type Server as HttpServer, type ServerResponse } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
+import { createServer, type AddressInfo, type Server } from 'node:net';
 import { networkInterfaces, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connect } from 'node:tls';
 import {
   AdmissionregistrationV1Api,
+  ApiextensionsV1Api,
   ApiException,
   AppsV1Api,
   AuthorizationV1Api,
+  BatchV1Api,
   CoordinationV1Api,
   CoreV1Api,
   CustomObjectsApi,
   DiscoveryV1Api,
   KubeConfig,
+  loadYaml,
   PatchStrategy,
+  PolicyV1Api,
   RbacAuthorizationV1Api,
   setHeaderOptions,
   type KubernetesObject,
   type V1Container,
   type V1DaemonSet,
   type V1Deployment,
+  type V1Job,
   type V1MutatingWebhookConfiguration,
   type V1Pod,
   type V1PodSpec,
@@ -64,6 +71,7 @@ import { keywardCli, kmsPluginNodeFlags } from '../kms/kmsPluginProcess.js';
 import { userKubeConfig } from '../operator/admissionWebhooks.js';
 import { operatorNodeFlags, startOperatorProcess, type OperatorProcess } from '../operator/operatorProcess.js';
 import { chartDir, helmIn, parseManifests, renderChart, repoRoot, type Helm } from './helm.js';
+import { withHooksRun, type HookRun } from './hookRunner.js';
 
 const releaseNamespace = 'keyward-system';
 const softhsmHostPath = '/var/lib/keyward/softhsm';
@@ -190,12 +198,12 @@ function hostAddress(): string {
   return address;
 }
 
-/** Every pod spec in the manifests: Deployments, DaemonSets and bare Pods (the static pod). */
+/** Every pod spec in the manifests: Deployments, DaemonSets, Jobs (the HSM check) and bare Pods (the static pod, the test). */
 function podSpecs(objects: KubernetesObject[]): { owner: string; spec: V1PodSpec }[] {
   return objects.flatMap((o) => {
     const owner = `${o.kind}/${o.metadata?.name}`;
-    if (o.kind === 'Deployment' || o.kind === 'DaemonSet') {
-      const spec = (o as V1Deployment | V1DaemonSet).spec?.template.spec;
+    if (o.kind === 'Deployment' || o.kind === 'DaemonSet' || o.kind === 'Job') {
+      const spec = (o as V1Deployment | V1DaemonSet | V1Job).spec?.template.spec;
       return spec ? [{ owner, spec }] : [];
     }
     if (o.kind === 'Pod') return (o as V1Pod).spec ? [{ owner, spec: (o as V1Pod).spec as V1PodSpec }] : [];
@@ -282,6 +290,79 @@ const asRootWithChownOnly = ['--bounding-set=-all,+chown', '--inh-caps=-all', '-
 const asRootWithoutCapabilities = ['--bounding-set=-all', '--inh-caps=-all', '--no-new-privs'];
 /** The provider: uid and gid 65532 (runAsUser, runAsGroup, fsGroup), no capabilities. */
 const asProvider = ['--reuid=65532', '--regid=65532', '--clear-groups', '--no-new-privs'];
+const testPodName = 'keyward-test';
+const metricsDnsName = `keyward-operator-metrics.${releaseNamespace}.svc`;
+
+/** The parts of a JSON Schema the values check walks. */
+interface JsonSchema {
+  type?: string | string[];
+  oneOf?: JsonSchema[];
+  properties?: Record<string, JsonSchema>;
+  additionalProperties?: boolean | JsonSchema;
+}
+
+/** Where the test Pod's two Services lead on this machine. */
+interface TestTargets {
+  webhook: { host: string; port: number };
+  metrics: { host: string; port: number };
+}
+
+/** A webhook (HTTPS, the given certificate) and a metrics listener (HTTP), each answering /healthz 200 as the operator does. */
+async function serveLikeOperator(crt: string, key: string): Promise<TestTargets & { webhookPort: number; metricsPort: number; close: () => void }> {
+  const healthz = (req: IncomingMessage, res: ServerResponse): void => {
+    res.writeHead(req.url === '/healthz' ? 200 : 404).end();
+  };
+  const webhook = createHttpsServer({ cert: crt, key }, healthz);
+  const metrics = createHttpServer(healthz);
+  const listen = (server: HttpServer): Promise<number> =>
+    new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve((server.address() as AddressInfo).port)));
+  const [webhookPort, metricsPort] = [await listen(webhook), await listen(metrics)];
+  return {
+    webhook: { host: '127.0.0.1', port: webhookPort },
+    metrics: { host: '127.0.0.1', port: metricsPort },
+    webhookPort,
+    metricsPort,
+    close: () => {
+      webhook.close();
+      metrics.close();
+    },
+  };
+}
+
+/**
+ * The test Pod's own command, run here: the Services' DNS names resolve to `targets` (a preload
+ * stands in for cluster DNS, so TLS still checks the certificate for the Service's name) and
+ * their ports are the local ones; the CA file is `caPath`.
+ */
+function runTestPod(container: V1Container, caPath: string, targets: TestTargets, dir: string): Promise<{ code: number; stdout: string; stderr: string }> {
+  const preload = join(dir, 'cluster-dns.cjs');
+  writeFileSync(
+    preload,
+    `const dns = require('node:dns');
+const hosts = ${JSON.stringify({ [webhookDnsName]: targets.webhook.host, [metricsDnsName]: targets.metrics.host })};
+const lookup = dns.lookup;
+dns.lookup = function (host, options, callback) {
+  if (!(host in hosts)) return lookup.apply(this, arguments);
+  const cb = typeof options === 'function' ? options : callback;
+  const all = typeof options === 'object' && options !== null && options.all;
+  process.nextTick(() => (all ? cb(null, [{ address: hosts[host], family: 4 }]) : cb(null, hosts[host], 4)));
+};
+`,
+  );
+  const command = container.command ?? [];
+  assert.deepEqual(command.slice(0, 2), ['node', '-e']);
+  const args = command.slice(3).map((a) =>
+    a === '/etc/keyward/webhook-ca/ca.crt'
+      ? caPath
+      : a.replace(`//${webhookDnsName}:443/`, `//${webhookDnsName}:${targets.webhook.port}/`).replace(`//${metricsDnsName}:9465/`, `//${metricsDnsName}:${targets.metrics.port}/`),
+  );
+  return new Promise((resolve) => {
+    execFile(process.execPath, ['--require', preload, '-e', command[2] ?? '', ...args], { env: { PATH: process.env.PATH }, timeout: 60_000 }, (err, stdout, stderr) => {
+      resolve({ code: err ? ((err as { code?: number }).code ?? -1) : 0, stdout, stderr });
+    });
+  });
+}
+
 /** Listens on the unix socket argv[1] and exits 0, or prints the error's code and exits 1. */
 const listenScript = "require('node:net').createServer().listen(process.argv[1], () => process.exit(0)).on('error', (e) => { console.error(e.code); process.exit(1); });";
 
@@ -327,7 +408,7 @@ describe('Helm chart charts/keyward', function () {
 
     it('renders the operator alone by default, and each DaemonSet (KMS plugin, CSI provider) only when asked', () => {
       assert.deepEqual(ofKind(defaults, 'DaemonSet'), []);
-      assert.equal(only<V1Deployment>(defaults, 'Deployment').spec?.replicas, 2, 'two replicas, leader-elected');
+      assert.equal(only<V1Deployment>(defaults, 'Deployment').spec?.replicas, 1, 'one replica: a SoftHSM2 token is on one node');
       assert.equal(only<V1DaemonSet>(plugin, 'DaemonSet').metadata?.name, 'keyward-kms-plugin');
       assert.equal(only<V1DaemonSet>(csi, 'DaemonSet').metadata?.name, csiProviderName);
       for (const objects of [defaults, plugin]) {
@@ -360,7 +441,7 @@ describe('Helm chart charts/keyward', function () {
       const staticPod = parseManifests(readFileSync(join(chartDir, 'files', 'kms-plugin-static-pod.yaml'), 'utf8'));
       const rendered = { defaults, plugin, csi, csiManual, staticPod };
       const specs = Object.entries(rendered).flatMap(([render, objects]) => podSpecs(objects).map((s) => ({ ...s, render })));
-      assert.equal(specs.length, 8, 'operator (four times), KMS plugin DaemonSet, CSI provider DaemonSet (twice), static pod');
+      assert.equal(specs.length, 16, 'operator, HSM check Job and test Pod (four times each), KMS plugin DaemonSet, CSI provider DaemonSet (twice), static pod');
       const asRoot: string[] = [];
       for (const { owner, spec, render } of specs) {
         assert.equal(spec.securityContext?.runAsNonRoot, true, `${owner}: pod runAsNonRoot`);
@@ -384,8 +465,12 @@ describe('Helm chart charts/keyward', function () {
     });
 
     it('never puts the PIN in an environment variable or an argument: a Secret volume, copied to a 0600 file', () => {
-      for (const { owner, spec } of [...podSpecs(defaults), ...podSpecs(plugin), ...podSpecs(csi)]) {
-        for (const container of allContainers(spec)) assertNoPinInEnvOrArgs(owner, container);
+      const all = [...podSpecs(defaults), ...podSpecs(plugin), ...podSpecs(csi)];
+      for (const { owner, spec } of all) for (const container of allContainers(spec)) assertNoPinInEnvOrArgs(owner, container);
+      // The test Pod needs no PIN; nor does the HSM check while the token's claim does not exist yet.
+      const withoutPin = all.filter(({ spec }) => !spec.containers[0]?.args?.some((a) => a.startsWith('--pin-file=')));
+      assert.deepEqual(withoutPin.map((s) => s.owner).sort(), ['Job/keyward-hsm-check', 'Pod/keyward-test', 'Pod/keyward-test', 'Pod/keyward-test']);
+      for (const { owner, spec } of all.filter((s) => !withoutPin.includes(s))) {
         const secretVolume = spec.volumes?.find((v) => v.name === 'pin-secret');
         assert.equal(secretVolume?.secret?.secretName, 'keyward-hsm-pin', `${owner}: PIN Secret volume`);
         assert.equal(secretVolume?.secret?.defaultMode, 0o400, `${owner}: PIN Secret files 0400`);
@@ -681,6 +766,175 @@ describe('Helm chart charts/keyward', function () {
       assert.deepEqual(container?.env?.[0], { name: 'KEYWARD_LOG_LEVEL', value: 'debug' });
     });
 
+    it('refuses wrong values in helm template, naming the field: values.schema.json', async () => {
+      const refused: [string[], RegExp][] = [
+        [['--set', 'operator.replicaCount=-1'], /operator\/replicaCount/],
+        [['--set', 'csiProvider.audience='], /csiProvider\/audience/],
+        [['--set', 'operater.x=1'], /operater/],
+        [['--set', 'image.pullPolicy=Sometimes'], /image\/pullPolicy/],
+        [['--set', 'operator.logLevel=verbose'], /operator\/logLevel/],
+        [['--set', 'operator.approvalWindowMinutes=10081'], /operator\/approvalWindowMinutes/],
+        [['--set', 'operator.webhook.timeoutSeconds=31'], /operator\/webhook\/timeoutSeconds/],
+        [['--set', 'csiProvider.tokenReviewTtlSeconds=0'], /csiProvider\/tokenReviewTtlSeconds/],
+        [['--set', 'csiProvider.materialTtlSeconds=3601'], /csiProvider\/materialTtlSeconds/],
+        [['--set', 'csiProvider.ringRefreshSeconds=61'], /csiProvider\/ringRefreshSeconds/],
+        [['--set', 'operator.metricsPort=65536'], /operator\/metricsPort/],
+        [['--set', 'securityContext.runAsUser=0'], /securityContext\/runAsUser/],
+        [['--set', 'kmsPlugin.securityContext.runAsGroup=0'], /kmsPlugin\/securityContext\/runAsGroup/],
+        [['--set', 'operator.podDisruptionBudget.maxUnavailable=0'], /operator\/podDisruptionBudget\/maxUnavailable/],
+        [['--set', 'hsm.modulePath=libsofthsm2.so'], /hsm\/modulePath/],
+        [['--set', 'hsm.softhsm.persistence.accessModes[0]=ReadWriteSometimes'], /hsm\/softhsm\/persistence\/accessModes/],
+      ];
+      const outcomes = await Promise.all(refused.map(([args]) => renderChart(helm, releaseNamespace, args).then(() => 'rendered', (err: Error) => err.message)));
+      refused.forEach(([args, field], i) => {
+        assert.match(outcomes[i] ?? '', /values don't meet the specifications of the schema/, `${args.join(' ')} refused by the schema`);
+        assert.match(outcomes[i] ?? '', field, `${args.join(' ')}: the message names the field`);
+      });
+      // --set passes decimals as strings: the chart checks their range itself.
+      await assert.rejects(renderChart(helm, releaseNamespace, ['--set', 'csiProvider.ringRefreshSeconds=0.05']), /csiProvider\.ringRefreshSeconds must be from 0\.1 to 60, not 0\.05/);
+      await assert.rejects(renderChart(helm, releaseNamespace, ['--set', 'kmsPlugin.refreshSeconds=10.5']), /kmsPlugin\.refreshSeconds must be from 0\.1 to 10, not 10\.5/);
+      // In range is accepted, e.g. the bounds themselves and a percentage budget.
+      await renderChart(helm, releaseNamespace, [
+        ...['operator.approvalWindowMinutes=10080', 'operator.webhook.timeoutSeconds=30', 'csiProvider.ringRefreshSeconds=0.1', 'operator.podDisruptionBudget.maxUnavailable=50%'].flatMap((v) => ['--set', v]),
+      ]);
+    });
+
+    it('types every value of values.yaml in the schema, and closes every object a typo could slip into', () => {
+      const schema = JSON.parse(readFileSync(join(chartDir, 'values.schema.json'), 'utf8')) as JsonSchema;
+      const values = loadYaml<Record<string, unknown>>(readFileSync(join(chartDir, 'values.yaml'), 'utf8'));
+      const untyped: string[] = [];
+      const open: string[] = [];
+      const walk = (node: JsonSchema | undefined, value: unknown, path: string): void => {
+        if (!node || !(node.type || node.oneOf)) return void untyped.push(path || '(root)');
+        if (node.type !== 'object' || value === null || typeof value !== 'object' || Array.isArray(value)) return;
+        // Free-form maps (labels, annotations, selectors, affinity, resources' quantities) stay open.
+        if (node.properties && node.additionalProperties !== false) open.push(path || '(root)');
+        for (const [key, child] of Object.entries(value)) walk(node.properties?.[key] ?? (typeof node.additionalProperties === 'object' ? node.additionalProperties : undefined), child, `${path}/${key}`);
+      };
+      walk(schema, values, '');
+      assert.deepEqual(untyped, [], 'values without a type in values.schema.json');
+      assert.deepEqual(open, [], 'objects with named fields that accept unknown ones');
+    });
+
+    it('runs one operator replica by default, with no PodDisruptionBudget; more only where every replica reaches the token, with a budget that lets drains proceed', async () => {
+      assert.deepEqual(ofKind(defaults, 'PodDisruptionBudget'), [], 'one replica: a budget would block every drain');
+      const two = ['--set', 'operator.replicaCount=2'];
+      await assert.rejects(renderChart(helm, releaseNamespace, two), /operator\.replicaCount > 1 with SoftHSM2: the token is a directory on one node/);
+      await assert.rejects(renderChart(helm, releaseNamespace, [...two, '--set', `hsm.softhsm.hostPath=${softhsmHostPath}`]), /operator\.replicaCount > 1 with SoftHSM2/, 'a node directory without pinning the replicas to its node');
+      const pinned = await renderChart(helm, releaseNamespace, [...two, '--set', `hsm.softhsm.hostPath=${softhsmHostPath}`, '--set', 'operator.nodeSelector.kubernetes\\.io/hostname=node-1']);
+      const shared = await renderChart(helm, releaseNamespace, [...two, '--set', 'hsm.softhsm.persistence.accessModes[0]=ReadWriteMany']);
+      const vendor = await renderChart(helm, releaseNamespace, [...two, '--set', 'hsm.softhsm.enabled=false', '--set', 'hsm.modulePath=/opt/vendor/lib/libcryptoki.so']);
+      for (const objects of [pinned, shared, vendor]) {
+        const deployment = only<V1Deployment>(objects, 'Deployment');
+        assert.equal(deployment.spec?.replicas, 2);
+        const pdb = only<KubernetesObject & { spec: { maxUnavailable?: number | string; minAvailable?: unknown; selector: unknown; unhealthyPodEvictionPolicy?: string } }>(objects, 'PodDisruptionBudget');
+        assert.equal(pdb.metadata?.namespace, releaseNamespace);
+        assert.deepEqual(pdb.spec.selector, deployment.spec?.selector, 'the operator replicas');
+        assert.equal(pdb.spec.maxUnavailable, 1, 'one replica at a time: a drain always proceeds');
+        assert.equal(pdb.spec.minAvailable, undefined);
+        assert.equal(pdb.spec.unhealthyPodEvictionPolicy, 'AlwaysAllow', 'an unready replica answers nothing: evicting it costs nothing');
+      }
+      const percent = await renderChart(helm, releaseNamespace, [...two, '--set', 'hsm.softhsm.enabled=false', '--set', 'operator.podDisruptionBudget.maxUnavailable=50%']);
+      assert.equal(only<KubernetesObject & { spec: { maxUnavailable?: string } }>(percent, 'PodDisruptionBudget').spec.maxUnavailable, '50%');
+      const without = await renderChart(helm, releaseNamespace, [...two, '--set', 'hsm.softhsm.enabled=false', '--set', 'operator.podDisruptionBudget.enabled=false']);
+      assert.deepEqual(ofKind(without, 'PodDisruptionBudget'), []);
+    });
+
+    it('checks the HSM in a pre-install/pre-upgrade hook Job: its own command passes on a real token and names a wrong module, label or PIN', async () => {
+      const job = only<V1Job>(plugin, 'Job');
+      assert.equal(job.metadata?.name, 'keyward-hsm-check');
+      assert.deepEqual(job.metadata?.annotations, {
+        'helm.sh/hook': 'pre-install,pre-upgrade',
+        'helm.sh/hook-weight': '-5',
+        'helm.sh/hook-delete-policy': 'before-hook-creation,hook-succeeded',
+        'helm.sh/hook-output-log-policy': 'hook-failed',
+      });
+      assert.deepEqual([job.spec?.backoffLimit, job.spec?.ttlSecondsAfterFinished], [0, 3600]);
+      const spec = job.spec?.template.spec;
+      assert.equal(spec?.restartPolicy, 'Never');
+      assert.equal(spec?.automountServiceAccountToken, false, 'no API access');
+      const check = spec?.containers[0] as V1Container;
+      assert.deepEqual(check.command, ['node', '/app/dist/cli/keyward.js', 'hsm', 'check']);
+      assert.deepEqual(check.args, ['--pkcs11-module=/usr/lib/softhsm/libsofthsm2.so', '--token-label=keyward', '--pin-file=/run/keyward/pin/pin']);
+      assert.equal(check.terminationMessagePolicy, 'FallbackToLogsOnError');
+      assert.deepEqual(spec?.volumes?.find((v) => v.name === 'softhsm-tokens')?.hostPath, { path: softhsmHostPath, type: 'Directory' }, "the operator's token");
+      // A first install on the chart's claim, which does not exist yet: the module alone, on an empty directory.
+      const firstInstall = only<V1Job>(defaults, 'Job').spec?.template.spec;
+      assert.deepEqual(firstInstall?.containers[0]?.args, ['--pkcs11-module=/usr/lib/softhsm/libsofthsm2.so', '--token-label=keyward']);
+      assert.ok(firstInstall?.volumes?.find((v) => v.name === 'softhsm-tokens')?.emptyDir);
+      assert.deepEqual(firstInstall?.initContainers?.map((c) => c.name), ['softhsm-conf']);
+
+      // The init container writes what the ConfigMap holds (the hook runs before the ConfigMap exists).
+      const dir = mkdtempSync(join(home, 'hsm-check-'));
+      const conf = join(dir, 'softhsm2.conf');
+      const writeConf = spec?.initContainers?.find((c) => c.name === 'softhsm-conf')?.command ?? [];
+      assert.deepEqual(writeConf.slice(-2, -1), ['/etc/keyward/softhsm/softhsm2.conf']);
+      assert.equal((await runNode([...writeConf.slice(1, -2), conf, writeConf.at(-1) ?? ''], process.env)).code, 0);
+      assert.equal(readFileSync(conf, 'utf8'), only<KubernetesObject & { data: Record<string, string> }>(plugin, 'ConfigMap').data['softhsm2.conf']);
+
+      // The check's own command, on a real token: passes; then a wrong module, label and PIN, each named.
+      const token = createSoftHsmToken({ parentDir: dir });
+      const pinFile = join(dir, 'pin');
+      writeFileSync(pinFile, token.pin, { mode: 0o600 });
+      const run = (container: V1Container, local: Record<string, string>): Promise<{ code: number; stderr: string }> =>
+        runNode(
+          localInvocation(container, {}).map((a) => {
+            const flag = a.split('=', 1)[0] ?? '';
+            return flag in local ? `${flag}=${local[flag]}` : a;
+          }),
+          { PATH: process.env.PATH, ...token.env },
+        );
+      const mapped = { '--pin-file': pinFile, '--token-label': token.label };
+      assert.deepEqual(await run(check, mapped), { code: 0, stderr: '' });
+      const vendor = only<V1Job>(await renderChart(helm, releaseNamespace, [...withPlugin, '--set', 'hsm.modulePath=/opt/vendor/lib/libcryptoki.so']), 'Job').spec?.template.spec?.containers[0] as V1Container;
+      assert.deepEqual(await run(vendor, mapped), { code: 1, stderr: 'keyward hsm: PKCS#11 module not found: /opt/vendor/lib/libcryptoki.so\n' });
+      assert.deepEqual(await run(check, { '--pin-file': pinFile }), { code: 1, stderr: "keyward hsm: no HSM token labelled 'keyward' is present\n" });
+      const wrongPin = join(dir, 'wrong-pin');
+      writeFileSync(wrongPin, 'not-the-pin', { mode: 0o600 });
+      assert.deepEqual(await run(check, { ...mapped, '--pin-file': wrongPin }), { code: 1, stderr: `keyward hsm: HSM login to token '${token.label}' failed: wrong PIN\n` });
+      token.remove();
+    });
+
+    it("tests the release with a hook Pod: locked down, no API access, the CA alone; its own command passes against the chart's certificate and fails against another CA", async () => {
+      const pod = only<V1Pod>(defaults, 'Pod');
+      assert.equal(pod.metadata?.name, testPodName);
+      assert.deepEqual(pod.metadata?.annotations, { 'helm.sh/hook': 'test', 'helm.sh/hook-delete-policy': 'before-hook-creation,hook-succeeded', 'helm.sh/hook-output-log-policy': 'hook-failed' });
+      const spec = pod.spec as V1PodSpec;
+      assert.equal(spec.automountServiceAccountToken, false);
+      assert.equal(spec.serviceAccountName, undefined, 'no ServiceAccount of its own, no RBAC');
+      assert.equal(spec.restartPolicy, 'Never');
+      assert.deepEqual(spec.volumes, [{ name: 'webhook-ca', secret: { secretName: webhookSecret, defaultMode: 0o444, items: [{ key: 'ca.crt', path: 'ca.crt' }] } }], 'the CA, not the key');
+      const container = spec.containers[0] as V1Container;
+      assert.deepEqual(container.command?.slice(-3), ['/etc/keyward/webhook-ca/ca.crt', `https://${webhookDnsName}:443/healthz`, `http://keyward-operator-metrics.${releaseNamespace}.svc:9465/healthz`]);
+      // With a caBundle instead of a generated Secret, the CA travels in the command (it is public).
+      const caBundle = named<V1Secret>(defaults, 'Secret', webhookSecret).data?.['ca.crt'] ?? '';
+      const given = only<V1Pod>(await renderChart(helm, releaseNamespace, ['--set', 'operator.webhook.tls.existingSecret=webhook-cert', '--set', `operator.webhook.tls.caBundle=${caBundle}`]), 'Pod');
+      assert.equal(given.spec?.containers[0]?.command?.at(-3), fromBase64(caBundle));
+      assert.equal(given.spec?.volumes, undefined);
+
+      // Served as the operator serves them: the webhook with the Secret's certificate, metrics over HTTP.
+      const secret = named<V1Secret>(defaults, 'Secret', webhookSecret);
+      const servers = await serveLikeOperator(fromBase64(secret.data?.['tls.crt']), fromBase64(secret.data?.['tls.key']));
+      try {
+        const dir = mkdtempSync(join(home, 'helm-test-'));
+        const ca = join(dir, 'ca.crt');
+        writeFileSync(ca, fromBase64(secret.data?.['ca.crt']));
+        assert.deepEqual(await runTestPod(container, ca, servers, dir), {
+          code: 0,
+          stdout: `ok https://${webhookDnsName}:${servers.webhookPort}/healthz\nok http://keyward-operator-metrics.${releaseNamespace}.svc:${servers.metricsPort}/healthz\n`,
+          stderr: '',
+        });
+        // Another render's CA does not vouch for this certificate: the test fails, naming the URL.
+        const otherCa = join(dir, 'other-ca.crt');
+        writeFileSync(otherCa, fromBase64(named<V1Secret>(plugin, 'Secret', webhookSecret).data?.['ca.crt']));
+        const failed = await runTestPod(container, otherCa, servers, dir);
+        assert.equal(failed.code, 1);
+        assert.match(failed.stderr, new RegExp(`^FAIL https://${webhookDnsName.replaceAll('.', '\\.')}:${servers.webhookPort}/healthz: UNABLE_TO_VERIFY_LEAF_SIGNATURE`));
+      } finally {
+        servers.close();
+      }
+    });
+
     it("passes flags the real CLI accepts: it gets as far as reading the PIN file", async () => {
       const env = { POD_NAMESPACE: releaseNamespace, POD_NAME: 'keyward-operator-7d9f-abcde' };
       const childEnv = { PATH: process.env.PATH, HOME: home, KUBECONFIG: '' };
@@ -707,6 +961,8 @@ describe('Helm chart charts/keyward', function () {
     let saName: string;
     let saKubeConfig: KubeConfig;
     let installOutput: string;
+    let installHooks: HookRun[] = [];
+    const refusals: Record<string, { message: string; left: string[]; runs?: HookRun[] }> = {};
     let csiProvider: ComponentProcess | undefined;
 
     const objects = (): CustomObjectsApi => cp.kubeConfig.makeApiClient(CustomObjectsApi);
@@ -772,6 +1028,50 @@ describe('Helm chart charts/keyward', function () {
         setHeaderOptions('Content-Type', PatchStrategy.MergePatch),
       );
 
+    /** Everything labelled with the release, namespaced or not, as Kind/name. */
+    const releaseObjects = async (): Promise<string[]> => {
+      const labelSelector = 'app.kubernetes.io/instance=keyward';
+      const namespace = releaseNamespace;
+      const core = cp.kubeConfig.makeApiClient(CoreV1Api);
+      const apps = cp.kubeConfig.makeApiClient(AppsV1Api);
+      const rbac = cp.kubeConfig.makeApiClient(RbacAuthorizationV1Api);
+      const registration = cp.kubeConfig.makeApiClient(AdmissionregistrationV1Api);
+      const lists: [string, Promise<{ items: KubernetesObject[] }>][] = [
+        ['Deployment', apps.listNamespacedDeployment({ namespace, labelSelector })],
+        ['DaemonSet', apps.listNamespacedDaemonSet({ namespace, labelSelector })],
+        ['Job', cp.kubeConfig.makeApiClient(BatchV1Api).listNamespacedJob({ namespace, labelSelector })],
+        ['Pod', core.listNamespacedPod({ namespace, labelSelector })],
+        ['Service', core.listNamespacedService({ namespace, labelSelector })],
+        ['Secret', core.listNamespacedSecret({ namespace, labelSelector })],
+        ['ConfigMap', core.listNamespacedConfigMap({ namespace, labelSelector })],
+        ['ServiceAccount', core.listNamespacedServiceAccount({ namespace, labelSelector })],
+        ['PersistentVolumeClaim', core.listNamespacedPersistentVolumeClaim({ namespace, labelSelector })],
+        ['PodDisruptionBudget', cp.kubeConfig.makeApiClient(PolicyV1Api).listNamespacedPodDisruptionBudget({ namespace, labelSelector })],
+        ['Role', rbac.listNamespacedRole({ namespace, labelSelector })],
+        ['RoleBinding', rbac.listNamespacedRoleBinding({ namespace, labelSelector })],
+        ['ClusterRole', rbac.listClusterRole({ labelSelector })],
+        ['ClusterRoleBinding', rbac.listClusterRoleBinding({ labelSelector })],
+        ['MutatingWebhookConfiguration', registration.listMutatingWebhookConfiguration({ labelSelector })],
+        ['ValidatingWebhookConfiguration', registration.listValidatingWebhookConfiguration({ labelSelector })],
+      ];
+      const found: string[] = [];
+      for (const [kind, list] of lists) for (const item of (await list).items) found.push(`${kind}/${item.metadata?.name}`);
+      return found;
+    };
+    /** The HSM check hook Job's own command, run here against the test's token (the pod's PIN file and label mapped). */
+    const runHookJob = async (job: V1Job): Promise<{ code: number; output: string }> => {
+      const container = job.spec?.template.spec?.containers[0] as V1Container;
+      const pinFile = join(dir, 'hsm-check.pin');
+      writeFileSync(pinFile, hsm.pin, { mode: 0o600 });
+      const local: Record<string, string> = { '--pin-file': pinFile, '--token-label': hsm.label };
+      const args = localInvocation(container, {}).map((a) => {
+        const flag = a.split('=', 1)[0] ?? '';
+        return flag in local ? `${flag}=${local[flag]}` : a;
+      });
+      const { code, stderr } = await runNode(args, { PATH: process.env.PATH, ...hsm.env });
+      return { code, output: stderr };
+    };
+
     before(async function () {
       this.timeout(600_000);
       dir = mkdtempSync(join(tmpdir(), 'keyward-e2e-helm-'));
@@ -785,14 +1085,34 @@ describe('Helm chart charts/keyward', function () {
         body: { metadata: { name: releaseNamespace, labels: { 'pod-security.kubernetes.io/warn': 'restricted', 'pod-security.kubernetes.io/enforce': 'restricted' } } },
       });
       await cp.kubeConfig.makeApiClient(CoreV1Api).createNamespace({ body: { metadata: { name: keyRingNamespace } } });
-      const installed = await helm(['install', 'keyward', chartDir, '--namespace', releaseNamespace, '--create-namespace', '--kubeconfig', cp.kubeconfigPath]);
-      installOutput = installed.stdout + installed.stderr;
+      const core = cp.kubeConfig.makeApiClient(CoreV1Api);
+      // What kube-controller-manager gives every namespace; the test Pod runs as it.
+      await core.createNamespacedServiceAccount({ namespace: releaseNamespace, body: { metadata: { name: 'default' } } });
+      hsm = createSoftHsmToken({ parentDir: dir });
+
+      // Refused installs, each before the next: they must leave nothing behind.
+      const install = (...args: string[]): Promise<{ stdout: string; stderr: string }> =>
+        helm(['install', 'keyward', chartDir, '--namespace', releaseNamespace, '--kubeconfig', cp.kubeconfigPath, ...args]);
+      const failure = (p: Promise<unknown>): Promise<string> => p.then(() => 'installed', (err: Error) => err.message);
+      refusals.missingPin = { message: await failure(install()), left: await releaseObjects() };
+      await core.createNamespacedSecret({ namespace: releaseNamespace, body: { metadata: { name: 'keyward-hsm-pin' }, stringData: { 'user.pin': hsm.pin } } });
+      refusals.wrongPinKey = { message: await failure(install()), left: await releaseObjects() };
+      await core.deleteNamespacedSecret({ name: 'keyward-hsm-pin', namespace: releaseNamespace });
+      await core.createNamespacedSecret({ namespace: releaseNamespace, body: { metadata: { name: 'keyward-hsm-pin' }, stringData: { pin: hsm.pin } } });
+      refusals.schema = { message: await failure(install('--set', 'operator.replicaCount=-1')), left: await releaseObjects() };
+      const wrongModule = await withHooksRun(cp.kubeConfig, releaseNamespace, install('--set', 'hsm.modulePath=/opt/vendor/lib/libcryptoki.so'), { job: runHookJob });
+      refusals.wrongModule = { message: wrongModule.result instanceof Error ? wrongModule.result.message : 'installed', left: await releaseObjects(), runs: wrongModule.runs };
+      await helm(['uninstall', 'keyward', '--namespace', releaseNamespace, '--kubeconfig', cp.kubeconfigPath]);
+
+      const installed = await withHooksRun(cp.kubeConfig, releaseNamespace, install(), { job: runHookJob });
+      if (installed.result instanceof Error) throw installed.result;
+      installOutput = installed.result.stdout + installed.result.stderr;
+      installHooks = installed.runs;
       saName = only<V1Deployment>(defaults, 'Deployment').spec?.template.spec?.serviceAccountName ?? '';
 
       const saKubeconfigPath = await serviceAccountKubeconfig(saName, 'operator-sa.kubeconfig');
       saKubeConfig = new KubeConfig();
       saKubeConfig.loadFromFile(saKubeconfigPath);
-      hsm = createSoftHsmToken({ parentDir: dir });
       // The webhook certificate as the pod sees it: the chart's Secret, its two files.
       const certDir = join(dir, 'webhook');
       mkdirSync(certDir, { mode: 0o700 });
@@ -833,8 +1153,31 @@ describe('Helm chart charts/keyward', function () {
       if (this.currentTest?.state === 'failed' && csiProvider) console.error(`CSI provider log (${csiProvider.logFile}):\n${logTail(csiProvider.logFile, 60)}`);
     });
 
+    it('refuses to install, naming the field, the Secret or the module, and leaves nothing installed: no PIN Secret, a Secret without the key, a schema violation, a wrong module path', () => {
+      const { missingPin, wrongPinKey, schema, wrongModule } = refusals;
+      assert.match(missingPin?.message ?? '', /hsm\.pinSecret: the Secret keyward-system\/keyward-hsm-pin holding the HSM user PIN does not exist/);
+      assert.match(missingPin?.message ?? '', /kubectl -n keyward-system create secret generic keyward-hsm-pin --from-file=pin=\.\/user\.pin/, 'says how to create it');
+      assert.deepEqual(missingPin?.left, []);
+      assert.match(wrongPinKey?.message ?? '', /the Secret keyward-system\/keyward-hsm-pin has no key "pin" \(it has: user\.pin\)/);
+      assert.deepEqual(wrongPinKey?.left, []);
+      assert.match(schema?.message ?? '', /values don't meet the specifications of the schema[\s\S]*operator\/replicaCount/);
+      assert.deepEqual(schema?.left, []);
+      // The pre-install hook ran `keyward hsm check` and failed naming the module; helm stopped there.
+      assert.deepEqual(
+        wrongModule?.runs?.map((r) => [r.kind, r.name, r.code, r.output]),
+        [['Job', 'keyward-hsm-check', 1, 'keyward hsm: PKCS#11 module not found: /opt/vendor/lib/libcryptoki.so\n']],
+      );
+      assert.match(wrongModule?.message ?? '', /pre-install[\s\S]*keyward-hsm-check/, 'helm names the failed check');
+      // Only the failed check Job, kept so that `kubectl logs job/keyward-hsm-check` says why.
+      assert.deepEqual(wrongModule?.left, ['Job/keyward-hsm-check']);
+    });
+
     it('installs the CRD and every object, with no Pod Security warning under "restricted"', async () => {
       assert.doesNotMatch(installOutput, /PodSecurity|would violate/i, installOutput);
+      // The HSM check ran first (the module alone: the token's claim is created by this install), passed and was removed.
+      assert.deepEqual(installHooks.map((r) => [r.kind, r.name, r.code]), [['Job', 'keyward-hsm-check', 0]]);
+      assert.ok(!(await releaseObjects()).includes('Job/keyward-hsm-check'), 'a passed check is deleted (hook-succeeded), replacing the failed one');
+      assert.match(installOutput, /helm test keyward -n keyward-system /, 'NOTES print the next steps');
       // The CRD from crds/ is served (a new resource's storage may answer 429 for a moment).
       await eventually('KeyRings served', 30_000, () => objects().listClusterCustomObject({ ...keyRingResource }));
       const apps = cp.kubeConfig.makeApiClient(AppsV1Api);
@@ -864,6 +1207,27 @@ describe('Helm chart charts/keyward', function () {
         socket.once('error', reject);
       });
       assert.equal(authorized, 'authorized');
+    });
+
+    it("passes helm test: the test Pod reaches the webhook Service over TLS with the chart's CA, and the metrics Service; then it is removed", async () => {
+      const webhooks = await installedWebhooks();
+      const caFile = join(dir, 'helm-test-ca.crt');
+      writeFileSync(caFile, webhooks.ca);
+      const [host = '', port = ''] = (operator?.webhookAddress ?? '').split(':');
+      const metrics = new URL(operator?.metricsUrl ?? '');
+      const targets: TestTargets = { webhook: { host, port: Number(port) }, metrics: { host: metrics.hostname, port: Number(metrics.port) } };
+      const tested = await withHooksRun(cp.kubeConfig, releaseNamespace, helm(['test', 'keyward', '--namespace', releaseNamespace, '--kubeconfig', cp.kubeconfigPath]), {
+        pod: async (pod) => {
+          assert.equal(pod.spec?.automountServiceAccountToken, false, 'as the apiserver admitted it (Pod Security "restricted" enforced)');
+          const { code, stdout, stderr } = await runTestPod(pod.spec?.containers[0] as V1Container, caFile, targets, dir);
+          return { code, output: stdout + stderr };
+        },
+      });
+      if (tested.result instanceof Error) throw tested.result;
+      assert.deepEqual(tested.runs.map((r) => [r.kind, r.name, r.code]), [['Pod', testPodName, 0]], tested.runs[0]?.output);
+      assert.match(tested.runs[0]?.output ?? '', new RegExp(`^ok https://${webhookDnsName.replaceAll('.', '\\.')}:\\d+/healthz\nok http://${metricsDnsName.replaceAll('.', '\\.')}:\\d+/healthz\n$`));
+      assert.match(tested.result.stdout, new RegExp(`TEST SUITE:\\s+${testPodName}[\\s\\S]*Phase:\\s+Succeeded`));
+      assert.ok(!(await releaseObjects()).includes(`Pod/${testPodName}`), 'a passed test Pod is deleted');
     });
 
     it('reconciles a KeyRing with only the chart RBAC: Lease, finalizer, status and Event', async () => {
@@ -1023,13 +1387,26 @@ describe('Helm chart charts/keyward', function () {
       );
     });
 
-    const upgrade = (...args: string[]): Promise<{ stdout: string; stderr: string }> =>
-      helm(['upgrade', 'keyward', chartDir, '--namespace', releaseNamespace, '--kubeconfig', cp.kubeconfigPath, ...withPlugin, ...args]);
+    /** helm upgrade, its pre-upgrade HSM check run here against the test's token: it must pass. */
+    const upgrade = async (...args: string[]): Promise<{ stdout: string; stderr: string }> => {
+      const { result, runs } = await withHooksRun(cp.kubeConfig, releaseNamespace, helm(['upgrade', 'keyward', chartDir, '--namespace', releaseNamespace, '--kubeconfig', cp.kubeconfigPath, ...withPlugin, ...args]), {
+        job: runHookJob,
+      });
+      if (result instanceof Error) throw result;
+      assert.deepEqual(runs.map((r) => [r.kind, r.name, r.code]), [['Job', 'keyward-hsm-check', 0]], runs[0]?.output);
+      return result;
+    };
 
-    it('upgrades to the KMS plugin DaemonSet: accepted by the apiserver, only hostPath falls short of "restricted"; the webhook certificate is kept', async () => {
+    it('upgrades to the KMS plugin DaemonSet: accepted by the apiserver, only hostPath falls short of "restricted"; the webhook certificate and the KeyRings are kept', async () => {
       const before = await installedWebhooks();
+      const kept = (await objects().createNamespacedCustomObject({
+        ...keyRingResource,
+        namespace: keyRingNamespace,
+        body: { apiVersion: 'keyward.dev/v1alpha1', kind: 'KeyRing', metadata: { name: 'kept' }, spec: { purpose: 'encryption' } },
+      })) as KeyRing;
       const { stdout, stderr } = await upgrade();
       assert.deepEqual(await installedWebhooks(), before, 'the same certificate, key and caBundle (read back with lookup)');
+      assert.equal((await getKeyRing('kept')).metadata.uid, kept.metadata.uid, 'the KeyRing survives the upgrade');
       const daemonSet = await cp.kubeConfig.makeApiClient(AppsV1Api).readNamespacedDaemonSet({ name: 'keyward-kms-plugin', namespace: releaseNamespace });
       assert.equal(daemonSet.spec?.template.spec?.automountServiceAccountToken, false);
       const warnings = `${stdout}\n${stderr}`.split('\n').filter((line) => /would violate PodSecurity/.test(line));
@@ -1189,6 +1566,26 @@ describe('Helm chart charts/keyward', function () {
       await csiProvider.stop();
       assert.equal(csiProvider.exitStatus?.code, 0, 'SIGTERM drains and exits 0');
       assert.ok(!existsSync(socketPath), 'the socket is removed on the way out');
+    });
+
+    it('uninstalls everything the chart made but the token claim: no fail-closed webhook left behind; CRDs, KeyRings and KeyPolicies stay', async () => {
+      // The claim left the release at the upgrade to hostPath, and was kept then (resource policy).
+      await helm(['uninstall', 'keyward', '--namespace', releaseNamespace, '--kubeconfig', cp.kubeconfigPath]);
+      assert.deepEqual(await releaseObjects(), ['PersistentVolumeClaim/keyward-softhsm-tokens'], 'only the token claim is left');
+      const pvc = await cp.kubeConfig.makeApiClient(CoreV1Api).readNamespacedPersistentVolumeClaim({ name: 'keyward-softhsm-tokens', namespace: releaseNamespace });
+      assert.equal(pvc.metadata?.annotations?.['helm.sh/resource-policy'], 'keep');
+      // The keys' resources stay, and changing them is not blocked by a webhook pointing at nothing.
+      const kept = await getKeyRing('kept');
+      assert.ok(kept.metadata.finalizers?.includes(keyRingFinalizer), 'its finalizer waits for an operator');
+      await objects().patchNamespacedCustomObject(
+        { ...keyRingResource, namespace: keyRingNamespace, name: 'kept', body: { metadata: { annotations: { 'example.com/owner': 'payments' } } } },
+        setHeaderOptions('Content-Type', PatchStrategy.MergePatch),
+      );
+      await objects().getNamespacedCustomObject({ ...keyPolicyResource, namespace: keyRingNamespace, name: 'invoice-admins' });
+      const crds = await cp.kubeConfig.makeApiClient(ApiextensionsV1Api).listCustomResourceDefinition();
+      assert.deepEqual(crds.items.map((c) => c.metadata?.name).filter((n) => n?.endsWith('.keyward.dev')).sort(), ['keypolicies.keyward.dev', 'keyrings.keyward.dev']);
+      const { stdout: list } = await helm(['list', '--all', '--namespace', releaseNamespace, '--kubeconfig', cp.kubeconfigPath, '--short']);
+      assert.equal(list.trim(), '', 'no release left');
     });
   });
 });

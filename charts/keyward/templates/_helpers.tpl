@@ -67,6 +67,14 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
 {{- end }}
 
+{{/* SoftHSM2's configuration file: in the ConfigMap, and written by the hsm-check hook (which runs before the ConfigMap exists). */}}
+{{- define "keyward.softhsm.conf" -}}
+directories.tokendir = {{ .Values.hsm.softhsm.tokenDir }}
+objectstore.backend = file
+log.level = ERROR
+slots.removable = false
+{{- end }}
+
 {{/* The SoftHSM2 configuration file's ConfigMap. */}}
 {{- define "keyward.softhsm.configMapName" -}}
 {{- printf "%s-softhsm2" (include "keyward.fullname" .) | trunc 63 | trimSuffix "-" }}
