@@ -165,6 +165,12 @@ describe('container image (Dockerfile, built without a daemon)', function () {
     assert.equal(who.status, 0, who.stderr);
     assert.deepEqual(JSON.parse(who.stdout), [nonroot, nonroot, [nonroot], '/app']);
 
+    // The components the CLI loads only when asked for them (operator, CSI provider) load too.
+    const lazy = ['/app/dist/operator/operator.js', '/app/dist/provider/csi/csiProvider.js', '@kubernetes/client-node'];
+    const load = runInImage(rootfs, ['node', '--input-type=module', '-e', `${lazy.map((m) => `await import('${m}');`).join(' ')} console.log('loaded')`]);
+    assert.equal(load.status, 0, load.stderr);
+    assert.equal(load.stdout.trim(), 'loaded');
+
     const write = runInImage(rootfs, ['node', '-e', "for (const p of ['/app/x', '/tmp/x']) { try { require('fs').writeFileSync(p, 'x'); console.log('wrote ' + p) } catch (e) { console.log(e.code) } }"]);
     assert.equal(write.status, 0, write.stderr);
     assert.deepEqual(write.stdout.trim().split('\n'), ['EROFS', 'EROFS'], 'the root filesystem is read-only, /tmp included');
