@@ -99,6 +99,11 @@ mkdir -p "$images" "$work"
 # One build at a time per cache: buildah's storage and the archives are shared.
 exec 9>"$work/lock"
 flock 9
+if [ -f "$oci_archive" ] && [ -f "$docker_archive" ]; then
+  log "$ref: built meanwhile by another run"
+  result
+  exit 0
+fi
 start=$(date +%s)
 
 bah() { buildah --root "$work/buildah/root" --runroot "$work/buildah/runroot" --storage-driver overlay "$@"; }
@@ -138,9 +143,9 @@ step "write $docker_archive" bah push --quiet "$ref" "docker-archive:$docker_arc
 mv "$oci_archive.tmp" "$oci_archive"
 mv "$docker_archive.tmp" "$docker_archive"
 
-# Older dev tags: keep the three newest archive pairs and untag the rest (their layers stay
+# Older dev tags: keep the five newest archive pairs and untag the rest (their layers stay
 # cached under the build's intermediate images).
-ls -1t "$images"/keyward-dev-*.oci.tar 2>/dev/null | tail -n +4 | while IFS= read -r old; do
+ls -1t "$images"/keyward-dev-*.oci.tar | tail -n +6 | while IFS= read -r old; do
   old_tag=$(basename "$old" .oci.tar); old_tag=${old_tag#keyward-}
   rm -f "$old" "$images/keyward-$old_tag.tar"
   bah rmi "localhost/keyward/keyward:$old_tag" >/dev/null 2>&1 || true
