@@ -91,6 +91,7 @@ describe('Keyward installed on a real node (helm, static KMS plugin, Secrets Sto
       helm(['install', 'refused', chartDir, '--kubeconfig', node.kubeconfigPath, '--namespace', ns, '--create-namespace', ...nodeValues(node, image.ref, token), ...values, '--wait', '--timeout', '90s']);
     await assert.rejects(attempt(['--set', 'operator.replicaCount=-1']), /replicaCount/);
     await assert.rejects(attempt([]), /keyward-hsm-pin/);
+    await node.kubectl(['create', 'namespace', ns]).catch(() => undefined);
     await node.kubectl(['-n', ns, 'create', 'secret', 'generic', 'keyward-hsm-pin', `--from-file=pin=${token.pinFile}`]);
     await assert.rejects(attempt(['--set', 'hsm.modulePath=/usr/lib/no-such-pkcs11.so']), /no-such-pkcs11\.so/);
     await helm(['uninstall', 'refused', '--kubeconfig', node.kubeconfigPath, '--namespace', ns, '--ignore-not-found']).catch(() => undefined);

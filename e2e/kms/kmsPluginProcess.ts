@@ -83,7 +83,11 @@ export async function kmsStatus(socketPath: string): Promise<{ version: string; 
 /** The apiserver's KMS health check; asking it also makes the apiserver call Status and notice a new key id. */
 export async function apiserverKmsHealthStatus(cp: ControlPlane): Promise<number> {
   const pki = (file: string): Buffer => readFileSync(join(cp.dir, 'pki', file));
-  return (await httpsGet(`${cp.apiserverUrl}/healthz/kms-provider-0`, { ca: pki('ca.crt'), cert: pki('admin.crt'), key: pki('admin.key') })).status;
+  const tls = { ca: pki('ca.crt'), cert: pki('admin.crt'), key: pki('admin.key') };
+  // One check per provider (kms-provider-0) or one for all (kms-providers), by release and configuration.
+  const verbose = await httpsGet(`${cp.apiserverUrl}/healthz?verbose`, tls);
+  const check = /\[[+-]\](kms-provider\S*)/.exec(verbose.body)?.[1] ?? 'kms-provider-0';
+  return (await httpsGet(`${cp.apiserverUrl}/healthz/${check}`, tls)).status;
 }
 
 /** An EncryptionConfiguration that encrypts Secrets through the plugin, keeping identity for old data. */
