@@ -10,7 +10,9 @@ say() { printf '[setup] %s\n' "$*" >&2; }
 packages=(softhsm2 openssl
   # the test node: container runtime, CNI, kube-proxy's and kubelet's host tools, image building
   containerd runc containernetworking-plugins iptables conntrack socat ethtool ebtables kmod
-  busybox-static umoci skopeo mmdebstrap jq)
+  busybox-static umoci skopeo mmdebstrap buildah jq
+  # a PKCS#11 module that reaches its token over a socket (e2e/hsm)
+  p11-kit p11-kit-modules)
 missing=()
 for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
