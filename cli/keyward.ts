@@ -14,6 +14,7 @@ import { RingStore } from '../core/hsm/ringStore.js';
 import { type VersionState } from '../core/hsm/ringState.js';
 import { readPinFile } from '../core/hsm/pinFile.js';
 import { initToken } from '../core/hsm/tokenInit.js';
+import { missingMechanisms } from '../core/hsm/requiredMechanisms.js';
 import { maxSealedPlaintextBytes, sealSecret } from '../core/sealedSecret.js';
 import { createLogger } from '../core/observability/logger.js';
 import { startKmsPlugin } from '../provider/kms/kmsPlugin.js';
@@ -124,8 +125,16 @@ function hsmCheck(args: string[]): void {
     process.stdout.write(`PKCS#11 module ${modulePath} loads\n`);
     return;
   }
-  openToken(values).close();
-  process.stdout.write(`PKCS#11 module ${modulePath} loads; token '${values['token-label']}' found, PIN accepted\n`);
+  const token = openToken(values);
+  try {
+    const missing = missingMechanisms(token.mechanisms());
+    if (missing.length > 0) {
+      throw new KeywardError('FailedPrecondition', `PKCS#11 module ${modulePath} does not offer, on token '${values['token-label']}', what these KeyRings need: ${missing.join('; ')}`);
+    }
+  } finally {
+    token.close();
+  }
+  process.stdout.write(`PKCS#11 module ${modulePath} loads; token '${values['token-label']}' found, PIN accepted, every mechanism Keyward uses offered\n`);
 }
 
 async function ring(args: string[]): Promise<void> {

@@ -211,9 +211,19 @@ export class HsmToken {
     this.opened = 1;
   }
 
+  /** The mechanism types the token's slot offers (C_GetMechanismList). */
+  mechanisms(): number[] {
+    return this.pkcs11.C_GetMechanismList(this.slot ?? this.findSlot());
+  }
+
   private findSlot(): Handle {
-    for (const slot of this.pkcs11.C_GetSlotList(true)) {
+    const slots = this.pkcs11.C_GetSlotList(true);
+    for (const slot of slots) {
       if (tokenLabel(this.pkcs11, slot) === this.config.tokenLabel) return slot;
+    }
+    if (slots.length === 0) {
+      // A network HSM's client shows no token at all when it cannot reach its server or lacks permission there.
+      throw new KeywardError('Unavailable', `PKCS#11 module ${this.config.modulePath} shows no token at all (for a network HSM: is its server reachable, and may this user use it?)`);
     }
     throw new KeywardError('Unavailable', `no HSM token labelled '${this.config.tokenLabel}' is present`);
   }

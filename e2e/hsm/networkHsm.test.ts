@@ -168,6 +168,18 @@ describe('Keyward through a network HSM client module (p11-kit server exporting 
     }
   });
 
+  it('keyward hsm check (the chart pre-install check) names the mechanisms the client module cannot carry', async () => {
+    const offersGcm = token.mechanisms().includes(pkcs11js.CKM_AES_GCM);
+    const check = await cli(['hsm', 'check']);
+    if (offersGcm) {
+      assert.equal(check.code, 0, check.stderr);
+    } else {
+      assert.equal(check.code, 1);
+      assert.match(check.stderr, /does not offer.*encryption \(KMS plugin, sealed secrets\): CKM_AES_GCM/);
+      assert.doesNotMatch(check.stderr, /derivation|signing/, 'HMAC and ECDSA do cross the socket');
+    }
+  });
+
   it('a second client process sees a rotation made by this one, and this one sees the second one’s', async () => {
     const before = await cli(['ring', 'list']);
     assert.equal(before.code, 0, before.stderr);
@@ -195,7 +207,7 @@ describe('Keyward through a network HSM client module (p11-kit server exporting 
     });
     // After re-initialising, the client module shows no slot at all while the server is gone.
     token.recover();
-    await assert.rejects(store.list(), (err: unknown) => err instanceof KeywardError && err.code === 'Unavailable' && /no HSM token labelled/.test(err.message));
+    await assert.rejects(store.list(), (err: unknown) => err instanceof KeywardError && err.code === 'Unavailable' && /shows no token at all/.test(err.message));
     await assert.rejects(
       Promise.resolve().then(() => HsmToken.open({ modulePath: hsm.modulePath, tokenLabel: softhsm.label, pin: softhsm.pin })),
       (err: unknown) => err instanceof KeywardError && err.code === 'Unavailable',
@@ -203,7 +215,7 @@ describe('Keyward through a network HSM client module (p11-kit server exporting 
     const result = await cli(['ring', 'list']);
     assert.equal(result.signal, null, 'no crash');
     assert.notEqual(result.code, 0);
-    assert.match(result.stderr, /no HSM token labelled/);
+    assert.match(result.stderr, /shows no token at all/);
     assert.doesNotMatch(result.stderr, /^\s+at /m, 'a message, not a stack trace');
   });
 });
