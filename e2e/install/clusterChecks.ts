@@ -25,6 +25,15 @@ export async function keywardInOperator(cluster: Cluster, releaseNamespace: stri
   return cluster.kubectl(['-n', releaseNamespace, 'exec', '-i', pod, '-c', 'operator', '--', 'node', '/app/dist/cli/keyward.js', ...args], input);
 }
 
+/**
+ * Until kube-proxy has the webhook Service's endpoints, kube-apiserver's calls are refused (the
+ * webhook fails closed): wait until a server-side dry run of a KeyRing gets through it.
+ */
+export async function waitWebhookServing(cluster: Cluster, releaseNamespace: string, timeoutMs = 60_000): Promise<void> {
+  const probe = `apiVersion: keyward.dev/v1alpha1\nkind: KeyRing\nmetadata: { name: webhook-probe, namespace: ${releaseNamespace} }\nspec: { purpose: encryption }\n`;
+  await eventually('the admission webhook answering through its Service', timeoutMs, () => cluster.kubectl(['create', '--dry-run=server', '-f', '-'], probe).then(() => true), 500);
+}
+
 export async function waitKeyRingReady(cluster: Cluster, namespace: string, name: string, timeoutMs = 60_000): Promise<void> {
   await eventually(`KeyRing ${namespace}/${name} Ready`, timeoutMs, async () => {
     const ready = await cluster.kubectl(['-n', namespace, 'get', 'keyring', name, '-o', 'jsonpath={.status.conditions[?(@.type=="Ready")].status}']);
@@ -145,7 +154,9 @@ export async function waitPodRunning(cluster: Cluster, pod: string, timeoutMs = 
 
 /** The messages of the pod's FailedMount Events (the driver reports the provider's refusal code there). */
 export async function failedMountMessages(cluster: Cluster, pod: string): Promise<string[]> {
-  const out = await cluster.kubectl(['-n', shop.namespace, 'get', 'events', '--field-selector', `involvedObject.name=${pod},reason=FailedMount`, '-o', 'jsonpath={range .items[*]}{.message}{"\\n"}{end}']);
+  // By uid: Events of an earlier pod of the same name do not count.
+  const uid = (await cluster.kubectl(['-n', shop.namespace, 'get', 'pod', pod, '-o', 'jsonpath={.metadata.uid}'])).trim();
+  const out = await cluster.kubectl(['-n', shop.namespace, 'get', 'events', '--field-selector', `involvedObject.uid=${uid},reason=FailedMount`, '-o', 'jsonpath={range .items[*]}{.message}{"\\n"}{end}']);
   return out.split('\n').filter(Boolean);
 }
 

@@ -12,6 +12,7 @@ import { keywardCli, kmsEncryptionConfig } from '../kms/kmsPluginProcess.js';
 import { freePort } from '../control-plane/network.js';
 import { chartDir, helmIn, type Helm } from '../helm/helm.js';
 import type { TestNode } from '../node/testNode.js';
+import { waitWebhookServing } from './clusterChecks.js';
 
 /** The image's user: every Keyward container runs as it, so it owns the token files. */
 export const imageUid = 65532;
@@ -79,18 +80,10 @@ export async function installKeyward(node: TestNode, image: string, token: NodeT
   await node.kubectl(['-n', releaseNamespace, 'create', 'secret', 'generic', 'keyward-hsm-pin', `--from-file=pin=${token.pinFile}`]);
   const values = [...nodeValues(node, image, token), ...extraValues];
   await helm(['install', releaseName, chartDir, ...kubeArgs, ...values, '--wait', '--timeout', '120s']);
-  await waitWebhookServing(node);
+  await waitWebhookServing(node, releaseNamespace);
   return { helm, kubeArgs, values };
 }
 
-/**
- * Until kube-proxy has the webhook Service's endpoints, kube-apiserver's calls are refused (the
- * webhook fails closed): wait until a server-side dry run of a KeyRing gets through it.
- */
-export async function waitWebhookServing(node: TestNode, timeoutMs = 60_000): Promise<void> {
-  const probe = `apiVersion: keyward.dev/v1alpha1\nkind: KeyRing\nmetadata: { name: webhook-probe, namespace: ${releaseNamespace} }\nspec: { purpose: encryption }\n`;
-  await eventually('the admission webhook answering through its Service', timeoutMs, () => node.kubectl(['create', '--dry-run=server', '-f', '-'], probe).then(() => true), 500);
-}
 
 export interface KmsStaticPod {
   /** The socket on the host, named by the EncryptionConfiguration. */

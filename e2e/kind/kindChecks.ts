@@ -3,8 +3,7 @@
 // test file: `node dist/e2e/kind/kindChecks.js` prints one line per check and exits 1 on a failure.
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { eventually } from '../../test/eventually.js';
-import { applyShopWorkload, expectMountRefused, keywardPod, readPodFile, shop, waitPodRunning, type Cluster } from '../install/clusterChecks.js';
+import { applyShopWorkload, expectMountRefused, keywardPod, readPodFile, shop, waitPodRunning, waitWebhookServing, type Cluster } from '../install/clusterChecks.js';
 
 const releaseNamespace = 'keyward-system';
 // Pulled by the kind node from Docker Hub (the node tests load theirs from an archive instead).
@@ -31,20 +30,14 @@ async function main(): Promise<boolean> {
   const secretValue = `kind-${randomBytes(8).toString('hex')}`;
   let admin = '';
   const checks: [string, () => Promise<void>][] = [
-    ['the admission webhook answers through its Service', async () => {
-      // kube-proxy may not have the Service's endpoints yet right after `helm install --wait`.
-      const probe = `apiVersion: keyward.dev/v1alpha1\nkind: KeyRing\nmetadata: { name: webhook-probe, namespace: ${releaseNamespace} }\nspec: { purpose: encryption }\n`;
-      await eventually('the admission webhook answering through its Service', 60_000, () => cluster.kubectl(['create', '--dry-run=server', '-f', '-'], probe).then(() => true), 500);
-    }],
+    ['the admission webhook answers through its Service', () => waitWebhookServing(cluster, releaseNamespace)],
     ['namespace shop: KeyRings Ready, KeyPolicy, SecretProviderClass with a value sealed in the operator', async () => {
       // The KeyPolicy names the user this kubeconfig authenticates as (kind's: kubernetes-admin).
       admin = (await cluster.kubectl(['auth', 'whoami', '-o', 'jsonpath={.status.userInfo.username}'])).trim();
       expect(admin !== '', 'kubectl auth whoami gave no user name');
       await applyShopWorkload(cluster, releaseNamespace, admin, secretValue);
-      // A re-run starts from new pods (old ones hold the previous run's value) and without the
-      // previous intruder's FailedMount Events, which would otherwise satisfy the refusal check.
+      // A re-run starts from new pods: old ones hold the previous run's value.
       await cluster.kubectl(['-n', shop.namespace, 'delete', 'pod', 'web', 'intruder', '--ignore-not-found', '--wait=true']);
-      await cluster.kubectl(['-n', shop.namespace, 'delete', 'events', '--field-selector', 'involvedObject.name=intruder']);
     }],
     ['pod web (granted by the KeyPolicy) runs with the sealed secret and a 32-byte derived key', async () => {
       await cluster.kubectl(['apply', '-f', '-'], keywardPod('web', shop.serviceAccount, busybox, 'IfNotPresent'));
