@@ -30,7 +30,7 @@ export interface NodeToken {
   modulePath: string;
   label: string;
   /** SOFTHSM2_CONF for host processes. */
-  env: Record<string, string>;
+  env: { SOFTHSM2_CONF: string };
 }
 
 /** `keyward hsm init` on the host, then the token given to the image's uid. */
