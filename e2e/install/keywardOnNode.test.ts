@@ -237,7 +237,9 @@ spec: { purpose: encryption }
     await release.helm(['uninstall', 'keyward', ...release.kubeArgs, '--wait', '--timeout', '120s']);
     assert.equal(await keyIds(), idsBefore, 'KeyRings stay (Retain)');
     assert.ok(readdirSync(token.tokenDir).length > 0, 'the token stays');
-    const left = await node.kubectl(['get', 'all,secrets,configmaps,serviceaccounts,roles,rolebindings,clusterroles,clusterrolebindings,validatingwebhookconfigurations,mutatingwebhookconfigurations,poddisruptionbudgets', '-A', '-l', 'app.kubernetes.io/instance=keyward', '-o', 'name']);
+    // Pods go with their owners, a moment after them.
+    await eventually('the release pods gone', 60_000, async () => ((await node.kubectl(['get', 'pods', '-A', '-l', 'app.kubernetes.io/instance=keyward', '-o', 'name'])).trim() === '' ? true : undefined), 1000);
+    const left = await node.kubectl(['get', 'all,secrets,configmaps,serviceaccounts,roles,rolebindings,clusterroles,clusterrolebindings,validatingwebhookconfigurations,mutatingwebhookconfigurations,poddisruptionbudgets,jobs', '-A', '-l', 'app.kubernetes.io/instance=keyward', '-o', 'name']);
     assert.equal(left.trim(), '');
     // Secrets still decrypt: the static-pod plugin is not the release's.
     await node.kubectl(['get', 'secrets', '-A']);
