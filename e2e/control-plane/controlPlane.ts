@@ -143,7 +143,8 @@ export async function startControlPlane(options: ControlPlaneOptions = {}): Prom
   const removeDir = trackDirectory(dir);
   const started: ComponentProcess[] = [];
   const stopAll = async (): Promise<void> => {
-    await Promise.all(started.splice(0).reverse().map((c) => c.stop()));
+    // In reverse order: kube-apiserver stopping after etcd spends its whole grace period retrying etcd.
+    for (const component of started.splice(0).reverse()) await component.stop();
     removeDir();
   };
 

@@ -109,18 +109,27 @@ export async function startTestNode(options: TestNodeOptions = {}): Promise<Test
   const stop = async (): Promise<void> => {
     if (stopped) return;
     stopped = true;
-    if (controlPlane && !workloadsDeleted) await deleteWorkloads(kubectl, p.staticPods).catch((err: Error) => progress(`deleting workloads: ${err.message}`));
+    const phase = timedPhases(progress);
+    if (controlPlane && !workloadsDeleted) {
+      phase('deleting workloads through the API');
+      await deleteWorkloads(kubectl, p.staticPods).catch((err: Error) => progress(`deleting workloads: ${err.message}`));
+    }
+    phase('stopping the driver, kube-proxy and kubelet');
     for (const name of ['registrar', 'secrets-store-csi-driver', 'kube-proxy', 'kubelet']) {
       await started.find((c) => c.name === name)?.stop(5000);
     }
     spawnSync(artifacts.kubeProxy, ['--cleanup'], { stdio: 'ignore' });
+    phase('stopping the control plane');
     if (controlPlane) await controlPlane.stop();
+    phase('stopping containerd');
     const containerd = started.find((c) => c.name === 'containerd');
     if (containerd?.running) {
       removeContainers(p.containerdSocket);
       await containerd.stop(5000);
     }
+    phase('undoing host changes');
     const problems = host.undo();
+    phase();
     unregister();
     if (problems.length > 0) throw setupError(`the node could not undo every host change: ${problems.join('; ')}`);
   };
@@ -259,6 +268,15 @@ export async function startTestNode(options: TestNodeOptions = {}): Promise<Test
     await stop().catch((stopErr: Error) => progress(stopErr.message));
     throw err;
   }
+}
+
+/** Progress of a sequence of phases, each line saying how long the previous one took. */
+function timedPhases(progress: (line: string) => void): (next?: string) => void {
+  let current: { name: string; started: number } | undefined;
+  return (next) => {
+    if (current) progress(`${current.name}: ${((performance.now() - current.started) / 1000).toFixed(1)} s`);
+    current = next === undefined ? undefined : { name: next, started: performance.now() };
+  };
 }
 
 async function applyYaml(kubeConfig: KubeConfig, yaml: string): Promise<void> {
