@@ -3,15 +3,17 @@
 // Keyward volume filled by the real Secrets Store CSI driver (p50/p99 over many pods), and Secret
 // writes through kube-apiserver with the static-pod KMS plugin against the built-in aesgcm
 // provider, alternated in the same run. One JSON line per figure on stdout; progress on stderr.
-import { CoreV1Api } from '@kubernetes/client-node';
+import { CoreV1Api, Watch, type V1Pod } from '@kubernetes/client-node';
+import { load } from 'js-yaml';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { randomBytes } from 'node:crypto';
-import { copyFileSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { buildKeywardImage } from '../e2e/image/keywardImage.js';
 import { applyShopWorkload, keywardPod, shop } from '../e2e/install/clusterChecks.js';
 import { createNodeToken, enableKmsEncryption, installKeyward, installKmsStaticPod, waitPodReady, releaseNamespace } from '../e2e/install/keywardOnNode.js';
-import { aesgcmEncryptionConfig, identityEncryptionConfig, kmsEncryptionConfig } from '../e2e/kms/kmsPluginProcess.js';
+import { identityEncryptionConfig, writeEncryptionConfig } from '../e2e/kms/kmsPluginProcess.js';
 import { readEtcdKey, secretEtcdKey } from '../e2e/control-plane/etcdClient.js';
 import { startTestNode, type TestNode } from '../e2e/node/testNode.js';
 import { emit, load1m, percentile, round, warnIfBusy } from './report.js';
@@ -37,21 +39,66 @@ async function timedNodeStart(kind: 'cold' | 'warm'): Promise<void> {
   await node.stop();
 }
 
-/** Pods created `podConcurrency` at a time; each timed from create to Ready (its volume mounted). */
-async function podStartLatencies(node: TestNode): Promise<number[]> {
-  const latencies: number[] = [];
+/** A pod with the shop's Keyward volume, or the same pod without any volume (the baseline). */
+function benchPod(node: TestNode, name: string, withVolume: boolean): V1Pod {
+  const pod = load(keywardPod(name, shop.serviceAccount, node.images.busybox.ref)) as V1Pod;
+  if (!withVolume) {
+    pod.spec!.volumes = [];
+    pod.spec!.containers[0]!.volumeMounts = [];
+  }
+  return pod;
+}
+
+/**
+ * Create → Ready of each pod, timed on a watch of the namespace (no kubectl processes in the
+ * way). Pods are created `concurrency` at a time, with and without a Keyward volume in turn, so
+ * the machine's drift weighs on both alike; each is deleted once Ready (kubelet runs at most 110).
+ */
+async function podStartLatencies(node: TestNode, count: number, concurrency: number, kinds: readonly boolean[]): Promise<Map<boolean, number[]>> {
+  const core = node.kubeConfig.makeApiClient(CoreV1Api);
+  const readyAt = new Map<string, (at: number) => void>();
+  const watch = await new Watch(node.kubeConfig).watch(`/api/v1/namespaces/${shop.namespace}/pods`, {}, (_type, pod: V1Pod) => {
+    const ready = pod.status?.conditions?.some((c) => c.type === 'Ready' && c.status === 'True');
+    if (ready) readyAt.get(pod.metadata?.name ?? '')?.(performance.now());
+  }, () => undefined);
+  const latencies = new Map<boolean, number[]>(kinds.map((k) => [k, []]));
   let next = 0;
   const worker = async (): Promise<void> => {
-    while (next < podCount) {
-      const name = `bench-${next++}`;
+    while (next < count) {
+      const i = next++;
+      const withVolume = kinds[i % kinds.length]!;
+      const name = `bench-${withVolume ? 'keyward' : 'plain'}-${concurrency}-${i}`;
+      const ready = new Promise<number>((resolve) => readyAt.set(name, resolve));
       const started = performance.now();
-      await node.kubectl(['apply', '-f', '-'], keywardPod(name, shop.serviceAccount, node.images.busybox.ref));
-      await node.kubectl(['-n', shop.namespace, 'wait', '--for=condition=Ready', `pod/${name}`, '--timeout=120s']);
-      latencies.push(performance.now() - started);
+      await core.createNamespacedPod({ namespace: shop.namespace, body: benchPod(node, name, withVolume) });
+      const at = await Promise.race([ready, sleep(120_000).then(() => { throw new Error(`pod ${name} not Ready within 120 s`); })]);
+      latencies.get(withVolume)!.push(at - started);
+      readyAt.delete(name);
+      await core.deleteNamespacedPod({ namespace: shop.namespace, name, gracePeriodSeconds: 1 });
     }
   };
-  await Promise.all(Array.from({ length: podConcurrency }, worker));
-  return latencies.sort((a, b) => a - b);
+  try {
+    await Promise.all(Array.from({ length: concurrency }, worker));
+  } finally {
+    (watch as { abort(): void }).abort();
+  }
+  for (const list of latencies.values()) list.sort((a, b) => a - b);
+  return latencies;
+}
+
+function emitPodLatencies(latencies: Map<boolean, number[]>, concurrency: number): void {
+  for (const [withVolume, list] of latencies) {
+    emit({
+      bench: 'node',
+      figure: withVolume ? 'pod_with_keyward_volume_running_ms' : 'pod_without_volume_running_ms',
+      pods: list.length,
+      concurrency,
+      p50: round(percentile(list, 50), 0),
+      p99: round(percentile(list, 99), 0),
+      max: round(list.at(-1) ?? NaN, 0),
+      load1m: load1m(),
+    });
+  }
 }
 
 async function timedSecretWrites(node: TestNode, provider: 'kms' | 'aesgcm', trial: number): Promise<number> {
@@ -86,28 +133,17 @@ async function main(dir: string): Promise<void> {
   const node = await startTestNode({ images: [image.dockerArchive], controlPlane: { encryptionConfig: identityEncryptionConfig(dir) } });
   try {
     const token = createNodeToken(join(node.dir, 'softhsm'));
-    let started = performance.now();
+    const started = performance.now();
     await installKeyward(node, image.ref, token, join(dir, 'helm'));
     await waitPodReady(node, releaseNamespace, 'app.kubernetes.io/component=operator');
     await waitPodReady(node, releaseNamespace, 'app.kubernetes.io/component=csi-provider');
     emit({ bench: 'node', figure: 'helm_install_to_ready_s', value: seconds(started), load1m: load1m() });
 
     await applyShopWorkload(node, releaseNamespace, 'keyward-admin', 'bench-password');
+    progress(`${podCount} pods with a Keyward volume and ${podCount} without, alternated, one at a time`);
+    emitPodLatencies(await podStartLatencies(node, podCount * 2, 1, [true, false]), 1);
     progress(`${podCount} pods with a Keyward volume, ${podConcurrency} at a time`);
-    started = performance.now();
-    const latencies = await podStartLatencies(node);
-    emit({
-      bench: 'node',
-      figure: 'pod_with_keyward_volume_running_ms',
-      pods: podCount,
-      concurrency: podConcurrency,
-      p50: round(percentile(latencies, 50), 0),
-      p99: round(percentile(latencies, 99), 0),
-      max: round(latencies.at(-1) ?? NaN, 0),
-      totalS: seconds(started),
-      load1m: load1m(),
-    });
-    await node.kubectl(['-n', shop.namespace, 'delete', 'pods', '--all', '--wait=true', '--timeout=180s']);
+    emitPodLatencies(await podStartLatencies(node, podCount, podConcurrency, [true]), podConcurrency);
 
     progress('KMS plugin as a static pod; Secret writes, KMS against aesgcm, alternated');
     await node.kubectl(['apply', '-f', '-'], `apiVersion: keyward.dev/v1alpha1\nkind: KeyRing\nmetadata: { name: ${etcdRing.name}, namespace: ${etcdRing.namespace} }\nspec: { purpose: encryption }\n`);
@@ -116,9 +152,11 @@ async function main(dir: string): Promise<void> {
     await waitPodReady(node, 'kube-system', 'app.kubernetes.io/component=kms-plugin');
     await enableKmsEncryption(node, dir, kms.socketPath);
     const times: Record<string, number[]> = { kms: [], aesgcm: [] };
+    // Both providers stay configured, so everything written so far still reads; the first writes.
+    const aesgcm = `      - aesgcm:\n          keys:\n            - name: key1\n              secret: ${randomBytes(32).toString('base64')}\n`;
+    const kmsProvider = `      - kms:\n          apiVersion: v2\n          name: keyward\n          endpoint: unix://${kms.socketPath}\n          timeout: 3s\n`;
     for (const [trial, provider] of (['kms', 'aesgcm', 'aesgcm', 'kms'] as const).entries()) {
-      if (provider === 'kms') kmsEncryptionConfig(dir, 'keyward', kms.socketPath);
-      else copyFileSync(aesgcmEncryptionConfig(dir), join(dir, 'encryption-config.yaml'));
+      writeEncryptionConfig(join(dir, 'encryption-config.yaml'), provider === 'kms' ? kmsProvider + aesgcm : aesgcm + kmsProvider);
       await node.controlPlane.restartApiserver();
       const taken = await timedSecretWrites(node, provider, trial);
       times[provider]!.push(taken);

@@ -122,7 +122,8 @@ export function identityEncryptionConfig(dir: string): string {
   return writeEncryptionConfig(join(dir, 'encryption-config.yaml'), '');
 }
 
-function writeEncryptionConfig(path: string, provider: string): string {
+/** An EncryptionConfiguration for Secrets: `providers` (YAML list items, indented six spaces), then identity. */
+export function writeEncryptionConfig(path: string, provider: string): string {
   const config = `apiVersion: apiserver.config.k8s.io/v1
 kind: EncryptionConfiguration
 resources:
