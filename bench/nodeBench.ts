@@ -142,8 +142,8 @@ async function main(dir: string): Promise<void> {
     await applyShopWorkload(node, releaseNamespace, 'keyward-admin', 'bench-password');
     progress(`${podCount} pods with a Keyward volume and ${podCount} without, alternated, one at a time`);
     emitPodLatencies(await podStartLatencies(node, podCount * 2, 1, [true, false]), 1);
-    progress(`${podCount} pods with a Keyward volume, ${podConcurrency} at a time`);
-    emitPodLatencies(await podStartLatencies(node, podCount, podConcurrency, [true]), podConcurrency);
+    progress(`the same, ${podConcurrency} at a time`);
+    emitPodLatencies(await podStartLatencies(node, podCount * 2, podConcurrency, [true, false]), podConcurrency);
 
     progress('KMS plugin as a static pod; Secret writes, KMS against aesgcm, alternated');
     await node.kubectl(['apply', '-f', '-'], `apiVersion: keyward.dev/v1alpha1\nkind: KeyRing\nmetadata: { name: ${etcdRing.name}, namespace: ${etcdRing.namespace} }\nspec: { purpose: encryption }\n`);
