@@ -13,25 +13,10 @@ cache=${KEYWARD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/keyward}
 
 export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-buildvcs=false
 
-log() { printf '[build %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-fail() { printf '[build] FAILED: %s\n' "$*" >&2; exit 1; }
-
-# Runs a step; on failure names the step and the command and shows the tail of its output.
-step() {
-  local name=$1; shift
-  local out; out=$(mktemp)
-  log "$name: $*"
-  if ! "$@" >"$out" 2>&1; then
-    tail -n 25 "$out" >&2
-    local hint=""
-    if grep -qiE 'dial tcp|i/o timeout|no such host|connection refused|proxyconnect|verifying .*: ' "$out"; then
-      hint=" (the Go module proxy or checksum database did not answer: check GOPROXY=$(go env GOPROXY), GOSUMDB=$(go env GOSUMDB) and the network)"
-    fi
-    rm -f "$out"
-    fail "step '$name' failed running: $*$hint"
-  fi
-  rm -f "$out"
-}
+build_tag=build
+# shellcheck source=SCRIPTDIR/../buildSteps.sh
+. "$here/../buildSteps.sh"
+failure_hint() { go_module_hint "$1"; }
 
 go_line=""
 # Checked once, and only when something must be built: a warm cache needs no Go at all.

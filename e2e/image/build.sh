@@ -32,21 +32,9 @@ base_options=(
   --skip=output/dev
 )
 
-log() { printf '[image %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-fail() { printf '[image] FAILED: %s\n' "$*" >&2; exit 1; }
-
-# Runs a step; on failure names it and shows the tail of its output.
-step() {
-  local name=$1; shift
-  local out; out=$(mktemp)
-  log "$name: $*"
-  if ! "$@" >"$out" 2>&1; then
-    tail -n 30 "$out" >&2
-    rm -f "$out"
-    fail "step '$name' failed running: $*"
-  fi
-  rm -f "$out"
-}
+build_tag=image
+# shellcheck source=SCRIPTDIR/../buildSteps.sh
+. "$here/../buildSteps.sh"
 
 # Like step, for the long build: its STEP lines are shown as they come.
 step_steps() {

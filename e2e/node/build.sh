@@ -15,25 +15,10 @@ cache=${KEYWARD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/keyward}
 
 export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-buildvcs=false
 
-log() { printf '[node-build %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-fail() { printf '[node-build] FAILED: %s\n' "$*" >&2; exit 1; }
-
-# Runs a step; on failure names the step and the command and shows the tail of its output.
-step() {
-  local name=$1; shift
-  local out; out=$(mktemp)
-  log "$name: $*"
-  if ! "$@" >"$out" 2>&1; then
-    tail -n 25 "$out" >&2
-    local hint=""
-    if grep -qiE 'dial tcp|i/o timeout|no such host|connection refused|proxyconnect|verifying .*: |403 Forbidden' "$out"; then
-      hint=" (the Go module proxy or checksum database refused or did not answer: check GOPROXY=$(go env GOPROXY), GOSUMDB=$(go env GOSUMDB) and the network)"
-    fi
-    rm -f "$out"
-    fail "step '$name' failed running: $*$hint"
-  fi
-  rm -f "$out"
-}
+build_tag=node-build
+# shellcheck source=SCRIPTDIR/../buildSteps.sh
+. "$here/../buildSteps.sh"
+failure_hint() { go_module_hint "$1"; }
 
 need_go() {
   command -v go >/dev/null 2>&1 || fail "Go is not installed: the node tools are built from Go modules and need go (1.26) on PATH"
