@@ -240,6 +240,8 @@ export async function startTestNode(options: TestNodeOptions = {}): Promise<Test
       const csiNode = await kubectl(['get', 'csinode', nodeName, '-o', 'jsonpath={.spec.drivers[*].name}']);
       return csiNode.includes('secrets-store.csi.k8s.io');
     }, timeoutMs, 'done (CSINode lists the driver)');
+    // Pods need their namespace's ServiceAccount; kube-controller-manager makes `default` a few seconds in.
+    await containerd.waitReady(async () => (await core.readNamespacedServiceAccount({ namespace: 'default', name: 'default' })) !== undefined, timeoutMs, 'ready (ServiceAccount default/default exists)');
     progress('node ready');
 
     const kubeConfig = new KubeConfig();
