@@ -241,7 +241,7 @@ export async function startTestNode(options: TestNodeOptions = {}): Promise<Test
       return csiNode.includes('secrets-store.csi.k8s.io');
     }, timeoutMs, 'done (CSINode lists the driver)');
     // Pods need their namespace's ServiceAccount; kube-controller-manager makes `default` a few seconds in.
-    await containerd.waitReady(async () => (await core.readNamespacedServiceAccount({ namespace: 'default', name: 'default' })) !== undefined, timeoutMs, 'ready (ServiceAccount default/default exists)');
+    await controlPlane.controllerManager!.waitReady(async () => (await core.readNamespacedServiceAccount({ namespace: 'default', name: 'default' })) !== undefined, timeoutMs, 'ready (ServiceAccount default/default exists)');
     progress('node ready');
 
     const kubeConfig = new KubeConfig();
