@@ -98,7 +98,8 @@ export async function startTestNode(options: TestNodeOptions = {}): Promise<Test
   const p = paths(dir);
   const started: ComponentProcess[] = [];
   let controlPlane: ControlPlane | undefined;
-  let workloadsDeleted = false;
+  // A start that failed has no workloads to delete.
+  let startFailed = false;
   const start = (name: string, binary: string, args: string[], env?: NodeJS.ProcessEnv): ComponentProcess => {
     const component = new ComponentProcess(name, binary, args, join(dir, `${name.replace(/\W+/g, '-')}.log`), env);
     started.push(component);
@@ -110,7 +111,7 @@ export async function startTestNode(options: TestNodeOptions = {}): Promise<Test
     if (stopped) return;
     stopped = true;
     const phase = timedPhases(progress);
-    if (controlPlane && !workloadsDeleted) {
+    if (controlPlane && !startFailed) {
       phase('deleting workloads through the API');
       await deleteWorkloads(kubectl, p.staticPods).catch((err: Error) => progress(`deleting workloads: ${err.message}`));
     }
@@ -266,7 +267,7 @@ export async function startTestNode(options: TestNodeOptions = {}): Promise<Test
       },
     };
   } catch (err) {
-    workloadsDeleted = true;
+    startFailed = true;
     await stop().catch((stopErr: Error) => progress(stopErr.message));
     throw err;
   }
