@@ -7,7 +7,7 @@ import { CoreV1Api, Watch, type V1Pod } from '@kubernetes/client-node';
 import { load } from 'js-yaml';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { buildKeywardImage } from '../e2e/image/keywardImage.js';
@@ -17,6 +17,7 @@ import { identityEncryptionConfig, writeEncryptionConfig } from '../e2e/kms/kmsP
 import { readEtcdKey, secretEtcdKey } from '../e2e/control-plane/etcdClient.js';
 import { startTestNode, type TestNode } from '../e2e/node/testNode.js';
 import { emit, load1m, percentile, round, warnIfBusy } from './report.js';
+import { trackDirectory } from '../e2e/control-plane/componentProcess.js';
 
 const podCount = Number(process.env.KEYWARD_BENCH_PODS ?? 100);
 const podConcurrency = 10;
@@ -170,11 +171,12 @@ async function main(dir: string): Promise<void> {
 }
 
 const dir = mkdtempSync(join(tmpdir(), 'keyward-bench-node-'));
+const removeDir = trackDirectory(dir);
 try {
   await main(dir);
 } catch (err) {
   progress(`FAILED: ${(err as Error).stack ?? String(err)}`);
   process.exitCode = 1;
 } finally {
-  rmSync(dir, { recursive: true, force: true });
+  removeDir();
 }

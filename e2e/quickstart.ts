@@ -5,7 +5,7 @@
 // it (etcd read directly to show it); a pod gets a sealed secret and a derived key in its volume
 // through the real driver and another pod is refused; a rotation reaches etcd and the running pod.
 // Everything it starts is stopped, and the machine left as it was.
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { eventually } from '../test/eventually.js';
@@ -16,6 +16,7 @@ import { applyShopWorkload, expectMountRefused, keywardPod, primaryVersion, read
 import { createNodeToken, enableKmsEncryption, installKeyward, installKmsStaticPod, releaseNamespace, waitPodReady } from './install/keywardOnNode.js';
 import { apiserverKmsHealthStatus, identityEncryptionConfig, kmsStatus } from './kms/kmsPluginProcess.js';
 import { startTestNode, type TestNode } from './node/testNode.js';
+import { trackDirectory } from './control-plane/componentProcess.js';
 
 const step = (text: string): void => console.error(`[quickstart ${new Date().toISOString().slice(11, 19)}] ${text}`);
 const etcdRing = { namespace: 'kube-system', name: 'etcd-secrets' };
@@ -125,6 +126,8 @@ async function run(node: TestNode, image: string, dir: string): Promise<void> {
 }
 
 const dir = mkdtempSync(join(tmpdir(), 'keyward-quickstart-'));
+// Removed also when the quickstart is interrupted.
+const removeDir = trackDirectory(dir);
 const started = Date.now();
 try {
   await main(dir);
@@ -133,5 +136,5 @@ try {
   console.error(`[quickstart] FAILED: ${(err as Error).message}`);
   process.exitCode = 1;
 } finally {
-  rmSync(dir, { recursive: true, force: true });
+  removeDir();
 }

@@ -31,6 +31,8 @@ export interface ControlPlaneOptions {
    * apiserver's calls to the kubelet (logs, exec); kube-scheduler and kube-controller-manager.
    */
   node?: { address: string };
+  /** Where its temporary directory goes (default: the OS temp directory). */
+  parentDir?: string;
 }
 
 export interface ControlPlane {
@@ -139,7 +141,7 @@ export async function startControlPlane(options: ControlPlaneOptions = {}): Prom
   const timeoutMs = options.readyTimeoutMs ?? 120_000;
   const bin = controlPlaneBinaries();
   const versions = controlPlaneVersions();
-  const dir = mkdtempSync(join(tmpdir(), 'keyward-cp-'));
+  const dir = mkdtempSync(join(options.parentDir ?? tmpdir(), 'keyward-cp-'));
   const removeDir = trackDirectory(dir);
   const started: ComponentProcess[] = [];
   const stopAll = async (): Promise<void> => {

@@ -7,11 +7,12 @@
 // helm test, upgrade and uninstall.
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { eventually } from '../../test/eventually.js';
 import { parseKmsV2Value } from '../control-plane/encryptedObject.js';
+import { trackDirectory } from '../control-plane/componentProcess.js';
 import { readEtcdKey, secretEtcdKey } from '../control-plane/etcdClient.js';
 import { buildKeywardImage, type KeywardImage } from '../image/keywardImage.js';
 import { apiserverKmsHealthStatus, identityEncryptionConfig, kmsStatus } from '../kms/kmsPluginProcess.js';
@@ -61,6 +62,7 @@ function killContainerProcess(subcommand: string): void {
 describe('Keyward installed on a real node (helm, static KMS plugin, Secrets Store CSI driver)', function () {
   this.timeout(600_000);
   let dir: string;
+  let removeDir: (() => void) | undefined;
   let image: KeywardImage;
   let node: TestNode;
   let token: NodeToken;
@@ -70,6 +72,7 @@ describe('Keyward installed on a real node (helm, static KMS plugin, Secrets Sto
   before(async function () {
     if (nodeUnsupportedReason()) this.skip();
     dir = mkdtempSync(join(tmpdir(), 'keyward-install-'));
+    removeDir = trackDirectory(dir);
     image = await buildKeywardImage();
     node = await startTestNode({
       images: [image.dockerArchive],
@@ -81,7 +84,7 @@ describe('Keyward installed on a real node (helm, static KMS plugin, Secrets Sto
 
   after(async () => {
     await node?.stop();
-    if (dir) rmSync(dir, { recursive: true, force: true });
+    removeDir?.();
   });
 
   it('helm install refuses a schema-invalid value, a missing PIN Secret and a wrong module path, and leaves nothing behind', async () => {

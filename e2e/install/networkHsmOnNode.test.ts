@@ -6,7 +6,7 @@
 // operator generates a derivation ring over the socket and a pod gets its derived key.
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { dump, load } from 'js-yaml';
@@ -16,6 +16,7 @@ import { chartDir, helmIn } from '../helm/helm.js';
 import { nodeUnsupportedReason, startTestNode, type TestNode } from '../node/testNode.js';
 import { readPodFile, waitKeyRingReady, waitPodRunning, waitWebhookServing } from './clusterChecks.js';
 import { createNodeToken, imageUid, nodeValues, releaseNamespace, waitPodReady, type NodeToken } from './keywardOnNode.js';
+import { trackDirectory } from '../control-plane/componentProcess.js';
 
 interface NetworkHsmValues {
   hsm: {
@@ -27,6 +28,7 @@ interface NetworkHsmValues {
 describe('Keyward on a real node with a network HSM (p11-kit client module, chart values only)', function () {
   this.timeout(600_000);
   let dir: string;
+  let removeDir: (() => void) | undefined;
   let image: KeywardImage;
   let node: TestNode;
   let token: NodeToken;
@@ -37,6 +39,7 @@ describe('Keyward on a real node with a network HSM (p11-kit client module, char
   before(async function () {
     if (nodeUnsupportedReason() || spawnSync('sh', ['-c', 'command -v p11-kit']).status !== 0) this.skip();
     dir = mkdtempSync(join(tmpdir(), 'keyward-network-hsm-node-'));
+    removeDir = trackDirectory(dir);
     image = await buildKeywardImage();
     node = await startTestNode({ images: [image.dockerArchive] });
     token = createNodeToken(join(node.dir, 'softhsm'));
@@ -55,7 +58,7 @@ describe('Keyward on a real node with a network HSM (p11-kit client module, char
   after(async () => {
     await hsm?.stop();
     await node?.stop();
-    if (dir) rmSync(dir, { recursive: true, force: true });
+    removeDir?.();
   });
 
   it('helm install refuses the module at its HSM check, naming CKM_AES_GCM, and installs nothing', async () => {

@@ -17,7 +17,7 @@ function hostSnapshot(): Record<string, unknown> {
     links: sh("ip -o link show | awk -F': ' '{print $2}' | sort"),
     chains: sh("for t in filter nat mangle; do iptables-save -t $t | grep '^:' | cut -d' ' -f1; done | sort"),
     ipForward: readFileSync('/proc/sys/net/ipv4/ip_forward', 'utf8').trim(),
-    nodeDirs: readdirSync('/tmp').filter((d) => d.startsWith('keyward-node-')),
+    nodeDirs: readdirSync('/tmp').filter((d) => d.startsWith('keyward-node-') || d.startsWith('keyward-cp-')),
     processes: sh("ps -eo comm | grep -E '^(containerd|kubelet|kube-proxy|secrets-store|registrar|containerd-shim)' || true"),
   };
 }

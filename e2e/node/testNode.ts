@@ -172,7 +172,8 @@ export async function startTestNode(options: TestNodeOptions = {}): Promise<Test
     progress('importing images into containerd');
     const imports = Promise.all([artifacts.images.pause.archive, artifacts.images.busybox.archive, ...(options.images ?? [])].map(importImage));
 
-    controlPlane = await startControlPlane({ ...options.controlPlane, node: { address }, progress, readyTimeoutMs: timeoutMs });
+    // Inside the node's directory, so the undo after a killed run removes it too.
+    controlPlane = await startControlPlane({ ...options.controlPlane, node: { address }, parentDir: dir, progress, readyTimeoutMs: timeoutMs });
     for (const c of [controlPlane.etcd, controlPlane.apiserver, controlPlane.controllerManager, controlPlane.scheduler]) if (c) host.started(c.name, c.pid);
     writeFileSync(join(dir, 'admin.kubeconfig'), readFileSync(controlPlane.kubeconfigPath), { mode: 0o600 });
     const pkiDir = controlPlane.pki.dir;
