@@ -44,7 +44,6 @@ interface HostRecord {
   bridge: string;
   sysctls: Record<string, string>;
   netns: string[];
-  chains: Record<string, string[]>;
   existed: { cniCache: boolean; containerdRun: boolean; netnsDir: boolean };
   processes: StartedProcess[];
   /** containerd sockets: shims started for them are ours too. */
@@ -83,12 +82,15 @@ function tableExists(variant: string, table: string): boolean {
   return existsSync(names) && readFileSync(names, 'utf8').split('\n').includes(table);
 }
 
-function chainsOf(variant: string, table: string): string[] {
+/** The lines of `<variant>-save -t <table>`; none when the table does not exist. */
+function saveTable(variant: string, table: string): string[] {
   if (!tableExists(variant, table)) return [];
   const out = spawnSync(`${variant}-save`, ['-t', table], { encoding: 'utf8' });
-  if (out.status !== 0) return [];
-  return out.stdout.split('\n').filter((l) => l.startsWith(':')).map((l) => l.slice(1).split(' ')[0]!);
+  return out.status === 0 ? out.stdout.split('\n') : [];
 }
+
+const chainNames = (lines: string[]): string[] => lines.filter((l) => l.startsWith(':')).map((l) => l.slice(1).split(' ')[0]!);
+const isNodeChain = (name: string): boolean => addedChainPrefixes.some((p) => name.startsWith(p));
 
 function kubepodsCgroups(): string[] {
   if (!existsSync(cgroupRoot)) return [];
@@ -101,12 +103,11 @@ function listNetns(): string[] {
   return existsSync('/run/netns') ? readdirSync('/run/netns') : [];
 }
 
-function snapshotChains(): Record<string, string[]> {
-  const chains: Record<string, string[]> = {};
-  for (const variant of iptablesVariants.filter(has)) {
-    for (const table of iptablesTables) chains[`${variant}/${table}`] = chainsOf(variant, table);
-  }
-  return chains;
+/** Kubernetes or CNI chains in any table, as `variant/table:chain`. */
+function nodeChains(): string[] {
+  return iptablesVariants.filter(has).flatMap((variant) =>
+    iptablesTables.flatMap((table) => chainNames(saveTable(variant, table)).filter(isNodeChain).map((n) => `${variant}/${table}:${n}`)),
+  );
 }
 
 function writeRecord(record: HostRecord): void {
@@ -128,21 +129,19 @@ export class HostChanges {
       new HostChanges(previous).undo();
     }
     const self: StartedProcess = { pid: process.pid, startTime: procStartTime(process.pid) ?? '', name: 'test runner' };
-    const chains = snapshotChains();
-    const foreign = Object.entries(chains).flatMap(([where, names]) =>
-      names.filter((n) => addedChainPrefixes.some((p) => n.startsWith(p))).map((n) => `${where}:${n}`),
-    );
+    // So every such chain present at undo is this node's.
+    const foreign = nodeChains();
     if (foreign.length > 0) {
       throw setupError(`iptables already holds Kubernetes or CNI chains (${foreign.slice(0, 5).join(', ')}): another Kubernetes runs on this machine`);
     }
-    if (kubepodsCgroups().length > 0) throw setupError(`cgroup ${kubepodsCgroups()[0]} exists: another kubelet runs on this machine`);
+    const [kubepods] = kubepodsCgroups();
+    if (kubepods) throw setupError(`cgroup ${kubepods} exists: another kubelet runs on this machine`);
     const record: HostRecord = {
       owner: self,
       dir,
       bridge,
       sysctls: Object.fromEntries(watchedSysctls.flatMap((n) => { const v = readSysctl(n); return v === undefined ? [] : [[n, v]]; })),
       netns: listNetns(),
-      chains,
       existed: { cniCache: existsSync(cniCacheDir), containerdRun: existsSync(containerdRunDir), netnsDir: existsSync('/run/netns') },
       processes: [],
       containerdSockets: [],
@@ -200,15 +199,7 @@ export class HostChanges {
   private killProcesses(): void {
     const ours = [...this.record.processes].reverse().filter(isAlive);
     for (const socket of this.record.containerdSockets) ours.push(...shimsOf(socket));
-    for (const p of ours) {
-      try {
-        process.kill(p.pid, 'SIGKILL');
-      } catch {
-        // already gone
-      }
-    }
-    const deadline = Date.now() + 5000;
-    while (ours.some(isAlive) && Date.now() < deadline) spawnSync('sleep', ['0.1']);
+    killAndWait(ours.map((p) => p.pid), () => ours.some(isAlive));
   }
 
   private unmountAll(): void {
@@ -237,15 +228,9 @@ export class HostChanges {
   private removeChains(): void {
     for (const variant of iptablesVariants.filter(has)) {
       for (const table of iptablesTables) {
-        if (!tableExists(variant, table)) continue;
-        const before = new Set(this.record.chains[`${variant}/${table}`] ?? []);
-        const save = spawnSync(`${variant}-save`, ['-t', table], { encoding: 'utf8' });
-        if (save.status !== 0) continue;
-        const lines = save.stdout.split('\n');
-        const added = lines
-          .filter((l) => l.startsWith(':'))
-          .map((l) => l.slice(1).split(' ')[0]!)
-          .filter((n) => !before.has(n) && addedChainPrefixes.some((p) => n.startsWith(p)));
+        const lines = saveTable(variant, table);
+        // take() refused a host that had any: every one now is the node's.
+        const added = chainNames(lines).filter(isNodeChain);
         if (added.length === 0) continue;
         const jumps = lines.filter((l) => {
           const m = /^-A (\S+) .*-j (\S+)/.exec(l);
@@ -284,6 +269,11 @@ function killContainers(): void {
     }
   };
   kubepodsCgroups().forEach(collect);
+  killAndWait([...pids], () => [...pids].some((pid) => existsSync(`/proc/${pid}`)));
+}
+
+/** SIGKILL to each pid, then up to 5 s for `anyAlive` to turn false (synchronous: exit hooks run it). */
+function killAndWait(pids: number[], anyAlive: () => boolean): void {
   for (const pid of pids) {
     try {
       process.kill(pid, 'SIGKILL');
@@ -292,7 +282,7 @@ function killContainers(): void {
     }
   }
   const deadline = Date.now() + 5000;
-  while ([...pids].some((pid) => existsSync(`/proc/${pid}`)) && Date.now() < deadline) spawnSync('sleep', ['0.1']);
+  while (anyAlive() && Date.now() < deadline) spawnSync('sleep', ['0.1']);
 }
 
 function removeCgroupTree(path: string): void {
