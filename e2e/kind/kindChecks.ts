@@ -1,26 +1,15 @@
 // The checks of the real-node install tests (e2e/install/clusterChecks.ts), run by e2e/kind/run.sh
 // against the kind cluster it installed Keyward on: the kubectl on PATH, with KUBECONFIG. Not a
 // test file: `node dist/e2e/kind/kindChecks.js` prints one line per check and exits 1 on a failure.
-import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { kubectlRunner } from '../control-plane/kubectl.js';
 import { applyShopWorkload, expectMountRefused, keywardPod, readPodFile, shop, waitPodRunning, waitWebhookServing, type Cluster } from '../install/clusterChecks.js';
 
 const releaseNamespace = 'keyward-system';
 // Pulled by the kind node from Docker Hub (the node tests load theirs from an archive instead).
 const busybox = 'busybox:1.36';
 
-const cluster: Cluster = {
-  kubectl: (args, input) =>
-    new Promise((resolve, reject) => {
-      const child = execFile('kubectl', args, { maxBuffer: 64 * 1024 * 1024 }, (err, stdout, stderr) => {
-        if (err) reject(new Error(`kubectl ${args.join(' ')}: ${stderr.trim() || err.message}`));
-        else resolve(stdout);
-      });
-      // kubectl may exit before reading its input; its own error is the one to report.
-      child.stdin?.on('error', () => undefined);
-      child.stdin?.end(input ?? '');
-    }),
-};
+const cluster: Cluster = { kubectl: kubectlRunner('kubectl') };
 
 function expect(condition: boolean, what: string): void {
   if (!condition) throw new Error(what);

@@ -11,6 +11,7 @@ import { CoreV1Api, KubeConfig, loadAllYaml, type KubernetesObject, KubernetesOb
 import { setupError } from '../../core/errors.js';
 import { controlPlaneBinaries } from '../control-plane/binaries.js';
 import { ComponentProcess, onExitCleanup } from '../control-plane/componentProcess.js';
+import { kubectlRunner, type Kubectl } from '../control-plane/kubectl.js';
 import { startControlPlane, type ControlPlane, type ControlPlaneOptions } from '../control-plane/controlPlane.js';
 import { freePort } from '../control-plane/network.js';
 import { clientKubeconfigYaml, issueClientCertificate } from '../control-plane/pki.js';
@@ -134,14 +135,8 @@ export async function startTestNode(options: TestNodeOptions = {}): Promise<Test
     unregister();
     if (problems.length > 0) throw setupError(`the node could not undo every host change: ${problems.join('; ')}`);
   };
-  const kubectl = (args: string[], input?: string): Promise<string> =>
-    new Promise((resolve, reject) => {
-      const child = execFile(kubectlBinary, args, { env: { ...process.env, KUBECONFIG: join(dir, 'admin.kubeconfig') }, maxBuffer: 16 << 20 }, (err, stdout, stderr) => {
-        if (err) reject(new Error(`kubectl ${args.join(' ')}: ${stderr.trim() || err.message}`));
-        else resolve(stdout);
-      });
-      if (input !== undefined) child.stdin?.end(input);
-    });
+  // The control plane's admin kubeconfig; it exists before any call (stop() calls only with a control plane).
+  const kubectl: Kubectl = (args, input) => kubectlRunner(kubectlBinary, controlPlane!.kubeconfigPath)(args, input);
 
   try {
     const address = hostAddress();
@@ -175,7 +170,6 @@ export async function startTestNode(options: TestNodeOptions = {}): Promise<Test
     // Inside the node's directory, so the undo after a killed run removes it too.
     controlPlane = await startControlPlane({ ...options.controlPlane, node: { address }, parentDir: dir, progress, readyTimeoutMs: timeoutMs });
     for (const c of [controlPlane.etcd, controlPlane.apiserver, controlPlane.controllerManager, controlPlane.scheduler]) if (c) host.started(c.name, c.pid);
-    writeFileSync(join(dir, 'admin.kubeconfig'), readFileSync(controlPlane.kubeconfigPath), { mode: 0o600 });
     const pkiDir = controlPlane.pki.dir;
     writeFileSync(join(p.pki, 'ca.crt'), readFileSync(controlPlane.pki.caCert));
     const kubeconfigFor = (file: string, user: string, groups: string[]): string => {
@@ -246,15 +240,13 @@ export async function startTestNode(options: TestNodeOptions = {}): Promise<Test
     await controlPlane.controllerManager!.waitReady(async () => (await core.readNamespacedServiceAccount({ namespace: 'default', name: 'default' })) !== undefined, timeoutMs, 'ready (ServiceAccount default/default exists)');
     progress('node ready');
 
-    const kubeConfig = new KubeConfig();
-    kubeConfig.loadFromFile(join(dir, 'admin.kubeconfig'));
     return {
       name: nodeName,
       address,
       dir,
       controlPlane,
-      kubeconfigPath: join(dir, 'admin.kubeconfig'),
-      kubeConfig,
+      kubeconfigPath: controlPlane.kubeconfigPath,
+      kubeConfig: controlPlane.kubeConfig,
       staticPodDir: p.staticPods,
       providerDir: p.providers,
       kubeletRootDir: p.kubeletRoot,
@@ -263,9 +255,7 @@ export async function startTestNode(options: TestNodeOptions = {}): Promise<Test
       importImage,
       kubectl,
       apply,
-      stop: async () => {
-        await stop();
-      },
+      stop,
     };
   } catch (err) {
     startFailed = true;
