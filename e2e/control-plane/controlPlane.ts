@@ -97,7 +97,7 @@ function startEtcd(bin: ControlPlaneBinaries, dir: string, ports: Ports): Compon
   ], join(dir, 'etcd.log'));
 }
 
-function apiserverArgs(dir: string, ports: Ports, pki: ControlPlanePki, options: ControlPlaneOptions): string[] {
+function apiserverArgs(dir: string, ports: Ports, pki: ControlPlanePki, options: ControlPlaneOptions, kubeletClient?: { cert: string; key: string }): string[] {
   const args = [
     `--etcd-servers=http://127.0.0.1:${ports.etcdClient}`,
     `--cert-dir=${join(dir, 'apiserver-certs')}`,
@@ -120,8 +120,8 @@ function apiserverArgs(dir: string, ports: Ports, pki: ControlPlanePki, options:
       '--enable-admission-plugins=NodeRestriction',
       // The node's name is not in DNS: reach kubelet (logs, exec) at its address.
       '--kubelet-preferred-address-types=InternalIP',
-      `--kubelet-client-certificate=${join(dir, 'pki', 'apiserver-kubelet-client.crt')}`,
-      `--kubelet-client-key=${join(dir, 'pki', 'apiserver-kubelet-client.key')}`,
+      `--kubelet-client-certificate=${kubeletClient!.cert}`,
+      `--kubelet-client-key=${kubeletClient!.key}`,
     );
   } else {
     args.push('--bind-address=127.0.0.1', '--authorization-mode=RBAC', '--disable-admission-plugins=ServiceAccount');
@@ -155,7 +155,7 @@ export async function startControlPlane(options: ControlPlaneOptions = {}): Prom
     const pkiDir = join(dir, 'pki');
     mkdirSync(pkiDir);
     const pki = createPki(pkiDir, options.node ? nodeFacingNames(options.node.address) : []);
-    if (options.node) issueClientCertificate(pkiDir, 'apiserver-kubelet-client', 'kube-apiserver-kubelet-client', ['system:masters']);
+    const kubeletClient = options.node ? issueClientCertificate(pkiDir, 'apiserver-kubelet-client', 'kube-apiserver-kubelet-client', ['system:masters']) : undefined;
     const tls: TlsClient = { ca: readFileSync(pki.caCert), cert: readFileSync(pki.adminCert), key: readFileSync(pki.adminKey) };
     const apiserverUrl = `https://127.0.0.1:${ports.apiserver}`;
     const etcdEndpoint = `http://127.0.0.1:${ports.etcdClient}`;
@@ -167,7 +167,7 @@ export async function startControlPlane(options: ControlPlaneOptions = {}): Prom
 
     const kubeconfigPath = join(dir, 'kubeconfig');
     writeFileSync(kubeconfigPath, kubeconfigYaml(apiserverUrl, pki), { mode: 0o600 });
-    const args = apiserverArgs(dir, ports, pki, options);
+    const args = apiserverArgs(dir, ports, pki, options, kubeletClient);
     let apiserver: ComponentProcess;
     const launchApiserver = async (skipReadyz = false): Promise<void> => {
       progress(`starting kube-apiserver ${versions.kubernetes} on ${apiserverUrl}`);
@@ -185,51 +185,40 @@ export async function startControlPlane(options: ControlPlaneOptions = {}): Prom
     };
     await launchApiserver(options.skipReadyz);
 
-    let controllerManager: ComponentProcess | undefined;
-    if (options.controllerManager || options.node) {
-      progress(`starting kube-controller-manager on 127.0.0.1:${ports.controllerManager}`);
-      controllerManager = new ComponentProcess('kube-controller-manager', bin.kubeControllerManager, [
+    // kube-controller-manager and kube-scheduler: the admin kubeconfig for everything, served on
+    // loopback, healthy when /healthz answers.
+    const startComponent = async (name: string, binary: string, port: number, extraArgs: string[]): Promise<ComponentProcess> => {
+      progress(`starting ${name} on 127.0.0.1:${port}`);
+      const component = new ComponentProcess(name, binary, [
         `--kubeconfig=${kubeconfigPath}`,
         `--authentication-kubeconfig=${kubeconfigPath}`,
         `--authorization-kubeconfig=${kubeconfigPath}`,
         '--bind-address=127.0.0.1',
-        `--secure-port=${ports.controllerManager}`,
-        `--cert-dir=${join(dir, 'kcm-certs')}`,
+        `--secure-port=${port}`,
         '--leader-elect=false',
-        `--service-account-private-key-file=${pki.serviceAccountKey}`,
-        `--root-ca-file=${pki.caCert}`,
-        '--use-service-account-credentials=true',
-        // Signs the certificates the kubelet asks for, and knows the Service range, on a real node.
-        `--cluster-signing-cert-file=${pki.caCert}`,
-        `--cluster-signing-key-file=${pki.caKey}`,
-        '--service-cluster-ip-range=10.0.0.0/24',
-      ], join(dir, 'kube-controller-manager.log'));
-      started.push(controllerManager);
-      await controllerManager.waitReady(
-        async () => (await httpsGet(`https://127.0.0.1:${ports.controllerManager}/healthz`, { insecure: true })).status === 200,
+        ...extraArgs,
+      ], join(dir, `${name}.log`));
+      started.push(component);
+      await component.waitReady(
+        async () => (await httpsGet(`https://127.0.0.1:${port}/healthz`, { insecure: true })).status === 200,
         timeoutMs,
         'healthy (/healthz)',
       );
-    }
-
-    let scheduler: ComponentProcess | undefined;
-    if (options.node) {
-      progress(`starting kube-scheduler on 127.0.0.1:${ports.scheduler}`);
-      scheduler = new ComponentProcess('kube-scheduler', bin.kubeScheduler, [
-        `--kubeconfig=${kubeconfigPath}`,
-        `--authentication-kubeconfig=${kubeconfigPath}`,
-        `--authorization-kubeconfig=${kubeconfigPath}`,
-        '--bind-address=127.0.0.1',
-        `--secure-port=${ports.scheduler}`,
-        '--leader-elect=false',
-      ], join(dir, 'kube-scheduler.log'));
-      started.push(scheduler);
-      await scheduler.waitReady(
-        async () => (await httpsGet(`https://127.0.0.1:${ports.scheduler}/healthz`, { insecure: true })).status === 200,
-        timeoutMs,
-        'healthy (/healthz)',
-      );
-    }
+      return component;
+    };
+    const controllerManager = options.controllerManager || options.node
+      ? await startComponent('kube-controller-manager', bin.kubeControllerManager, ports.controllerManager, [
+          `--cert-dir=${join(dir, 'kcm-certs')}`,
+          `--service-account-private-key-file=${pki.serviceAccountKey}`,
+          `--root-ca-file=${pki.caCert}`,
+          '--use-service-account-credentials=true',
+          // Signs the certificates the kubelet asks for, and knows the Service range, on a real node.
+          `--cluster-signing-cert-file=${pki.caCert}`,
+          `--cluster-signing-key-file=${pki.caKey}`,
+          '--service-cluster-ip-range=10.0.0.0/24',
+        ])
+      : undefined;
+    const scheduler = options.node ? await startComponent('kube-scheduler', bin.kubeScheduler, ports.scheduler, []) : undefined;
 
     const kubeConfig = new KubeConfig();
     kubeConfig.loadFromFile(kubeconfigPath);
