@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { buildKeywardImage } from '../e2e/image/keywardImage.js';
 import { applyShopWorkload, keywardPod, shop } from '../e2e/install/clusterChecks.js';
 import { createNodeToken, enableKmsEncryption, installKeyward, installKmsStaticPod, waitPodReady, releaseNamespace } from '../e2e/install/keywardOnNode.js';
-import { identityEncryptionConfig, writeEncryptionConfig } from '../e2e/kms/kmsPluginProcess.js';
+import { aesgcmProviderYaml, identityEncryptionConfig, kmsProviderYaml, writeEncryptionConfig } from '../e2e/kms/kmsPluginProcess.js';
 import { readEtcdKey, secretEtcdKey } from '../e2e/control-plane/etcdClient.js';
 import { startTestNode, type TestNode } from '../e2e/node/testNode.js';
 import { emit, load1m, percentile, round, warnIfBusy } from './report.js';
@@ -154,8 +154,8 @@ async function main(dir: string): Promise<void> {
     await enableKmsEncryption(node, dir, kms.socketPath);
     const times: Record<string, number[]> = { kms: [], aesgcm: [] };
     // Both providers stay configured, so everything written so far still reads; the first writes.
-    const aesgcm = `      - aesgcm:\n          keys:\n            - name: key1\n              secret: ${randomBytes(32).toString('base64')}\n`;
-    const kmsProvider = `      - kms:\n          apiVersion: v2\n          name: keyward\n          endpoint: unix://${kms.socketPath}\n          timeout: 3s\n`;
+    const aesgcm = aesgcmProviderYaml();
+    const kmsProvider = kmsProviderYaml('keyward', kms.socketPath);
     for (const [trial, provider] of (['kms', 'aesgcm', 'aesgcm', 'kms'] as const).entries()) {
       writeEncryptionConfig(join(dir, 'encryption-config.yaml'), provider === 'kms' ? kmsProvider + aesgcm : aesgcm + kmsProvider);
       await node.controlPlane.restartApiserver();

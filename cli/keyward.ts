@@ -13,6 +13,7 @@ import { acquirePkcs11Module, findSoftHsmModule, releasePkcs11Module } from '../
 import { RingStore } from '../core/hsm/ringStore.js';
 import { type VersionState } from '../core/hsm/ringState.js';
 import { readPinFile } from '../core/hsm/pinFile.js';
+import { softHsmConfig } from '../core/hsm/softHsmToken.js';
 import { initToken } from '../core/hsm/tokenInit.js';
 import { missingMechanisms } from '../core/hsm/requiredMechanisms.js';
 import { maxSealedPlaintextBytes, sealSecret } from '../core/sealedSecret.js';
@@ -103,7 +104,7 @@ function hsmInit(args: string[]): void {
   const tokenDir = join(dir, 'tokens');
   const configPath = join(dir, 'softhsm2.conf');
   mkdirSync(tokenDir, { recursive: true, mode: 0o700 });
-  writeFileSync(configPath, `directories.tokendir = ${tokenDir}\nobjectstore.backend = file\nlog.level = ERROR\n`, { mode: 0o600 });
+  writeFileSync(configPath, softHsmConfig(tokenDir), { mode: 0o600 });
   const pinFile = join(dir, 'user.pin');
   const soPinFile = join(dir, 'so.pin');
   if (!existsSync(pinFile)) writeFileSync(pinFile, randomBytes(16).toString('hex'), { mode: 0o600 });

@@ -27,17 +27,18 @@ export interface SoftHsmTokenOptions {
   modulePath?: string;
 }
 
+/** A SoftHSM2 configuration file's text: file-backed tokens in `tokenDir`, errors only in its log. */
+export function softHsmConfig(tokenDir: string): string {
+  return `directories.tokendir = ${tokenDir}\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n`;
+}
+
 export function createSoftHsmToken(options: SoftHsmTokenOptions = {}): SoftHsmToken {
   const modulePath = options.modulePath ?? findSoftHsmModule();
   const dir = mkdtempSync(join(options.parentDir ?? tmpdir(), 'keyward-softhsm-'));
   const tokenDir = join(dir, 'tokens');
   const configPath = join(dir, 'softhsm2.conf');
   mkdirSync(tokenDir, { mode: 0o700 });
-  writeFileSync(
-    configPath,
-    `directories.tokendir = ${tokenDir}\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n`,
-    { mode: 0o600 },
-  );
+  writeFileSync(configPath, softHsmConfig(tokenDir), { mode: 0o600 });
   const label = options.label ?? `keyward-${randomBytes(4).toString('hex')}`;
   const pin = randomBytes(16).toString('hex');
   const soPin = randomBytes(16).toString('hex');

@@ -7,6 +7,7 @@ import { chmodSync, chownSync, mkdirSync, readFileSync, writeFileSync } from 'no
 import { join } from 'node:path';
 import { dump, load } from 'js-yaml';
 import { findSoftHsmModule } from '../../core/hsm/pkcs11Module.js';
+import { softHsmConfig } from '../../core/hsm/softHsmToken.js';
 import { eventually } from '../../test/eventually.js';
 import { keywardCli, kmsEncryptionConfig } from '../kms/kmsPluginProcess.js';
 import { freePort } from '../control-plane/network.js';
@@ -109,7 +110,7 @@ export async function installKmsStaticPod(node: TestNode, image: string, token: 
     chmodSync(dir, 0o700);
   }
   writeFileSync(join(configDir, 'user.pin'), token.pin, { mode: 0o600 });
-  writeFileSync(join(configDir, 'softhsm2.conf'), 'directories.tokendir = /var/lib/softhsm/tokens\nobjectstore.backend = file\nlog.level = ERROR\n', { mode: 0o600 });
+  writeFileSync(join(configDir, 'softhsm2.conf'), softHsmConfig('/var/lib/softhsm/tokens'), { mode: 0o600 });
   for (const file of ['user.pin', 'softhsm2.conf']) chownSync(join(configDir, file), imageUid, imageUid);
 
   const metricsPort = await freePort();

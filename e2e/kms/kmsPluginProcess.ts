@@ -92,28 +92,31 @@ export async function apiserverKmsHealthStatus(cp: ControlPlane): Promise<number
 
 /** An EncryptionConfiguration that encrypts Secrets through the plugin, keeping identity for old data. */
 export function kmsEncryptionConfig(dir: string, providerName: string, socketPath: string): string {
-  return writeEncryptionConfig(
-    join(dir, 'encryption-config.yaml'),
-    `      - kms:
+  return writeEncryptionConfig(join(dir, 'encryption-config.yaml'), kmsProviderYaml(providerName, socketPath));
+}
+
+export function aesgcmEncryptionConfig(dir: string): string {
+  return writeEncryptionConfig(join(dir, 'aesgcm-config.yaml'), aesgcmProviderYaml());
+}
+
+/** One KMS v2 provider entry of an EncryptionConfiguration, for writeEncryptionConfig. */
+export function kmsProviderYaml(providerName: string, socketPath: string): string {
+  return `      - kms:
           apiVersion: v2
           name: ${providerName}
           endpoint: unix://${socketPath}
           timeout: 3s
-`,
-  );
+`;
 }
 
-/** The built-in aesgcm provider, for comparing write cost against the plugin. */
-export function aesgcmEncryptionConfig(dir: string): string {
+/** One aesgcm provider entry with a fresh random key, for writeEncryptionConfig. */
+export function aesgcmProviderYaml(): string {
   const key = Buffer.from(crypto.getRandomValues(new Uint8Array(32))).toString('base64');
-  return writeEncryptionConfig(
-    join(dir, 'aesgcm-config.yaml'),
-    `      - aesgcm:
+  return `      - aesgcm:
           keys:
             - name: key1
               secret: ${key}
-`,
-  );
+`;
 }
 
 /** Secrets through `provider` (YAML list items), with identity after it so older data stays readable. */
