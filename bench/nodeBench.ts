@@ -11,7 +11,7 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { buildKeywardImage } from '../e2e/image/keywardImage.js';
-import { applyShopWorkload, keywardPod, shop } from '../e2e/install/clusterChecks.js';
+import { applyKeyRing, applyShopWorkload, keywardPod, shop } from '../e2e/install/clusterChecks.js';
 import { createNodeToken, enableKmsEncryption, installKeyward, installKmsStaticPod, waitPodReady, releaseNamespace } from '../e2e/install/keywardOnNode.js';
 import { aesgcmProviderYaml, identityEncryptionConfig, kmsProviderYaml, writeEncryptionConfig } from '../e2e/kms/kmsPluginProcess.js';
 import { readEtcdKey, secretEtcdKey } from '../e2e/control-plane/etcdClient.js';
@@ -136,8 +136,6 @@ async function main(dir: string): Promise<void> {
     const token = createNodeToken(join(node.dir, 'softhsm'));
     const started = performance.now();
     await installKeyward(node, image.ref, token, join(dir, 'helm'));
-    await waitPodReady(node, releaseNamespace, 'app.kubernetes.io/component=operator');
-    await waitPodReady(node, releaseNamespace, 'app.kubernetes.io/component=csi-provider');
     emit({ bench: 'node', figure: 'helm_install_to_ready_s', value: seconds(started), load1m: load1m() });
 
     await applyShopWorkload(node, releaseNamespace, 'keyward-admin', 'bench-password');
@@ -147,8 +145,7 @@ async function main(dir: string): Promise<void> {
     emitPodLatencies(await podStartLatencies(node, podCount * 2, podConcurrency, [true, false]), podConcurrency);
 
     progress('KMS plugin as a static pod; Secret writes, KMS against aesgcm, alternated');
-    await node.kubectl(['apply', '-f', '-'], `apiVersion: keyward.dev/v1alpha1\nkind: KeyRing\nmetadata: { name: ${etcdRing.name}, namespace: ${etcdRing.namespace} }\nspec: { purpose: encryption }\n`);
-    await node.kubectl(['-n', etcdRing.namespace, 'wait', '--for=condition=Ready', `keyring/${etcdRing.name}`, '--timeout=60s']);
+    await applyKeyRing(node, etcdRing.namespace, etcdRing.name, { purpose: 'encryption' });
     const kms = await installKmsStaticPod(node, image.ref, token, etcdRing);
     await waitPodReady(node, 'kube-system', 'app.kubernetes.io/component=kms-plugin');
     await enableKmsEncryption(node, dir, kms.socketPath);

@@ -12,7 +12,7 @@ import { eventually } from '../test/eventually.js';
 import { parseKmsV2Value } from './control-plane/encryptedObject.js';
 import { readEtcdKey, secretEtcdKey } from './control-plane/etcdClient.js';
 import { buildKeywardImage } from './image/keywardImage.js';
-import { applyShopWorkload, expectMountRefused, keywardPod, primaryVersion, readPodFile, shop, waitFileChange, waitKeyRingReady, waitPodRunning } from './install/clusterChecks.js';
+import { applyKeyRing, applyShopWorkload, expectMountRefused, keywardPod, primaryVersion, readPodFile, shop, waitFileChange, waitPodRunning } from './install/clusterChecks.js';
 import { createNodeToken, enableKmsEncryption, installKeyward, installKmsStaticPod, releaseNamespace, waitPodReady } from './install/keywardOnNode.js';
 import { apiserverKmsHealthStatus, identityEncryptionConfig, kmsStatus } from './kms/kmsPluginProcess.js';
 import { startTestNode, type TestNode } from './node/testNode.js';
@@ -49,13 +49,10 @@ async function run(node: TestNode, image: string, dir: string): Promise<void> {
   step('3/8 a SoftHSM2 token on the node (keyward hsm init), its PIN as a Secret, then helm install');
   const token = createNodeToken(join(node.dir, 'softhsm'));
   await installKeyward(node, image, token, join(dir, 'helm'));
-  await waitPodReady(node, releaseNamespace, 'app.kubernetes.io/component=operator');
-  await waitPodReady(node, releaseNamespace, 'app.kubernetes.io/component=csi-provider');
   step(`    ${(await node.kubectl(['-n', releaseNamespace, 'get', 'pods', '-o', 'wide'])).trim().replace(/\n/g, '\n    ')}`);
 
   step(`4/8 KeyRing ${etcdRing.namespace}/${etcdRing.name}, the KMS plugin as the chart's static pod, and kube-apiserver encrypting Secrets through it`);
-  await node.kubectl(['apply', '-f', '-'], `apiVersion: keyward.dev/v1alpha1\nkind: KeyRing\nmetadata: { name: ${etcdRing.name}, namespace: ${etcdRing.namespace} }\nspec: { purpose: encryption, rotationPeriod: 720h }\n`);
-  await waitKeyRingReady(node, etcdRing.namespace, etcdRing.name);
+  await applyKeyRing(node, etcdRing.namespace, etcdRing.name, { purpose: 'encryption', rotationPeriod: '720h' });
   step(`    ${(await node.kubectl(['-n', etcdRing.namespace, 'get', 'keyring', etcdRing.name])).trim().replace(/\n/g, '\n    ')}`);
   const kms = await installKmsStaticPod(node, image, token, etcdRing);
   await waitPodReady(node, 'kube-system', 'app.kubernetes.io/component=kms-plugin');

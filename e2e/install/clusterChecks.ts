@@ -41,6 +41,12 @@ export async function waitKeyRingReady(cluster: Cluster, namespace: string, name
   }, 500);
 }
 
+/** Applies a KeyRing and waits until the operator reports it Ready. */
+export async function applyKeyRing(cluster: Cluster, namespace: string, name: string, spec: Record<string, string>): Promise<void> {
+  await cluster.kubectl(['apply', '-f', '-'], JSON.stringify({ apiVersion: 'keyward.dev/v1alpha1', kind: 'KeyRing', metadata: { name, namespace }, spec }));
+  await waitKeyRingReady(cluster, namespace, name);
+}
+
 export async function primaryVersion(cluster: Cluster, namespace: string, name: string): Promise<number> {
   return Number(await cluster.kubectl(['-n', namespace, 'get', 'keyring', name, '-o', 'jsonpath={.status.primaryVersion}']));
 }

@@ -19,6 +19,7 @@ import { apiserverKmsHealthStatus, identityEncryptionConfig, kmsStatus } from '.
 import { chartDir, helmIn } from '../helm/helm.js';
 import { nodeUnsupportedReason, startTestNode, type TestNode } from '../node/testNode.js';
 import {
+  applyKeyRing,
   applyProviderClass,
   applyShopWorkload,
   expectMountRefused,
@@ -106,16 +107,9 @@ describe('Keyward installed on a real node (helm, static KMS plugin, Secrets Sto
 
   it('helm install brings up the operator behind its webhook Service and the CSI provider DaemonSet', async () => {
     release = await installKeyward(node, image.ref, token, join(dir, 'helm'));
-    await waitPodReady(node, releaseNamespace, 'app.kubernetes.io/component=operator');
-    await waitPodReady(node, releaseNamespace, 'app.kubernetes.io/component=csi-provider');
     assert.ok(existsSync(join(node.providerDir, 'keyward.sock')), 'the provider listens in the driver directory');
     // The webhook answers through the Service: a KeyRing change nobody is granted is refused.
-    await node.kubectl(['apply', '-f', '-'], `apiVersion: keyward.dev/v1alpha1
-kind: KeyRing
-metadata: { name: ${etcdRing.name}, namespace: ${etcdRing.namespace} }
-spec: { purpose: encryption }
-`);
-    await waitKeyRingReady(node, etcdRing.namespace, etcdRing.name);
+    await applyKeyRing(node, etcdRing.namespace, etcdRing.name, { purpose: 'encryption' });
     await assert.rejects(
       node.kubectl(['-n', etcdRing.namespace, 'patch', 'keyring', etcdRing.name, '--type=merge', '-p', '{"spec":{"rotationRequest":"not-granted"}}']),
       /rotate/,

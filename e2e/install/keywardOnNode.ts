@@ -73,7 +73,7 @@ export function nodeValues(node: TestNode, image: string, token: NodeToken): str
   ];
 }
 
-/** Creates the PIN Secret and runs `helm install --wait`; rejects with helm's message. */
+/** Creates the PIN Secret, runs `helm install --wait` and waits for waitKeywardReady; rejects with helm's message. */
 export async function installKeyward(node: TestNode, image: string, token: NodeToken, helmHome: string, extraValues: string[] = []): Promise<KeywardRelease> {
   const helm = helmIn(helmHome);
   const kubeArgs = ['--kubeconfig', node.kubeconfigPath, '--namespace', releaseNamespace];
@@ -81,8 +81,15 @@ export async function installKeyward(node: TestNode, image: string, token: NodeT
   await node.kubectl(['-n', releaseNamespace, 'create', 'secret', 'generic', 'keyward-hsm-pin', `--from-file=pin=${token.pinFile}`]);
   const values = [...nodeValues(node, image, token), ...extraValues];
   await helm(['install', releaseName, chartDir, ...kubeArgs, ...values, '--wait', '--timeout', '120s']);
-  await waitWebhookServing(node, releaseNamespace);
+  await waitKeywardReady(node);
   return { helm, kubeArgs, values };
+}
+
+/** The release's operator and CSI provider pods Ready, and the webhook answering through its Service. */
+export async function waitKeywardReady(node: TestNode): Promise<void> {
+  await waitPodReady(node, releaseNamespace, 'app.kubernetes.io/component=operator');
+  await waitPodReady(node, releaseNamespace, 'app.kubernetes.io/component=csi-provider');
+  await waitWebhookServing(node, releaseNamespace);
 }
 
 

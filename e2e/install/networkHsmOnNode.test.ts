@@ -14,8 +14,8 @@ import { buildKeywardImage, type KeywardImage } from '../image/keywardImage.js';
 import { startNetworkHsm, type NetworkHsm } from '../hsm/networkHsm.js';
 import { chartDir, helmIn } from '../helm/helm.js';
 import { nodeUnsupportedReason, startTestNode, type TestNode } from '../node/testNode.js';
-import { readPodFile, waitKeyRingReady, waitPodRunning, waitWebhookServing } from './clusterChecks.js';
-import { createNodeToken, imageUid, nodeValues, releaseNamespace, waitPodReady, type NodeToken } from './keywardOnNode.js';
+import { readPodFile, waitKeyRingReady, waitPodRunning } from './clusterChecks.js';
+import { createNodeToken, imageUid, nodeValues, releaseNamespace, waitKeywardReady, type NodeToken } from './keywardOnNode.js';
 import { trackDirectory } from '../control-plane/componentProcess.js';
 
 interface NetworkHsmValues {
@@ -73,9 +73,7 @@ describe('Keyward on a real node with a network HSM (p11-kit client module, char
   it('with the check off, the operator generates a derivation ring over the socket and a pod gets its derived key', async () => {
     const helm = helmIn(join(dir, 'helm'));
     await helm(['install', 'keyward', chartDir, ...helmArgs(), ...nodeValues(node, image.ref, token), '-f', valuesFile, '--set', 'hsm.check.enabled=false', '--wait', '--timeout', '120s']);
-    await waitPodReady(node, releaseNamespace, 'app.kubernetes.io/component=operator');
-    await waitPodReady(node, releaseNamespace, 'app.kubernetes.io/component=csi-provider');
-    await waitWebhookServing(node, releaseNamespace);
+    await waitKeywardReady(node);
     await node.kubectl(['apply', '-f', '-'], `apiVersion: v1
 kind: Namespace
 metadata: { name: shop }
