@@ -2,7 +2,6 @@
 // the quickstart and the kind script (e2e/kind/) run the same checks: a workload's KeyRings and
 // KeyPolicy, a value sealed through the operator's pod, a SecretProviderClass, pods whose volumes
 // the real Secrets Store CSI driver fills through the provider, and pods it refuses.
-import { setTimeout as sleep } from 'node:timers/promises';
 import { eventually } from '../../test/eventually.js';
 
 export interface Cluster {
@@ -175,12 +174,9 @@ export async function expectMountRefused(cluster: Cluster, pod: string, code: st
 }
 
 /** Polls `read` until it returns something other than `before` (a remount changed the file). */
-export async function waitFileChange(what: string, before: Buffer, read: () => Promise<Buffer>, timeoutMs: number): Promise<Buffer> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const now = await read().catch(() => before);
-    if (!now.equals(before)) return now;
-    if (Date.now() > deadline) throw new Error(`${what} did not change within ${timeoutMs / 1000} s`);
-    await sleep(1000);
-  }
+export function waitFileChange(what: string, before: Buffer, read: () => Promise<Buffer>, timeoutMs: number): Promise<Buffer> {
+  return eventually(`${what} changing`, timeoutMs, async () => {
+    const now = await read();
+    return now.equals(before) ? undefined : now;
+  }, 1000);
 }
