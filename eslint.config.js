@@ -3,6 +3,18 @@
 import js from '@eslint/js';
 import tseslint from 'typescript-eslint';
 
+function layer(dir, forbidden) {
+  return [
+    {
+      files: [`${dir}/**/*.ts`],
+      ignores: ['**/*.test.ts'],
+      rules: {
+        'no-restricted-imports': ['error', { patterns: forbidden.map((d) => ({ group: [`**/${d}/**`], message: `${dir}/ must not import ${d}/` })) }],
+      },
+    },
+  ];
+}
+
 export default tseslint.config(
   { ignores: ['dist/', 'node_modules/', 'proto/gen/', '**/*.js', '!eslint.config.js'] },
   js.configs.recommended,
@@ -17,6 +29,11 @@ export default tseslint.config(
       'no-console': ['error', { allow: ['error'] }],
     },
   },
+  // The layers: core/ is shared by everything above it and imports none of it; the operator and the
+  // node side (provider/) import core/ and never each other. Tests may reach the test bed.
+  ...layer('core', ['operator', 'provider', 'cli', 'e2e', 'testbed', 'bench']),
+  ...layer('operator', ['provider', 'cli', 'e2e', 'testbed', 'bench']),
+  ...layer('provider', ['operator', 'cli', 'e2e', 'testbed', 'bench']),
   {
     files: ['eslint.config.js'],
     extends: [tseslint.configs.disableTypeChecked],

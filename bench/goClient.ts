@@ -1,5 +1,5 @@
-// The Go load generators (bench/kms-load, bench/csi-load): built once per source version into the
-// Keyward cache by bench/buildGoClient.sh, run to completion, their JSON report parsed.
+// The Go load generators (bench/load/cmd/kms-load, bench/load/cmd/csi-load): built once per source
+// version into the Keyward cache by bench/buildGoClient.sh, run to completion, their JSON report parsed.
 import { execFileSync, spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';

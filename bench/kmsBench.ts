@@ -10,7 +10,7 @@ import { fileURLToPath } from 'node:url';
 import { HsmToken } from '../core/hsm/hsmToken.js';
 import { RingStore } from '../core/hsm/ringStore.js';
 import { createSoftHsmToken, type SoftHsmToken } from '../core/hsm/softHsmToken.js';
-import { trackDirectory } from '../e2e/control-plane/componentProcess.js';
+import { trackDirectory } from '../testbed/control-plane/componentProcess.js';
 import { startKmsPluginProcess, type KmsPluginProcess } from '../e2e/kms/kmsPluginProcess.js';
 import { buildGoClient, runGoClient } from './goClient.js';
 import { cpuSeconds, rssMib, watchPeakRss } from './procStats.js';

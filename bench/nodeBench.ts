@@ -10,14 +10,14 @@ import { randomBytes } from 'node:crypto';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { buildKeywardImage } from '../e2e/image/keywardImage.js';
+import { buildKeywardImage } from '../testbed/image/keywardImage.js';
 import { applyKeyRing, applyShopWorkload, keywardPod, shop } from '../e2e/install/clusterChecks.js';
 import { createNodeToken, enableKmsEncryption, installKeyward, installKmsStaticPod, waitPodReady, releaseNamespace } from '../e2e/install/keywardOnNode.js';
 import { aesgcmProviderYaml, identityEncryptionConfig, kmsProviderYaml, writeEncryptionConfig } from '../e2e/kms/kmsPluginProcess.js';
-import { readEtcdKey, secretEtcdKey } from '../e2e/control-plane/etcdClient.js';
-import { startTestNode, type TestNode } from '../e2e/node/testNode.js';
+import { readEtcdKey, secretEtcdKey } from '../testbed/control-plane/etcdClient.js';
+import { startTestNode, type TestNode } from '../testbed/node/testNode.js';
 import { emit, load1m, percentile, round, warnIfBusy } from './report.js';
-import { trackDirectory } from '../e2e/control-plane/componentProcess.js';
+import { trackDirectory } from '../testbed/control-plane/componentProcess.js';
 
 const podCount = Number(process.env.KEYWARD_BENCH_PODS ?? 100);
 const podConcurrency = 10;

@@ -16,7 +16,7 @@ import { readPinFile } from '../core/hsm/pinFile.js';
 import { softHsmConfig } from '../core/hsm/softHsmToken.js';
 import { initToken } from '../core/hsm/tokenInit.js';
 import { missingMechanisms } from '../core/hsm/requiredMechanisms.js';
-import { maxSealedPlaintextBytes, sealSecret } from '../core/sealedSecret.js';
+import { maxSealedPlaintextBytes, sealSecret } from '../core/formats/sealedSecret.js';
 import { createLogger } from '../core/observability/logger.js';
 import { startKmsPlugin } from '../provider/kms/kmsPlugin.js';
 
@@ -364,7 +364,7 @@ async function encrypt(args: string[]): Promise<void> {
   const token = openToken(values);
   try {
     const sealed = await sealSecret(token, new RingStore(token), { name: values.ring, namespace: values.namespace }, plaintext);
-    // Bytes 2-5 of a sealed value are its key version (core/sealedSecret.ts).
+    // Bytes 2-5 of a sealed value are its key version (core/formats/sealedSecret.ts).
     audit.record({ ...record, result: 'allowed', keyVersion: sealed.readUInt32BE(2) });
     process.stdout.write(`${sealed.toString('base64')}\n`);
   } catch (err) {

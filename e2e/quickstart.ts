@@ -8,15 +8,15 @@
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { eventually } from '../test/eventually.js';
-import { parseKmsV2Value } from './control-plane/encryptedObject.js';
-import { readEtcdKey, secretEtcdKey } from './control-plane/etcdClient.js';
-import { buildKeywardImage } from './image/keywardImage.js';
+import { eventually } from '../testbed/eventually.js';
+import { parseKmsV2Value } from '../testbed/control-plane/encryptedObject.js';
+import { readEtcdKey, secretEtcdKey } from '../testbed/control-plane/etcdClient.js';
+import { buildKeywardImage } from '../testbed/image/keywardImage.js';
 import { applyKeyRing, applyShopWorkload, expectMountRefused, keywardPod, primaryVersion, readPodFile, shop, waitFileChange, waitPodRunning } from './install/clusterChecks.js';
 import { createNodeToken, enableKmsEncryption, installKeyward, installKmsStaticPod, releaseNamespace, waitPodReady } from './install/keywardOnNode.js';
 import { apiserverKmsHealthStatus, identityEncryptionConfig, kmsStatus } from './kms/kmsPluginProcess.js';
-import { startTestNode, type TestNode } from './node/testNode.js';
-import { trackDirectory } from './control-plane/componentProcess.js';
+import { startTestNode, type TestNode } from '../testbed/node/testNode.js';
+import { trackDirectory } from '../testbed/control-plane/componentProcess.js';
 
 const step = (text: string): void => console.error(`[quickstart ${new Date().toISOString().slice(11, 19)}] ${text}`);
 const etcdRing = { namespace: 'kube-system', name: 'etcd-secrets' };

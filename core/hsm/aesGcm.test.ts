@@ -3,7 +3,7 @@ import { randomBytes } from 'node:crypto';
 import pkcs11js from 'pkcs11js';
 import { aesGcmDecrypt, aesGcmEncrypt, generateAesKey } from './aesGcm.js';
 import { HsmToken, pkcs11Code } from './hsmToken.js';
-import { useSoftHsmToken } from '../../test/softHsmFixture.js';
+import { useSoftHsmToken } from '../../testbed/hsm/softHsmFixture.js';
 
 describe('AES-256-GCM in a real SoftHSM2 token', () => {
   const hsm = useSoftHsmToken();

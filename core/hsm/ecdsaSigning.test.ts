@@ -5,7 +5,7 @@ import { KeywardError } from '../errors.js';
 import { generateAesKey } from './aesGcm.js';
 import { ecdsaP384SignatureBytes, generateEcdsaKeyPair, publicKeyDer, secp384r1Params, signDigest } from './ecdsaSigning.js';
 import { pkcs11Code, type Handle, type HsmToken } from './hsmToken.js';
-import { keyAttribute, keyFlag, useSoftHsmToken } from '../../test/softHsmFixture.js';
+import { keyAttribute, keyFlag, useSoftHsmToken } from '../../testbed/hsm/softHsmFixture.js';
 
 describe('ECDSA P-384 signing keys in a real SoftHSM2 token', () => {
   const hsm = useSoftHsmToken();

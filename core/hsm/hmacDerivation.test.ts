@@ -6,7 +6,7 @@ import { aesGcmDecrypt, aesGcmEncrypt, generateAesKey } from './aesGcm.js';
 import { derivedKeyBytes, deriveKey, generateHmacKey } from './hmacDerivation.js';
 import { pkcs11Code, type Handle, type HsmToken } from './hsmToken.js';
 import { WorkingKeys } from './workingKeys.js';
-import { keyAttribute, keyFlag, useSoftHsmToken } from '../../test/softHsmFixture.js';
+import { keyAttribute, keyFlag, useSoftHsmToken } from '../../testbed/hsm/softHsmFixture.js';
 
 describe('HMAC-SHA-384 derivation keys in a real SoftHSM2 token', () => {
   const hsm = useSoftHsmToken();

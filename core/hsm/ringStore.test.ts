@@ -8,7 +8,7 @@ import { deriveKey, generateHmacKey } from './hmacDerivation.js';
 import { HsmToken, pkcs11Code, type Handle } from './hsmToken.js';
 import { assertRingAlgorithm, keyIdFor, keyObjectId, keyObjectLabel, parseRingState, ringObjectLabel, type RingState } from './ringState.js';
 import { RingStore } from './ringStore.js';
-import { keyAttribute, useSoftHsmToken } from '../../test/softHsmFixture.js';
+import { keyAttribute, useSoftHsmToken } from '../../testbed/hsm/softHsmFixture.js';
 
 describe('Ring lifecycle in a real SoftHSM2 token', () => {
   const hsm = useSoftHsmToken();

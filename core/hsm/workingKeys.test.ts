@@ -3,7 +3,7 @@ import { randomBytes } from 'node:crypto';
 import pkcs11js from 'pkcs11js';
 import { aesGcmDecrypt, aesGcmEncrypt, generateAesKey } from './aesGcm.js';
 import { HsmToken, pkcs11Code, type Handle } from './hsmToken.js';
-import { keyAttribute, useSoftHsmToken } from '../../test/softHsmFixture.js';
+import { keyAttribute, useSoftHsmToken } from '../../testbed/hsm/softHsmFixture.js';
 import { WorkingKeys } from './workingKeys.js';
 
 describe('Working copies of HSM keys', () => {

@@ -15,13 +15,13 @@ import { loadApiConnection } from '../../core/kube/apiConnection.js';
 import { RingStore } from '../../core/hsm/ringStore.js';
 import { createSoftHsmToken, type SoftHsmToken } from '../../core/hsm/softHsmToken.js';
 import { createLogger } from '../../core/observability/logger.js';
-import { sealSecret } from '../../core/sealedSecret.js';
-import { keyPolicyResource, type KeyPolicyRule } from '../../operator/api/keyPolicy.js';
+import { sealSecret } from '../../core/formats/sealedSecret.js';
+import { keyPolicyResource, type KeyPolicyRule } from '../../core/api/keyPolicy.js';
 import { CSIDriverProvider, type MountResponse } from '../../proto/gen/csi/v1alpha1/service_pb.js';
 import { Health, HealthCheckResponse_ServingStatus } from '../../proto/gen/grpc/health/v1/health_pb.js';
 import { startCsiProvider, type CsiProvider } from '../../provider/csi/csiProvider.js';
-import { eventually } from '../../test/eventually.js';
-import { startControlPlane, type ControlPlane } from '../control-plane/controlPlane.js';
+import { eventually } from '../../testbed/eventually.js';
+import { startControlPlane, type ControlPlane } from '../../testbed/control-plane/controlPlane.js';
 import { installCrds } from '../operator/crds.js';
 import { createPod, driverMountRequest, podToken, type PodTokenEntry, type TestPod } from './driverRequest.js';
 

@@ -3,8 +3,8 @@
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { SoftHsmToken } from '../../core/hsm/softHsmToken.js';
-import { ComponentProcess } from '../control-plane/componentProcess.js';
-import { freePort } from '../control-plane/network.js';
+import { ComponentProcess } from '../../testbed/control-plane/componentProcess.js';
+import { freePort } from '../../testbed/control-plane/network.js';
 import { keywardCli } from '../kms/kmsPluginProcess.js';
 
 /** How the chart runs the provider's Node (csi-provider-daemonset.yaml): within the driver's 100 MiB. */

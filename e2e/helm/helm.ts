@@ -3,7 +3,7 @@
 import { execFile } from 'node:child_process';
 import { join } from 'node:path';
 import { loadAllYaml, type KubernetesObject } from '@kubernetes/client-node';
-import { controlPlaneBinaries } from '../control-plane/binaries.js';
+import { controlPlaneBinaries } from '../../testbed/control-plane/binaries.js';
 
 export const repoRoot = join(import.meta.dirname, '..', '..', '..');
 export const chartDir = join(repoRoot, 'charts', 'keyward');

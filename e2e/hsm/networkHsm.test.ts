@@ -22,9 +22,9 @@ import type { RingState } from '../../core/hsm/ringState.js';
 import { createSoftHsmToken, type SoftHsmToken } from '../../core/hsm/softHsmToken.js';
 import { startKmsPlugin } from '../../provider/kms/kmsPlugin.js';
 import { KeyManagementService } from '../../proto/gen/kms/v2/api_pb.js';
-import { keyAttribute, keyFlag } from '../../test/softHsmFixture.js';
+import { keyAttribute, keyFlag } from '../../testbed/hsm/softHsmFixture.js';
 import { keywardCli } from '../kms/kmsPluginProcess.js';
-import { findP11KitClient, startNetworkHsm, type NetworkHsm } from './networkHsm.js';
+import { findP11KitClient, startNetworkHsm, type NetworkHsm } from '../../testbed/hsm/networkHsm.js';
 
 interface CliResult {
   code: number | null;

@@ -2,7 +2,7 @@
 // the quickstart and the kind script (e2e/kind/) run the same checks: a workload's KeyRings and
 // KeyPolicy, a value sealed through the operator's pod, a SecretProviderClass, pods whose volumes
 // the real Secrets Store CSI driver fills through the provider, and pods it refuses.
-import { eventually } from '../../test/eventually.js';
+import { eventually } from '../../testbed/eventually.js';
 
 export interface Cluster {
   kubectl(args: string[], input?: string): Promise<string>;

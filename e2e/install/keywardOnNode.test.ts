@@ -10,14 +10,14 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { eventually } from '../../test/eventually.js';
-import { parseKmsV2Value } from '../control-plane/encryptedObject.js';
-import { trackDirectory } from '../control-plane/componentProcess.js';
-import { readEtcdKey, secretEtcdKey } from '../control-plane/etcdClient.js';
-import { buildKeywardImage, type KeywardImage } from '../image/keywardImage.js';
+import { eventually } from '../../testbed/eventually.js';
+import { parseKmsV2Value } from '../../testbed/control-plane/encryptedObject.js';
+import { trackDirectory } from '../../testbed/control-plane/componentProcess.js';
+import { readEtcdKey, secretEtcdKey } from '../../testbed/control-plane/etcdClient.js';
+import { buildKeywardImage, type KeywardImage } from '../../testbed/image/keywardImage.js';
 import { apiserverKmsHealthStatus, identityEncryptionConfig, kmsStatus } from '../kms/kmsPluginProcess.js';
 import { chartDir, helmIn } from '../helm/helm.js';
-import { nodeUnsupportedReason, startTestNode, type TestNode } from '../node/testNode.js';
+import { nodeUnsupportedReason, startTestNode, type TestNode } from '../../testbed/node/testNode.js';
 import {
   applyKeyRing,
   applyProviderClass,

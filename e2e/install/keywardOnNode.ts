@@ -8,11 +8,11 @@ import { join } from 'node:path';
 import { dump, load } from 'js-yaml';
 import { findSoftHsmModule } from '../../core/hsm/pkcs11Module.js';
 import { softHsmConfig } from '../../core/hsm/softHsmToken.js';
-import { eventually } from '../../test/eventually.js';
+import { eventually } from '../../testbed/eventually.js';
 import { keywardCli, kmsEncryptionConfig } from '../kms/kmsPluginProcess.js';
-import { freePort } from '../control-plane/network.js';
+import { freePort } from '../../testbed/control-plane/network.js';
 import { chartDir, helmIn, type Helm } from '../helm/helm.js';
-import type { TestNode } from '../node/testNode.js';
+import type { TestNode } from '../../testbed/node/testNode.js';
 import { waitWebhookServing } from './clusterChecks.js';
 
 /** The image's user: every Keyward container runs as it, so it owns the token files. */

@@ -10,13 +10,13 @@ import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { dump, load } from 'js-yaml';
-import { buildKeywardImage, type KeywardImage } from '../image/keywardImage.js';
-import { startNetworkHsm, type NetworkHsm } from '../hsm/networkHsm.js';
+import { buildKeywardImage, type KeywardImage } from '../../testbed/image/keywardImage.js';
+import { startNetworkHsm, type NetworkHsm } from '../../testbed/hsm/networkHsm.js';
 import { chartDir, helmIn } from '../helm/helm.js';
-import { nodeUnsupportedReason, startTestNode, type TestNode } from '../node/testNode.js';
+import { nodeUnsupportedReason, startTestNode, type TestNode } from '../../testbed/node/testNode.js';
 import { readPodFile, waitKeyRingReady, waitPodRunning } from './clusterChecks.js';
 import { createNodeToken, imageUid, nodeValues, releaseNamespace, waitKeywardReady, type NodeToken } from './keywardOnNode.js';
-import { trackDirectory } from '../control-plane/componentProcess.js';
+import { trackDirectory } from '../../testbed/control-plane/componentProcess.js';
 
 interface NetworkHsmValues {
   hsm: {

@@ -2,7 +2,7 @@
 // against the kind cluster it installed Keyward on: the kubectl on PATH, with KUBECONFIG. Not a
 // test file: `node dist/e2e/kind/kindChecks.js` prints one line per check and exits 1 on a failure.
 import { randomBytes } from 'node:crypto';
-import { kubectlRunner } from '../control-plane/kubectl.js';
+import { kubectlRunner } from '../../testbed/control-plane/kubectl.js';
 import { applyShopWorkload, expectMountRefused, keywardPod, readPodFile, shop, waitPodRunning, waitWebhookServing, type Cluster } from '../install/clusterChecks.js';
 
 const releaseNamespace = 'keyward-system';

@@ -44,10 +44,10 @@ done
 docker info >/dev/null 2>&1 || die "docker is installed but its daemon does not answer (docker info failed)"
 [[ -d node_modules ]] || die "node_modules is missing: run npm ci first (the checks are compiled with tsc)"
 
-k8s_version=$(sed -n 's/^KUBERNETES_VERSION=//p' e2e/control-plane/versions.env)
+k8s_version=$(sed -n 's/^KUBERNETES_VERSION=//p' testbed/control-plane/versions.env)
 node_image=${KIND_NODE_IMAGE:-$(sed -n 's/^ *image: *//p' e2e/kind/kind-config.yaml)}
 [[ $node_image == *":${k8s_version%.*}."* ]] ||
-  die "node image $node_image is not Kubernetes ${k8s_version%.*} (KUBERNETES_VERSION=$k8s_version in e2e/control-plane/versions.env)"
+  die "node image $node_image is not Kubernetes ${k8s_version%.*} (KUBERNETES_VERSION=$k8s_version in testbed/control-plane/versions.env)"
 
 # shellcheck disable=SC2317 # called by the EXIT trap, which shellcheck does not follow
 delete_all() {

@@ -9,10 +9,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { createSoftHsmToken, type SoftHsmToken } from '../../core/hsm/softHsmToken.js';
-import { startControlPlane, type ControlPlane } from '../control-plane/controlPlane.js';
-import { readEtcdPrefix } from '../control-plane/etcdClient.js';
-import { parseKmsV2Value } from '../control-plane/encryptedObject.js';
-import { eventually } from '../../test/eventually.js';
+import { startControlPlane, type ControlPlane } from '../../testbed/control-plane/controlPlane.js';
+import { readEtcdPrefix } from '../../testbed/control-plane/etcdClient.js';
+import { parseKmsV2Value } from '../../testbed/control-plane/encryptedObject.js';
+import { eventually } from '../../testbed/eventually.js';
 import { apiserverKmsHealthStatus, keywardCli, kmsEncryptionConfig, kmsStatus, startKmsPluginProcess, type KmsPluginProcess } from './kmsPluginProcess.js';
 
 const providerName = 'keyward';

@@ -6,9 +6,9 @@ import { fileURLToPath } from 'node:url';
 import { grpcClient } from '../../core/grpc/unaryService.js';
 import type { SoftHsmToken } from '../../core/hsm/softHsmToken.js';
 import { KeyManagementService } from '../../proto/gen/kms/v2/api_pb.js';
-import { ComponentProcess } from '../control-plane/componentProcess.js';
-import type { ControlPlane } from '../control-plane/controlPlane.js';
-import { freePort, httpsGet } from '../control-plane/network.js';
+import { ComponentProcess } from '../../testbed/control-plane/componentProcess.js';
+import type { ControlPlane } from '../../testbed/control-plane/controlPlane.js';
+import { freePort, httpsGet } from '../../testbed/control-plane/network.js';
 
 export const keywardCli = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'cli', 'keyward.js');
 

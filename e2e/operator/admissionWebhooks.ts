@@ -5,8 +5,8 @@ import { mkdirSync, readFileSync, copyFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { AdmissionregistrationV1Api, KubeConfig, type V1MutatingWebhookConfiguration, type V1ValidatingWebhookConfiguration } from '@kubernetes/client-node';
 import { keyPolicyWebhookPath, keyRingWebhookPath } from '../../operator/admission/admissionServer.js';
-import type { ControlPlane } from '../control-plane/controlPlane.js';
-import { issueClientCertificate, issueServingCertificate } from '../control-plane/pki.js';
+import type { ControlPlane } from '../../testbed/control-plane/controlPlane.js';
+import { issueClientCertificate, issueServingCertificate } from '../../testbed/control-plane/pki.js';
 
 /** A directory with tls.crt and tls.key for a webhook on 127.0.0.1, signed by the control plane's CA. */
 export function webhookCertDir(cp: ControlPlane, dir: string): string {

@@ -1,6 +1,6 @@
 // Destruction stamps as Keyward admission writes them once a second person has approved, for
 // tests that exercise the operator without the webhook (admission has its own tests).
-import type { DestroyRequest } from '../../operator/api/keyRing.js';
+import type { DestroyRequest } from '../../core/api/keyRing.js';
 
 export const approvedDestruction = (at: Date): DestroyRequest => ({
   requestedBy: 'test-requester',

@@ -7,10 +7,10 @@ import { RingStore } from '../../core/hsm/ringStore.js';
 import { createSoftHsmToken, type SoftHsmToken } from '../../core/hsm/softHsmToken.js';
 import { createAuditLog } from '../../core/audit/auditLog.js';
 import { createLogger } from '../../core/observability/logger.js';
-import { keyRingResource, type KeyRing } from '../../operator/api/keyRing.js';
+import { keyRingResource, type KeyRing } from '../../core/api/keyRing.js';
 import { startOperator, type Operator } from '../../operator/operator.js';
-import { eventually } from '../../test/eventually.js';
-import { startControlPlane, type ControlPlane } from '../control-plane/controlPlane.js';
+import { eventually } from '../../testbed/eventually.js';
+import { startControlPlane, type ControlPlane } from '../../testbed/control-plane/controlPlane.js';
 import { installCrds } from './crds.js';
 
 describe('KeyRing operator with an HSM that refuses its PIN', function () {

@@ -13,11 +13,11 @@ import { RingStore } from '../../core/hsm/ringStore.js';
 import { createSoftHsmToken, type SoftHsmToken } from '../../core/hsm/softHsmToken.js';
 import { createAuditLog } from '../../core/audit/auditLog.js';
 import { createLogger } from '../../core/observability/logger.js';
-import { keyRingResource, type KeyRing, type KeyRingSpec } from '../../operator/api/keyRing.js';
+import { keyRingResource, type KeyRing, type KeyRingSpec } from '../../core/api/keyRing.js';
 import { keyRingFinalizer } from '../../operator/keyRing/keyRingClient.js';
 import { startOperator, type Operator } from '../../operator/operator.js';
-import { eventually } from '../../test/eventually.js';
-import { startControlPlane, type ControlPlane } from '../control-plane/controlPlane.js';
+import { eventually } from '../../testbed/eventually.js';
+import { startControlPlane, type ControlPlane } from '../../testbed/control-plane/controlPlane.js';
 import { approvedDestruction } from './approvedDestruction.js';
 import { installCrds } from './crds.js';
 

@@ -8,10 +8,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CoordinationV1Api, CoreV1Api, CustomObjectsApi, PatchStrategy, setHeaderOptions, type V1Lease } from '@kubernetes/client-node';
 import { createSoftHsmToken, type SoftHsmToken } from '../../core/hsm/softHsmToken.js';
-import { keyRingResource, type KeyRing, type KeyRingSpec } from '../../operator/api/keyRing.js';
-import { eventually } from '../../test/eventually.js';
-import { trackDirectory } from '../control-plane/componentProcess.js';
-import { startControlPlane, type ControlPlane } from '../control-plane/controlPlane.js';
+import { keyRingResource, type KeyRing, type KeyRingSpec } from '../../core/api/keyRing.js';
+import { eventually } from '../../testbed/eventually.js';
+import { trackDirectory } from '../../testbed/control-plane/componentProcess.js';
+import { startControlPlane, type ControlPlane } from '../../testbed/control-plane/controlPlane.js';
 import { installCrds } from './crds.js';
 import { startOperatorProcess, type OperatorProcess } from './operatorProcess.js';
 

@@ -4,8 +4,8 @@ import { writeFileSync } from 'node:fs';
 import { request } from 'node:https';
 import { join } from 'node:path';
 import type { SoftHsmToken } from '../../core/hsm/softHsmToken.js';
-import { ComponentProcess } from '../control-plane/componentProcess.js';
-import { freePort } from '../control-plane/network.js';
+import { ComponentProcess } from '../../testbed/control-plane/componentProcess.js';
+import { freePort } from '../../testbed/control-plane/network.js';
 import { keywardCli } from '../kms/kmsPluginProcess.js';
 
 /** How the operator's Node runs in production (the chart): a small young generation keeps its resident set low. */

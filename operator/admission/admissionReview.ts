@@ -3,7 +3,7 @@
 import type { AuditLog } from '../../core/audit/auditLog.js';
 import type { Decision, Requester } from '../../core/policy/policySet.js';
 import type { Operation } from '../../core/policy/operations.js';
-import type { KeyRingSpec } from '../api/keyRing.js';
+import type { KeyRingSpec } from '../../core/api/keyRing.js';
 
 export interface AdmissionRequest {
   uid: string;

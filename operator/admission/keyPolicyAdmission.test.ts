@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import type { KeyPolicy, KeyPolicyRule } from '../api/keyPolicy.js';
+import type { KeyPolicy, KeyPolicyRule } from '../../core/api/keyPolicy.js';
 import { admitKeyPolicy } from './keyPolicyAdmission.js';
 
 const now = new Date('2026-11-23T12:00:00Z');

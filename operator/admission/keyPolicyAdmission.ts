@@ -3,7 +3,7 @@
 // namespace: a change that would leave any policy unenforced is refused.
 import { breakGlassRole, breakGlassMaxMs } from '../../core/policy/operations.js';
 import { PolicySet, type PolicyDocument } from '../../core/policy/policySet.js';
-import { policyDocument, type KeyPolicy } from '../api/keyPolicy.js';
+import { policyDocument, type KeyPolicy } from '../../core/api/keyPolicy.js';
 
 export interface KeyPolicyAdmissionInput {
   object: KeyPolicy;

@@ -1,7 +1,8 @@
 import assert from 'node:assert/strict';
 import { PolicySet, type PolicyRule } from '../../core/policy/policySet.js';
-import type { KeyRing, KeyRingSpec } from '../api/keyRing.js';
-import { admitKeyRing, defaultApprovalWindowMs } from './keyRingAdmission.js';
+import type { KeyRing, KeyRingSpec } from '../../core/api/keyRing.js';
+import { defaultApprovalWindowMs } from '../../core/api/keyRing.js';
+import { admitKeyRing } from './keyRingAdmission.js';
 
 const now = new Date('2026-11-23T12:00:00Z');
 const alice = { username: 'alice', groups: [] };

@@ -4,10 +4,8 @@
 // approved, and restores those stamps if a request tries to change them.
 import type { Operation } from '../../core/policy/operations.js';
 import type { PolicySet, Requester } from '../../core/policy/policySet.js';
-import type { DestroyRequest, KeyRing, KeyRingDesiredVersion, KeyRingSpec } from '../api/keyRing.js';
+import { defaultApprovalWindowMs, type DestroyRequest, type KeyRing, type KeyRingDesiredVersion, type KeyRingSpec } from '../../core/api/keyRing.js';
 import type { AuditAct, Verdict } from './admissionReview.js';
-
-export const defaultApprovalWindowMs = 60 * 60 * 1000;
 
 interface Act {
   operation: Operation;

@@ -5,10 +5,10 @@
 import { CustomObjectsApi, PatchStrategy, setHeaderOptions, type KubeConfig } from '@kubernetes/client-node';
 import { keepAliveApiClient } from '../../core/kube/keepAliveApiClient.js';
 import type { Logger } from '../../core/observability/logger.js';
-import { keyPolicyResource, maxStatusGrants, type KeyPolicy, type KeyPolicyStatus } from '../api/keyPolicy.js';
-import { withConditions } from '../keyRing/keyRingStatus.js';
+import { keyPolicyResource, maxStatusGrants, type KeyPolicy, type KeyPolicyStatus } from '../../core/api/keyPolicy.js';
+import { withConditions } from '../../core/api/conditions.js';
 import type { Reconcile } from '../runtime/controllerLoop.js';
-import type { PolicyCache } from './policyCache.js';
+import type { PolicyCache } from '../../core/policy/policyCache.js';
 
 const statusManager = 'keyward-operator';
 const apply = setHeaderOptions('Content-Type', PatchStrategy.ServerSideApply);

@@ -4,7 +4,7 @@
 import { randomBytes } from 'node:crypto';
 import { CoreV1Api, CustomObjectsApi, PatchStrategy, setHeaderOptions, type KubeConfig } from '@kubernetes/client-node';
 import { keepAliveApiClient } from '../../core/kube/keepAliveApiClient.js';
-import { keyRingResource, type KeyRing, type KeyRingStatus } from '../api/keyRing.js';
+import { keyRingResource, type KeyRing, type KeyRingStatus } from '../../core/api/keyRing.js';
 
 export const keyRingFinalizer = 'keyward.dev/hsm-keys';
 const statusManager = 'keyward-operator';

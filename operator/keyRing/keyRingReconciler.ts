@@ -10,13 +10,13 @@ import type { AuditLog } from '../../core/audit/auditLog.js';
 import type { Logger } from '../../core/observability/logger.js';
 import type { RingAlgorithm, RingState, RingVersion, VersionState } from '../../core/hsm/ringState.js';
 import type { RingStore } from '../../core/hsm/ringStore.js';
-import { parseDuration } from '../api/duration.js';
-import { algorithmsByPurpose, type DestroyRequest, type KeyAlgorithm, type KeyRing, type KeyRingDesiredVersion } from '../api/keyRing.js';
-import { defaultApprovalWindowMs } from '../admission/keyRingAdmission.js';
+import { parseDuration } from '../../core/api/duration.js';
+import { algorithmsByPurpose, defaultApprovalWindowMs, type DestroyRequest, type KeyAlgorithm, type KeyRing, type KeyRingDesiredVersion } from '../../core/api/keyRing.js';
 import type { OperatorMetrics } from '../operatorMetrics.js';
 import type { Reconcile } from '../runtime/controllerLoop.js';
 import { keyRingFinalizer, type KeyRingClient } from './keyRingClient.js';
-import { keyRingStatus, nextRotationTime, withConditions, type ConditionInput } from './keyRingStatus.js';
+import { withConditions, type ConditionInput } from '../../core/api/conditions.js';
+import { keyRingStatus, nextRotationTime } from './keyRingStatus.js';
 
 export interface KeyRingReconcilerDeps {
   store: RingStore;
@@ -44,7 +44,14 @@ const generatedAlgorithms = Object.entries(algorithmsByPurpose)
 /** Look again at least this often, so missed events and clock jumps heal. */
 const maxRequeueMs = 60 * 60 * 1000;
 
-export function keyRingReconciler(deps: KeyRingReconcilerDeps): Reconcile {
+/** One reconciler's dependencies and its own memory of what it has audited. */
+interface Reconciling extends KeyRingReconcilerDeps {
+  /** Reconciles repeat while a request waits for approval; its refusal is audited once. */
+  auditedDestructions: Set<string>;
+}
+
+export function keyRingReconciler(dependencies: KeyRingReconcilerDeps): Reconcile {
+  const deps: Reconciling = { ...dependencies, auditedDestructions: new Set() };
   const now = deps.now ?? (() => new Date());
   return async (key) => {
     const [namespace = '', name = ''] = key.split('/');
@@ -63,7 +70,7 @@ export function keyRingReconciler(deps: KeyRingReconcilerDeps): Reconcile {
   };
 }
 
-async function reconcileRing(deps: KeyRingReconcilerDeps, keyRing: KeyRing, now: Date): Promise<{ requeueAfterMs: number }> {
+async function reconcileRing(deps: Reconciling, keyRing: KeyRing, now: Date): Promise<{ requeueAfterMs: number }> {
   const { store, client, metrics } = deps;
   const { name = '', namespace = '', uid = '' } = keyRing.metadata;
   const spec = keyRing.spec;
@@ -126,7 +133,7 @@ async function reconcileRing(deps: KeyRingReconcilerDeps, keyRing: KeyRing, now:
   return { requeueAfterMs: requeueAfter(ring, next, now) };
 }
 
-async function announceRotation(deps: KeyRingReconcilerDeps, keyRing: KeyRing, ring: RingState, why: string): Promise<void> {
+async function announceRotation(deps: Reconciling, keyRing: KeyRing, ring: RingState, why: string): Promise<void> {
   const primary = ring.versions.find((v) => v.number === ring.primary);
   await deps.client.event(keyRing, 'Normal', 'Rotated', `version ${ring.primary} is now primary (${why}): key id ${primary?.keyId}`);
 }
@@ -162,7 +169,7 @@ const stateEvents: Record<string, string> = {
 };
 
 async function applyDesiredState(
-  deps: KeyRingReconcilerDeps,
+  deps: Reconciling,
   keyRing: KeyRing,
   ring: RingState,
   desired: KeyRingDesiredVersion,
@@ -190,7 +197,7 @@ async function applyDesiredState(
 }
 
 /** Deletion: Retain leaves the keys; Destroy schedules every version, never destroying at once. */
-async function finalize(deps: KeyRingReconcilerDeps, keyRing: KeyRing, now: Date): Promise<void> {
+async function finalize(deps: Reconciling, keyRing: KeyRing, now: Date): Promise<void> {
   if (!keyRing.metadata.finalizers?.includes(keyRingFinalizer)) return;
   const uid = keyRing.metadata.uid ?? '';
   const destroying = keyRing.spec.deletionPolicy === 'Destroy';
@@ -230,14 +237,11 @@ function twoPersonRefusal(stamp: DestroyRequest | undefined, windowMs: number, n
   return undefined;
 }
 
-// Reconciles repeat while a request waits for approval; its refusal is audited once.
-const auditedDestructions = new Set<string>();
-
-function auditDestruction(deps: KeyRingReconcilerDeps, keyRing: KeyRing, stamp: DestroyRequest | undefined, refusal: string | undefined, version?: number): void {
+function auditDestruction(deps: Reconciling, keyRing: KeyRing, stamp: DestroyRequest | undefined, refusal: string | undefined, version?: number): void {
   const key = `${keyRing.metadata.uid ?? ''}/${version ?? 'ring'}/${JSON.stringify(stamp ?? {})}/${refusal ?? ''}`;
-  if (auditedDestructions.has(key)) return;
-  if (auditedDestructions.size > 10_000) auditedDestructions.clear();
-  auditedDestructions.add(key);
+  if (deps.auditedDestructions.has(key)) return;
+  if (deps.auditedDestructions.size > 10_000) deps.auditedDestructions.clear();
+  deps.auditedDestructions.add(key);
   deps.audit.record({
     requestId: `${keyRing.metadata.uid ?? ''}/${keyRing.metadata.generation ?? 0}`,
     actor: stamp?.requestedBy ?? '',
@@ -252,7 +256,7 @@ function auditDestruction(deps: KeyRingReconcilerDeps, keyRing: KeyRing, stamp: 
 }
 
 /** Ready=False with a reason the admin can act on; the caller retries with backoff. */
-async function reportFailure(deps: KeyRingReconcilerDeps, keyRing: KeyRing, err: unknown, now: Date): Promise<void> {
+async function reportFailure(deps: Reconciling, keyRing: KeyRing, err: unknown, now: Date): Promise<void> {
   const reason = failureReason(err);
   const message = err instanceof KeywardError ? err.message : `HSM operation failed: ${(err as Error).message}`;
   deps.log.warn({ keyRing: `${keyRing.metadata.namespace}/${keyRing.metadata.name}`, reason, err: message }, 'KeyRing not ready');

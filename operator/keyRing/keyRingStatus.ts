@@ -1,27 +1,11 @@
 // A KeyRing's status as a function of its ring in the HSM: versions with where and how each key
 // is kept, the primary, the next rotation, and conditions with observedGeneration.
-import type { KeyRing, KeyRingStatus, KeyRingVersionStatus } from '../api/keyRing.js';
-import type { Condition } from '../api/schema.js';
+import type { KeyRing, KeyRingStatus, KeyRingVersionStatus } from '../../core/api/keyRing.js';
+import { withConditions, type ConditionInput } from '../../core/api/conditions.js';
 import { keyObjectId, primaryVersion, type RingState } from '../../core/hsm/ringState.js';
 
 /** The algorithm names RingState uses, as the CRD spells them. */
 const algorithmNames = { AES_256_GCM: 'AES-256-GCM', HMAC_SHA_384: 'HMAC-SHA-384', ECDSA_P384: 'ECDSA-P384' } as const;
-
-export interface ConditionInput {
-  type: string;
-  status: 'True' | 'False' | 'Unknown';
-  reason: string;
-  message: string;
-}
-
-/** Conditions keep their lastTransitionTime while their status does not change. */
-export function withConditions(previous: Condition[] | undefined, next: ConditionInput[], generation: number, now: Date): Condition[] {
-  return next.map((condition) => {
-    const before = previous?.find((p) => p.type === condition.type);
-    const lastTransitionTime = before && before.status === condition.status ? before.lastTransitionTime : now.toISOString();
-    return { ...condition, observedGeneration: generation, lastTransitionTime };
-  });
-}
 
 export function versionStatuses(ring: RingState, tokenLabel: string): KeyRingVersionStatus[] {
   return ring.versions.map((v) => ({

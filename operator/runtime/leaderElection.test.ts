@@ -6,7 +6,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { isConflict } from './leaseLock.js';
 import { startLeaderElection, type LeaderElectionOptions, type LeaderElector } from './leaderElection.js';
 import { createLogger } from '../../core/observability/logger.js';
-import { startControlPlane, type ControlPlane } from '../../e2e/control-plane/controlPlane.js';
+import { startControlPlane, type ControlPlane } from '../../testbed/control-plane/controlPlane.js';
 
 // Short timings so takeovers happen in seconds; assertions use generous bounds, never exact times.
 const fast = { leaseDurationMs: 3_000, renewDeadlineMs: 2_000, retryPeriodMs: 500 };

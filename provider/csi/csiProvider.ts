@@ -16,8 +16,8 @@ import { ApiStatusError, loadApiConnection, type ApiConnection } from '../../cor
 import { listWatchInformer } from '../../core/kube/listWatchInformer.js';
 import { createLogger, type Logger } from '../../core/observability/logger.js';
 import { startMetricsServer, type MetricsServer } from '../../core/observability/metricsServer.js';
-import { keyPolicyResource, type KeyPolicy } from '../../operator/api/keyPolicy.js';
-import { PolicyCache } from '../../operator/keyPolicy/policyCache.js';
+import { keyPolicyResource, type KeyPolicy } from '../../core/api/keyPolicy.js';
+import { PolicyCache } from '../../core/policy/policyCache.js';
 import { CSIDriverProvider } from '../../proto/gen/csi/v1alpha1/service_pb.js';
 import { Health, HealthCheckResponse_ServingStatus, HealthCheckResponseSchema } from '../../proto/gen/grpc/health/v1/health_pb.js';
 import { CsiMetrics } from './csiMetrics.js';

@@ -11,7 +11,7 @@ import { deriveKey } from '../../core/hsm/hmacDerivation.js';
 import { pkcs11Code, type HsmToken } from '../../core/hsm/hsmToken.js';
 import type { RingStore } from '../../core/hsm/ringStore.js';
 import type { RingState, RingVersion } from '../../core/hsm/ringState.js';
-import { openSealedSecret } from '../../core/sealedSecret.js';
+import { openSealedSecret } from '../../core/formats/sealedSecret.js';
 import { TtlCache } from './ttlCache.js';
 
 export interface KeyMaterialOptions {
@@ -116,7 +116,7 @@ export class KeyMaterial {
     return { key: Buffer.from(value), hit };
   }
 
-  /** Opens a sealed secret (core/sealedSecret.ts) with the ring's key, in the HSM. */
+  /** Opens a sealed secret (core/formats/sealedSecret.ts) with the ring's key, in the HSM. */
   async secret(ring: RingState, sealed: Uint8Array, calls: HsmCallCount): Promise<{ plaintext: Buffer; hit: boolean }> {
     // The ring's revision is part of the key: a version disabled since is seen at once.
     const cacheKey = `secret/${ring.ringId}/${ring.revision}/${digest(sealed)}`;

@@ -49,7 +49,7 @@
 //   ciphertext  secret only, required: base64 of the sealed value (up to 64 KiB of plaintext sealed)
 // Unknown fields are refused (a typo such as `verions` must not silently mean 0).
 import { FAILSAFE_SCHEMA, load, YAMLException } from 'js-yaml';
-import { maxSealedSecretBytes } from '../../core/sealedSecret.js';
+import { maxSealedSecretBytes } from '../../core/formats/sealedSecret.js';
 import type { TtlCache } from './ttlCache.js';
 
 /** The short codes a refusal carries: a fixed set, so metric labels stay low-cardinality. */

@@ -21,7 +21,7 @@ import { primaryVersion, type RingState, type RingVersion } from '../../core/hsm
 import type { Logger } from '../../core/observability/logger.js';
 import type { Operation } from '../../core/policy/operations.js';
 import type { PolicySet } from '../../core/policy/policySet.js';
-import { SealedSecretError } from '../../core/sealedSecret.js';
+import { SealedSecretError } from '../../core/formats/sealedSecret.js';
 import { MountResponseSchema, VersionResponseSchema, type CSIDriverProvider, type MountResponse } from '../../proto/gen/csi/v1alpha1/service_pb.js';
 import type { CsiMetrics } from './csiMetrics.js';
 import type { HsmCallCount, KeyMaterial } from './keyMaterial.js';

@@ -13,7 +13,7 @@ import { RingStore } from '../../core/hsm/ringStore.js';
 import { keyIdFor, type RingState } from '../../core/hsm/ringState.js';
 import { createSoftHsmToken, type SoftHsmToken } from '../../core/hsm/softHsmToken.js';
 import { KeyManagementService } from '../../proto/gen/kms/v2/api_pb.js';
-import { eventually } from '../../test/eventually.js';
+import { eventually } from '../../testbed/eventually.js';
 import { startKmsPlugin, type KmsPlugin } from './kmsPlugin.js';
 import { formatAnnotation } from './kmsService.js';
 

@@ -4,7 +4,7 @@ import { create } from '@bufbuild/protobuf';
 import { status as grpcStatus } from '@grpc/grpc-js';
 import pkcs11js from 'pkcs11js';
 import type { AuditLog } from '../../core/audit/auditLog.js';
-import { additionalData, ciphertextHeader, encodeCiphertext, maxPlaintextBytes, parseCiphertext } from '../../core/ciphertext.js';
+import { additionalData, ciphertextHeader, encodeCiphertext, maxPlaintextBytes, parseCiphertext } from '../../core/formats/kmsCiphertext.js';
 import { KeywardError } from '../../core/errors.js';
 import { grpcStatusOf, type UnaryHandlers } from '../../core/grpc/unaryService.js';
 import { aesGcmDecrypt, aesGcmEncrypt, gcmAuthenticationFailures } from '../../core/hsm/aesGcm.js';
