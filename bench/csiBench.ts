@@ -1,5 +1,5 @@
 // CSI provider benchmark: the provider process (`keyward csi-provider`) on a SoftHSM2 token and a
-// real control plane, driven over its unix socket by the Go load generator (bench/csi-load) with
+// real control plane, driven over its unix socket by the Go load generator (bench/load, csi-load) with
 // MountRequests shaped as the Secrets Store CSI driver sends them: pods exist as API objects, each
 // with its own TokenRequest token bound to the pod (audience keyward). Every Mount asks for three
 // objects: a dataKey (derivation ring), a sealed secret (encryption ring) and a publicKey (signing

@@ -1,7 +1,9 @@
 // KMS plugin benchmark: the real plugin process on a SoftHSM2 token, driven over its unix socket
-// by the Go load generator (bench/kms-load). For Encrypt and Decrypt: throughput and latency at
-// several concurrencies, p99 at a fixed rate, and the plugin's own CPU time and memory per run.
-// One JSON line per run on stdout; progress on stderr.
+// by the Go load generator (bench/load, kms-load). For Encrypt and Decrypt: throughput and latency
+// at several concurrencies, p99 at a fixed rate, and the plugin's own CPU time and memory per run.
+// A/B: a baseline build (KEYWARD_BENCH_BASELINE, a Git revision; the last grpc-js build by default)
+// runs beside this tree's, alternating run by run, so both see the same machine load.
+// One JSON line per run and per comparison on stdout; progress on stderr.
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -11,10 +13,11 @@ import { HsmToken } from '../core/hsm/hsmToken.js';
 import { RingStore } from '../core/hsm/ringStore.js';
 import { createSoftHsmToken, type SoftHsmToken } from '../core/hsm/softHsmToken.js';
 import { trackDirectory } from '../testbed/control-plane/componentProcess.js';
-import { startKmsPluginProcess, type KmsPluginProcess } from '../e2e/kms/kmsPluginProcess.js';
+import { keywardCli, startKmsPluginProcess, type KmsPluginProcess } from '../e2e/kms/kmsPluginProcess.js';
+import { baselineCli } from './baselineBuild.js';
 import { buildGoClient, runGoClient } from './goClient.js';
-import { cpuSeconds, rssMib, watchPeakRss } from './procStats.js';
-import { round, warnIfBusy } from './report.js';
+import { cpuSeconds, memoryMib, rssMib, watchPeakRss } from './procStats.js';
+import { emit, load1m, round, warnIfBusy } from './report.js';
 
 type Method = 'encrypt' | 'decrypt';
 
@@ -37,6 +40,8 @@ const fixedRateSeconds = Math.max(runSeconds, 15);
 const fixedRateConcurrency = 16;
 const rssSampleMs = 200;
 const ringName = 'bench-ring';
+/** The last build on @grpc/grpc-js, before the plugin moved to core/grpc/grpcServer.ts. */
+const baselineRevision = process.env.KEYWARD_BENCH_BASELINE ?? '39811e9';
 
 const progress = (line: string): void => console.error(`[bench:kms] ${line}`);
 
@@ -61,7 +66,7 @@ async function createRing(hsm: SoftHsmToken, name: string): Promise<void> {
 }
 
 /** A throw-away token with one ring and the plugin process serving it, all in one temp dir. */
-export async function startBenchPlugin(log: (line: string) => void): Promise<BenchPlugin> {
+export async function startBenchPlugin(log: (line: string) => void, cli?: string): Promise<BenchPlugin> {
   const dir = mkdtempSync(join(tmpdir(), 'keyward-bench-'));
   // Removes the dir (token included) even if the benchmark is interrupted.
   const removeDir = trackDirectory(dir);
@@ -70,7 +75,7 @@ export async function startBenchPlugin(log: (line: string) => void): Promise<Ben
     const hsm = createSoftHsmToken({ parentDir: dir, label: 'keyward-bench' });
     await createRing(hsm, ringName);
     log(`token '${hsm.label}' with ring '${ringName}' ready; starting the plugin`);
-    plugin = await startKmsPluginProcess({ hsm, ringName, dir });
+    plugin = await startKmsPluginProcess({ hsm, ringName, dir, cli });
     log(`plugin pid ${plugin.process.pid} serving ${plugin.socketPath}`);
   } catch (err) {
     await plugin?.process.stop();
@@ -146,24 +151,71 @@ function plannedRuns(): LoadRun[] {
   return runs;
 }
 
+interface Build {
+  name: 'baseline' | 'current';
+  revision: string;
+  bench: BenchPlugin;
+}
+
 async function main(): Promise<void> {
   warnIfBusy(progress);
   progress('building the Go load generator (cached after the first build)');
   const bin = buildGoClient('kms-load');
-  const bench = await startBenchPlugin(progress);
+  const builds: Build[] = [];
   try {
-    const pid = bench.plugin.process.pid;
-    if (pid === undefined) throw new Error('the plugin process has no pid');
-    for (const run of plannedRuns()) {
+    builds.push({ name: 'baseline', revision: baselineRevision, bench: await startBenchPlugin(progress, baselineCli(baselineRevision, progress)) });
+    builds.push({ name: 'current', revision: 'working tree', bench: await startBenchPlugin(progress, keywardCli) });
+    await sleep(2000);
+    for (const build of builds) emit({ bench: 'kms', figure: 'idle_memory', build: build.name, revision: build.revision, ...memoryOf(build), load_1m: load1m() });
+    for (const [i, run] of plannedRuns().entries()) {
       const shape = run.rate > 0 ? `${run.rate} calls/s` : `concurrency ${run.concurrency}`;
-      progress(`${run.method} at ${shape} for ${warmupSeconds}+${run.seconds} s`);
-      const result = await measure(bin, pid, bench.plugin.socketPath, run);
-      process.stdout.write(`${JSON.stringify(result)}\n`);
+      // A, B then B, A: drift in the machine's load falls on both builds alike.
+      const order = i % 2 === 0 ? builds : [...builds].reverse();
+      const results = new Map<string, Record<string, unknown>>();
+      for (const build of order) {
+        progress(`${build.name}: ${run.method} at ${shape} for ${warmupSeconds}+${run.seconds} s`);
+        const result = await measure(bin, pidOf(build), build.bench.plugin.socketPath, run);
+        results.set(build.name, result);
+        emit({ ...result, build: build.name, revision: build.revision, load_1m: load1m() });
+      }
+      emit(comparison(run, results.get('current')!, results.get('baseline')!));
     }
+    for (const build of builds) emit({ bench: 'kms', figure: 'memory_after_load', build: build.name, revision: build.revision, ...memoryOf(build) });
   } finally {
-    progress('stopping the plugin and removing the token');
-    await bench.stop();
+    progress('stopping the plugins and removing their tokens');
+    for (const build of builds) await build.bench.stop();
   }
+}
+
+function pidOf(build: Build): number {
+  const pid = build.bench.plugin.process.pid;
+  if (pid === undefined) throw new Error(`the ${build.name} plugin process has no pid`);
+  return pid;
+}
+
+function memoryOf(build: Build): Record<string, number> {
+  const memory = memoryMib(pidOf(build));
+  return { rss_mib: round(memory.rss, 1), rss_anon_mib: round(memory.anon, 1), rss_file_mib: round(memory.file, 1) };
+}
+
+/** current / baseline for the figures the issue's yardstick names. */
+function comparison(run: LoadRun, current: Record<string, unknown>, baseline: Record<string, unknown>): Record<string, unknown> {
+  const ratio = (field: string): number | null => {
+    const a = Number(current[field]);
+    const b = Number(baseline[field]);
+    return Number.isFinite(a) && Number.isFinite(b) && b > 0 ? round(a / b, 2) : null;
+  };
+  return {
+    bench: 'kms',
+    figure: 'current_vs_baseline',
+    method: run.method,
+    concurrency: run.concurrency,
+    rate: run.rate,
+    ops_per_s_ratio: ratio('ops_per_s'),
+    cpu_us_per_call_ratio: ratio('plugin_cpu_us_per_call'),
+    p99_ratio: ratio('p99_ms'),
+    rss_peak_ratio: ratio('plugin_rss_peak_mib'),
+  };
 }
 
 // Run only as the entry point: secretWritesBench imports startBenchPlugin from here.

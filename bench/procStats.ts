@@ -19,6 +19,13 @@ export function rssMib(pid: number): number {
   return Number(match[1]) / 1024;
 }
 
+/** Resident memory split into anonymous (heap, stacks) and file-backed pages (the node binary, libraries). */
+export function memoryMib(pid: number): { rss: number; anon: number; file: number } {
+  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+  const kib = (field: string): number => Number(new RegExp(`^${field}:\\s+(\\d+) kB$`, 'm').exec(status)?.[1] ?? NaN);
+  return { rss: kib('VmRSS') / 1024, anon: kib('RssAnon') / 1024, file: kib('RssFile') / 1024 };
+}
+
 /** Samples RSS every `everyMs` until the returned function is called; it returns the peak seen. */
 export function watchPeakRss(pid: number, everyMs = 200): () => number {
   let peak = rssMib(pid);

@@ -1,6 +1,9 @@
 // One JSON record per key operation, allowed or refused, on a stream of its own, ready for a SIEM.
 // Records name rings, versions and opaque key ids; never key material or plaintext.
-import { pino, type Logger } from 'pino';
+import { createWriteStream, mkdirSync, openSync } from 'node:fs';
+import { dirname } from 'node:path';
+import type { Writable } from 'node:stream';
+import { KeywardError, setupError } from '../errors.js';
 
 export type AuditResult = 'allowed' | 'denied' | 'failed';
 
@@ -37,23 +40,46 @@ export interface AuditLog {
   flush(): Promise<void>;
 }
 
-/** `destination` is a file path, or '-' for standard output. */
+/**
+ * `destination` is a file path, or '-' for standard output. A record is one JSON line laid out as
+ * pino lays out a log line (level, time, then the fields), so one shipper reads logs and audit
+ * alike. It is built here directly, and the records of one event-loop turn go out in one write:
+ * pino's general serialiser and a write per record cost a fifth of a KMS call.
+ */
 export function createAuditLog(component: string, destination: string): AuditLog {
-  // The standard streams by descriptor: opening /dev/stderr fails when it is a socket.
-  const dest = destination === '-' || destination === '/dev/stdout' ? 1 : destination === '/dev/stderr' ? 2 : destination;
-  const stream = pino.destination({ dest, sync: false, mkdir: true });
-  const logger: Logger = pino(
-    { base: { stream: 'audit', component }, timestamp: pino.stdTimeFunctions.isoTime, messageKey: 'event' },
-    stream,
-  );
-  return {
-    record: (entry) => logger.info(entry),
-    flush: () =>
-      new Promise<void>((resolve) => {
-        const flush = (): void => stream.flush(() => resolve());
-        // A file destination opens asynchronously; flushing before it is open throws.
-        if ((stream as unknown as { fd: number }).fd < 0) stream.once('ready', flush);
-        else flush();
-      }),
+  const out = openDestination(destination);
+  const prefix = `","stream":"audit","component":${JSON.stringify(component)}`;
+  let batch: string[] = [];
+  let failure: Error | undefined;
+  out.on('error', (err) => (failure = err));
+  const writeBatch = (done?: () => void): void => {
+    const text = batch.join('');
+    batch = [];
+    if (text.length > 0 || done) out.write(text, () => done?.());
   };
+  return {
+    record: (entry) => {
+      // Fail closed: an operation that cannot be audited is not reported as done.
+      if (failure) throw new KeywardError('Unavailable', `the audit log cannot be written (${(failure as NodeJS.ErrnoException).code ?? failure.message})`);
+      const fields = JSON.stringify(entry);
+      if (batch.length === 0) setImmediate(writeBatch);
+      batch.push(`{"level":30,"time":"${new Date().toISOString()}${prefix}${fields.length > 2 ? `,${fields.slice(1)}` : '}'}\n`);
+    },
+    flush: () => new Promise<void>((resolve) => writeBatch(resolve)),
+  };
+}
+
+/** The standard streams by descriptor (opening /dev/stderr fails when it is a socket), or a file to append to. */
+function openDestination(destination: string): Writable {
+  if (destination === '-' || destination === '/dev/stdout') return process.stdout;
+  if (destination === '/dev/stderr') return process.stderr;
+  mkdirSync(dirname(destination), { recursive: true });
+  // Opened here, so a path that cannot be written is refused at start with its reason.
+  let fd: number;
+  try {
+    fd = openSync(destination, 'a');
+  } catch (err) {
+    throw setupError(`cannot open audit log ${destination}: ${(err as Error).message}`);
+  }
+  return createWriteStream(destination, { fd });
 }

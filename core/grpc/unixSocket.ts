@@ -1,9 +1,7 @@
-// A gRPC server's unix socket: mode 0600 from the moment it exists, at a fixed path, replacing a
-// stale socket left by a dead process but never one a live process still serves; and its stop,
-// which lets in-flight calls finish for a while.
-import { ServerCredentials, type Server } from '@grpc/grpc-js';
+// A server's unix socket: mode 0600 from the moment it exists, at a fixed path, replacing a stale
+// socket left by a dead process but never one a live process still serves.
 import { chmodSync, existsSync, lstatSync, mkdirSync, unlinkSync } from 'node:fs';
-import { connect } from 'node:net';
+import { connect, type Server } from 'node:net';
 import { dirname } from 'node:path';
 import { setupError } from '../errors.js';
 
@@ -23,28 +21,17 @@ export async function prepareSocketPath(socketPath: string): Promise<void> {
   unlinkSync(socketPath);
 }
 
-export function bindUnixSocket(server: Server, socketPath: string): Promise<void> {
+export function listenOnUnixSocket(server: Server, socketPath: string): Promise<void> {
   // The socket is created 0600 from the start: the umask covers the window before chmod.
   const previous = process.umask(0o177);
   return new Promise<void>((resolve, reject) => {
-    server.bindAsync(`unix:${socketPath}`, ServerCredentials.createInsecure(), (err) => {
-      process.umask(previous);
-      if (err) reject(setupError(`cannot listen on ${socketPath}: ${err.message}`));
-      else resolve();
-    });
-  }).then(() => chmodSync(socketPath, 0o600));
-}
-
-/** Stops taking calls, waits up to `drainMs` for those in flight, then cuts the rest. */
-export function drainServer(server: Server, drainMs: number): Promise<void> {
-  return new Promise<void>((resolve) => {
-    const force = setTimeout(() => {
-      server.forceShutdown();
-      resolve();
-    }, drainMs);
-    server.tryShutdown(() => {
-      clearTimeout(force);
+    const failed = (err: Error): void => reject(setupError(`cannot listen on ${socketPath}: ${err.message}`));
+    server.once('error', failed);
+    server.listen(socketPath, () => {
+      server.off('error', failed);
       resolve();
     });
-  });
+  })
+    .finally(() => process.umask(previous))
+    .then(() => chmodSync(socketPath, 0o600));
 }

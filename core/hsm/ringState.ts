@@ -78,11 +78,24 @@ export function keyObjectId(ringId: string, version: number): Buffer {
 export const ringObjectLabel = (ringId: string): string => `keyward/ring/${ringId}`;
 export const keyObjectLabel = (ringId: string, version: number): string => `keyward/key/${ringId}/${version}`;
 
+/** One version of one ring, as reported (destroyed versions, orphan keys). */
+export interface VersionRef {
+  ringId: string;
+  version: number;
+}
+
 /** The ring id and version a Keyward key object's label names, or undefined for other objects. */
-export function parseKeyObjectLabel(label: string): { ringId: string; version: number } | undefined {
+export function parseKeyObjectLabel(label: string): VersionRef | undefined {
   const match = /^keyward\/key\/(.+)\/([1-9][0-9]*)$/.exec(label);
   return match?.[1] && match[2] ? { ringId: match[1], version: Number(match[2]) } : undefined;
 }
+
+/** How a caller names a ring: by its id (the operator) or by namespace and name (the CLI). */
+export type RingRef = { ringId: string } | { name: string; namespace?: string };
+
+/** A ring as the caller named it, for messages. */
+export const describeRing = (ref: RingRef): string =>
+  'ringId' in ref ? `ring id ${ref.ringId}` : `ring '${ref.namespace ? `${ref.namespace}/` : ''}${ref.name}'`;
 
 export function primaryVersion(ring: RingState): RingVersion {
   const primary = ring.versions.find((v) => v.number === ring.primary);
@@ -93,11 +106,19 @@ export function primaryVersion(ring: RingState): RingVersion {
 /** Refuses to use a ring for an operation of another algorithm, naming what the ring is and what is needed. */
 export function assertRingAlgorithm(ring: RingState, algorithm: RingAlgorithm, operation: string): void {
   if (ring.algorithm === algorithm) return;
-  const name = `ring '${ring.namespace ? `${ring.namespace}/` : ''}${ring.name}'`;
+  const name = describeRing({ name: ring.name, namespace: ring.namespace });
   throw new KeywardError(
     'FailedPrecondition',
     `${name} has purpose ${ring.purpose} (${ring.algorithm}); ${operation} needs purpose ${purposeOf[algorithm]} (${algorithm})`,
   );
+}
+
+/** Refuses to give a public key of a ring of secret keys (encryption, derivation): they have no public half. */
+export function assertHasPublicKey(ring: RingState): void {
+  if (hasPublicKey(ring.algorithm)) return;
+  const name = describeRing({ name: ring.name, namespace: ring.namespace });
+  const message = `${name} has purpose ${ring.purpose} (${ring.algorithm}): its keys are secret keys without a public key; signing rings (ECDSA_P384) have one`;
+  throw new KeywardError('FailedPrecondition', message);
 }
 
 export function parseRingState(value: Buffer): RingState {
@@ -106,7 +127,7 @@ export function parseRingState(value: Buffer): RingState {
     throw new KeywardError('Internal', 'ring state object in the HSM is not of schema 1');
   }
   // An algorithm this version does not know is kept as read: listing rings must not fail over it;
-  // generating its keys does (RingStore), and using it fails assertRingAlgorithm.
+  // generating its keys does (ringPersistence), and using it fails assertRingAlgorithm.
   const algorithm = state.algorithm ?? 'AES_256_GCM';
   return { ...state, algorithm, purpose: state.purpose ?? purposeOf[algorithm] } as RingState;
 }

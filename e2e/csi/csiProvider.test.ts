@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CoreV1Api, CustomObjectsApi, PatchStrategy, setHeaderOptions } from '@kubernetes/client-node';
 import { signDigest } from '../../core/hsm/ecdsaSigning.js';
-import { grpcClient, type UnaryClient } from '../../core/grpc/unaryService.js';
+import { grpcClient, type UnaryClient } from '../../testbed/grpcClient.js';
 import { HsmToken } from '../../core/hsm/hsmToken.js';
 import { loadApiConnection } from '../../core/kube/apiConnection.js';
 import { RingStore } from '../../core/hsm/ringStore.js';

@@ -58,7 +58,7 @@ import { keyRingResource, type KeyRing } from '../../core/api/keyRing.js';
 import { keyPolicyWebhookPath, keyRingWebhookPath } from '../../operator/admission/admissionServer.js';
 import { keyRingFinalizer } from '../../operator/keyRing/keyRingClient.js';
 import { identityRefusalCodes } from '../../provider/csi/podIdentity.js';
-import { grpcClient } from '../../core/grpc/unaryService.js';
+import { grpcClient } from '../../testbed/grpcClient.js';
 import { CSIDriverProvider } from '../../proto/gen/csi/v1alpha1/service_pb.js';
 import { Health, HealthCheckResponse_ServingStatus } from '../../proto/gen/grpc/health/v1/health_pb.js';
 import { eventually } from '../../testbed/eventually.js';

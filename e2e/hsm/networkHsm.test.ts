@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { pino } from 'pino';
 import pkcs11js from 'pkcs11js';
 import { KeywardError } from '../../core/errors.js';
-import { grpcClient } from '../../core/grpc/unaryService.js';
+import { grpcClient } from '../../testbed/grpcClient.js';
 import { aesGcmEncrypt } from '../../core/hsm/aesGcm.js';
 import { signDigest } from '../../core/hsm/ecdsaSigning.js';
 import { deriveKey } from '../../core/hsm/hmacDerivation.js';

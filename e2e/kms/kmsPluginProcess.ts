@@ -3,7 +3,7 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { grpcClient } from '../../core/grpc/unaryService.js';
+import { grpcClient } from '../../testbed/grpcClient.js';
 import type { SoftHsmToken } from '../../core/hsm/softHsmToken.js';
 import { KeyManagementService } from '../../proto/gen/kms/v2/api_pb.js';
 import { ComponentProcess } from '../../testbed/control-plane/componentProcess.js';
@@ -27,6 +27,8 @@ export interface KmsPluginProcessOptions {
   dir: string;
   refreshSeconds?: number;
   readyTimeoutMs?: number;
+  /** Another build's CLI (a benchmark's baseline); this tree's by default. */
+  cli?: string;
 }
 
 export interface KmsPluginProcess {
@@ -50,7 +52,7 @@ export async function startKmsPluginProcess(options: KmsPluginProcessOptions): P
     process.execPath,
     [
       ...kmsPluginNodeFlags,
-      keywardCli,
+      options.cli ?? keywardCli,
       'kms-plugin',
       `--socket=${socketPath}`,
       `--ring=${options.ringName}`,

@@ -3,13 +3,9 @@
 // same socket and metrics on a loopback listener. It needs the apiserver for TokenReview and the
 // KeyPolicy informer (through core/kube's lean client, to fit the driver's 100 MiB per provider),
 // and the HSM for the objects; SIGTERM drains in-flight mounts.
-import { create } from '@bufbuild/protobuf';
-import { Server } from '@grpc/grpc-js';
-import { existsSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { createAuditLog, type AuditLog } from '../../core/audit/auditLog.js';
-import { grpcImplementation, grpcServiceDefinition } from '../../core/grpc/unaryService.js';
-import { bindUnixSocket, drainServer, prepareSocketPath } from '../../core/grpc/unixSocket.js';
+import { startGrpcServer, unaryService, type GrpcServer } from '../../core/grpc/grpcServer.js';
 import { HsmToken } from '../../core/hsm/hsmToken.js';
 import { RingStore } from '../../core/hsm/ringStore.js';
 import { ApiStatusError, loadApiConnection, type ApiConnection } from '../../core/kube/apiConnection.js';
@@ -19,7 +15,6 @@ import { startMetricsServer, type MetricsServer } from '../../core/observability
 import { keyPolicyResource, type KeyPolicy } from '../../core/api/keyPolicy.js';
 import { PolicyCache } from '../../core/policy/policyCache.js';
 import { CSIDriverProvider } from '../../proto/gen/csi/v1alpha1/service_pb.js';
-import { Health, HealthCheckResponse_ServingStatus, HealthCheckResponseSchema } from '../../proto/gen/grpc/health/v1/health_pb.js';
 import { CsiMetrics } from './csiMetrics.js';
 import { KeyMaterial } from './keyMaterial.js';
 import { csiProviderHandlers } from './mountService.js';
@@ -94,16 +89,11 @@ export function apiserverTokenReviewer(api: ApiConnection, onReview: (outcome: s
 
 export async function startCsiProvider(config: CsiProviderConfig, log: Logger = createLogger('csi-provider')): Promise<CsiProvider> {
   const socketPath = join(config.socketDir, `${providerName}.sock`);
-  await prepareSocketPath(socketPath);
   const metrics = new CsiMetrics();
   const token = HsmToken.open({ modulePath: config.modulePath, tokenLabel: config.tokenLabel, pin: config.pin, poolSize: config.sessionPoolSize ?? 4 });
   const api = loadApiConnection(config.kubeconfigPath);
   const policies = new PolicyCache(listWatchInformer<KeyPolicy>(api, keyPolicyResource, log));
-  const server = new Server({
-    // The largest MountRequest mountRequest.ts accepts is 1 MiB of attributes plus the rest.
-    'grpc.max_receive_message_length': 2 * 1024 * 1024,
-    'grpc.enable_channelz': 0,
-  });
+  let server: GrpcServer | undefined;
   let audit: AuditLog | undefined;
   let metricsServer: MetricsServer | undefined;
   let serving = false;
@@ -118,22 +108,17 @@ export async function startCsiProvider(config: CsiProviderConfig, log: Logger = 
     // Mounts wait for the first list of KeyPolicies: deciding from an empty cache would refuse all.
     await policies.start();
     const handlers = csiProviderHandlers({ audience: config.audience, identity, policies: () => policies.policySet(), material, audit, metrics, log, maxResponseBytes: config.maxResponseBytes });
-    server.addService(grpcServiceDefinition(CSIDriverProvider), grpcImplementation(CSIDriverProvider, handlers));
-    server.addService(
-      grpcServiceDefinition(Health),
-      grpcImplementation(Health, {
-        check: () =>
-          Promise.resolve(
-            create(HealthCheckResponseSchema, { status: serving ? HealthCheckResponse_ServingStatus.SERVING : HealthCheckResponse_ServingStatus.NOT_SERVING }),
-          ),
-      }),
-    );
-    await bindUnixSocket(server, socketPath);
+    server = await startGrpcServer({
+      socketPath,
+      services: [unaryService(CSIDriverProvider, handlers)],
+      // The largest MountRequest mountRequest.ts accepts is 1 MiB of attributes plus the rest.
+      maxRequestBytes: 2 * 1024 * 1024,
+    });
     serving = true;
     metricsServer = await startMetricsServer(config.metricsAddress ?? '127.0.0.1:0', metrics.registry, () => ({ ok: serving, reason: serving ? 'ok' : 'stopping' }));
     log.info({ socket: socketPath, audience: config.audience, metrics: metricsServer.address }, 'CSI provider serving');
   } catch (err) {
-    server.forceShutdown();
+    await server?.stop(0);
     await policies.stop();
     api.close();
     await audit?.flush();
@@ -144,6 +129,7 @@ export async function startCsiProvider(config: CsiProviderConfig, log: Logger = 
   const drainMs = config.drainMs ?? 10_000;
   const finalAudit = audit;
   const finalMetrics = metricsServer;
+  const finalServer = server;
   let stopping: Promise<void> | undefined;
   return {
     socketPath,
@@ -153,13 +139,12 @@ export async function startCsiProvider(config: CsiProviderConfig, log: Logger = 
       (stopping ??= (async () => {
         serving = false;
         log.info('draining in-flight mounts');
-        await drainServer(server, drainMs);
+        await finalServer.stop(drainMs);
         await policies.stop();
         api.close();
         await finalMetrics.close();
         token.close();
         await finalAudit.flush();
-        if (existsSync(socketPath)) unlinkSync(socketPath);
         log.info('stopped');
       })()),
   };

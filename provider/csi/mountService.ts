@@ -15,7 +15,7 @@ import { randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import type { AuditLog, AuditRecord } from '../../core/audit/auditLog.js';
 import { KeywardError } from '../../core/errors.js';
-import type { UnaryHandlers } from '../../core/grpc/unaryService.js';
+import type { UnaryHandlers } from '../../core/grpc/grpcServer.js';
 import { pkcs11Code } from '../../core/hsm/hsmToken.js';
 import { primaryVersion, type RingState, type RingVersion } from '../../core/hsm/ringState.js';
 import type { Logger } from '../../core/observability/logger.js';

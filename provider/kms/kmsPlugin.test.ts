@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { pino } from 'pino';
-import { grpcClient, type UnaryClient } from '../../core/grpc/unaryService.js';
+import { grpcClient, type UnaryClient } from '../../testbed/grpcClient.js';
 import { HsmToken } from '../../core/hsm/hsmToken.js';
 import { RingStore } from '../../core/hsm/ringStore.js';
 import { keyIdFor, type RingState } from '../../core/hsm/ringState.js';

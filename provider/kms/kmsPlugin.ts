@@ -1,19 +1,20 @@
 // `keyward kms-plugin`: the KMS v2 gRPC server on a unix socket (mode 0600, stale socket removed,
 // path fixed), reading its ring from the HSM so it starts without the apiserver, with metrics and
 // health on a separate loopback listener. SIGTERM drains in-flight calls before exit.
-import { Server } from '@grpc/grpc-js';
-import { existsSync, unlinkSync } from 'node:fs';
 import { createAuditLog, type AuditLog } from '../../core/audit/auditLog.js';
-import { grpcImplementation, grpcServiceDefinition } from '../../core/grpc/unaryService.js';
-import { bindUnixSocket, drainServer, prepareSocketPath } from '../../core/grpc/unixSocket.js';
+import { startGrpcServer, unaryService, type GrpcServer } from '../../core/grpc/grpcServer.js';
 import { HsmToken } from '../../core/hsm/hsmToken.js';
-import { RingStore, type RingRef } from '../../core/hsm/ringStore.js';
+import type { RingRef } from '../../core/hsm/ringState.js';
+import { RingStore } from '../../core/hsm/ringStore.js';
 import { createLogger, type Logger } from '../../core/observability/logger.js';
 import { startMetricsServer, type MetricsServer } from '../../core/observability/metricsServer.js';
 import { KeyManagementService } from '../../proto/gen/kms/v2/api_pb.js';
 import { KmsMetrics } from './kmsMetrics.js';
 import { kmsHandlers } from './kmsService.js';
 import { RingView } from './ringView.js';
+
+/** kube-apiserver sends at most 64 KiB of plaintext (a DEK seed in practice); ciphertexts are smaller. */
+const maxKmsRequestBytes = 64 * 1024;
 
 export interface KmsPluginConfig {
   socketPath: string;
@@ -39,7 +40,6 @@ export interface KmsPlugin {
 }
 
 export async function startKmsPlugin(config: KmsPluginConfig, log: Logger = createLogger('kms-plugin')): Promise<KmsPlugin> {
-  await prepareSocketPath(config.socketPath);
   const token = HsmToken.open({
     modulePath: config.modulePath,
     tokenLabel: config.tokenLabel,
@@ -49,11 +49,7 @@ export async function startKmsPlugin(config: KmsPluginConfig, log: Logger = crea
   let audit: AuditLog | undefined;
   let metricsServer: MetricsServer | undefined;
   const view = new RingView(token, new RingStore(token), config.ring, { refreshMs: config.refreshMs ?? 2000 });
-  const server = new Server({
-    'grpc.max_receive_message_length': 64 * 1024,
-    // Channelz keeps per-call statistics nobody reads here; it costs CPU on every call.
-    'grpc.enable_channelz': 0,
-  });
+  let server: GrpcServer | undefined;
   try {
     audit = createAuditLog('kms-plugin', config.auditLog ?? '-');
     const metrics = new KmsMetrics();
@@ -67,12 +63,16 @@ export async function startKmsPlugin(config: KmsPluginConfig, log: Logger = crea
       }
     };
     await view.start();
-    server.addService(grpcServiceDefinition(KeyManagementService), grpcImplementation(KeyManagementService, kmsHandlers({ token, view, audit, metrics })));
-    await bindUnixSocket(server, config.socketPath);
+    server = await startGrpcServer({
+      socketPath: config.socketPath,
+      services: [unaryService(KeyManagementService, kmsHandlers({ token, view, audit, metrics }))],
+      maxRequestBytes: maxKmsRequestBytes,
+      healthy: () => view.health().ok,
+    });
     metricsServer = await startMetricsServer(config.metricsAddress ?? '127.0.0.1:0', metrics.registry, () => view.health());
     log.info({ socket: config.socketPath, metrics: metricsServer.address }, 'KMS v2 plugin serving');
   } catch (err) {
-    server.forceShutdown();
+    await server?.stop(0);
     view.stop();
     await audit?.flush();
     token.close();
@@ -82,6 +82,7 @@ export async function startKmsPlugin(config: KmsPluginConfig, log: Logger = crea
   const drainMs = config.drainMs ?? 10_000;
   const finalAudit = audit;
   const finalMetrics = metricsServer;
+  const finalServer = server;
   let stopping: Promise<void> | undefined;
   return {
     socketPath: config.socketPath,
@@ -90,12 +91,11 @@ export async function startKmsPlugin(config: KmsPluginConfig, log: Logger = crea
     stop: () =>
       (stopping ??= (async () => {
         log.info('draining in-flight calls');
-        await drainServer(server, drainMs);
+        await finalServer.stop(drainMs);
         view.stop();
         await finalMetrics.close();
         token.close();
         await finalAudit.flush();
-        if (existsSync(config.socketPath)) unlinkSync(config.socketPath);
         log.info('stopped');
       })()),
   };

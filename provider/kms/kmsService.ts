@@ -1,12 +1,12 @@
 // The KMS v2 service: Status, Encrypt and Decrypt over the ring's HSM keys. Every Encrypt and
 // Decrypt is audited, allowed or refused; errors name the problem and never carry data.
 import { create } from '@bufbuild/protobuf';
-import { status as grpcStatus } from '@grpc/grpc-js';
 import pkcs11js from 'pkcs11js';
 import type { AuditLog } from '../../core/audit/auditLog.js';
 import { additionalData, ciphertextHeader, encodeCiphertext, maxPlaintextBytes, parseCiphertext } from '../../core/formats/kmsCiphertext.js';
 import { KeywardError } from '../../core/errors.js';
-import { grpcStatusOf, type UnaryHandlers } from '../../core/grpc/unaryService.js';
+import type { UnaryHandlers } from '../../core/grpc/grpcServer.js';
+import { grpcStatusOf } from '../../core/grpc/grpcStatus.js';
 import { aesGcmDecrypt, aesGcmEncrypt, gcmAuthenticationFailures } from '../../core/hsm/aesGcm.js';
 import type { HsmToken } from '../../core/hsm/hsmToken.js';
 import { hsmError, pkcs11Code } from '../../core/hsm/hsmToken.js';
@@ -66,12 +66,10 @@ export function kmsHandlers(deps: KmsServiceDeps): UnaryHandlers<(typeof KeyMana
     try {
       return await fn(note);
     } catch (err) {
-      code = grpcStatusName(err);
-      note.reason = err instanceof KeywardError ? err.message : 'internal error';
+      ({ code, message: note.reason } = grpcStatusOf(err));
       throw err;
     } finally {
-      metrics.requests.inc({ method, code });
-      metrics.latency.observe({ method }, Number(process.hrtime.bigint() - started) / 1e9);
+      metrics.observeCall(method, code, Number(process.hrtime.bigint() - started) / 1e9);
       if (method !== 'status') {
         audit.record({
           requestId: uid || 'none',
@@ -158,8 +156,6 @@ interface AuditNote {
   keyId?: string;
   reason?: string;
 }
-
-const grpcStatusName = (err: unknown): string => grpcStatus[grpcStatusOf(err)];
 
 /**
  * PKCS#11 failures as caller-facing errors: a failed tag check is the caller's input, the rest is

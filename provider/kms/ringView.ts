@@ -6,8 +6,8 @@ import { KeywardError } from '../../core/errors.js';
 import { aesGcmDecrypt, aesGcmEncrypt } from '../../core/hsm/aesGcm.js';
 import type { Handle, HsmToken } from '../../core/hsm/hsmToken.js';
 import { WorkingKeys } from '../../core/hsm/workingKeys.js';
-import type { RingRef, RingStore } from '../../core/hsm/ringStore.js';
-import { assertRingAlgorithm, primaryVersion, type RingState, type RingVersion } from '../../core/hsm/ringState.js';
+import type { RingStore } from '../../core/hsm/ringStore.js';
+import { assertRingAlgorithm, primaryVersion, type RingRef, type RingState, type RingVersion } from '../../core/hsm/ringState.js';
 
 export interface VersionView {
   version: RingVersion;
