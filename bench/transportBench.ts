@@ -15,6 +15,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { startGrpcServer, unaryService } from '../core/grpc/grpcServer.js';
 import { listenOnUnixSocket } from '../core/grpc/unixSocket.js';
+import { kmsPluginNodeFlags } from '../e2e/kms/kmsPluginProcess.js';
 import { KeyManagementService, StatusResponseSchema, type StatusResponse } from '../proto/gen/kms/v2/api_pb.js';
 import { buildGoClient, runGoClient } from './goClient.js';
 import { cpuSeconds, memoryMib, watchPeakRss } from './procStats.js';
@@ -72,7 +73,7 @@ async function serve(transport: Transport, socketPath: string): Promise<void> {
 
 function startServer(transport: Transport, socketPath: string): Promise<ChildProcess> {
   // The KMS plugin's heap flags, so memory compares as the plugin would run.
-  const child = spawn(process.execPath, ['--max-semi-space-size=2', '--max-old-space-size=48', fileURLToPath(import.meta.url), 'serve', transport, socketPath], {
+  const child = spawn(process.execPath, [...kmsPluginNodeFlags, fileURLToPath(import.meta.url), 'serve', transport, socketPath], {
     stdio: ['ignore', 'pipe', 'inherit'],
   });
   return new Promise((resolve, reject) => {

@@ -70,17 +70,15 @@ const approveDestroySchema = {
   description: 'Set to true by a second person holding approveDestroy to approve the pending destruction request.',
 } as const;
 
+/** A key version number: 1 for the first, one more for each rotation. */
+const versionNumber = <D extends string>(description: D) => ({ type: 'integer', format: 'int32', minimum: 1, description }) as const;
+
 const desiredVersionSchema = {
   type: 'object',
   description: 'The state an administrator wants for one non-primary key version.',
   required: ['number', 'state'],
   properties: {
-    number: {
-      type: 'integer',
-      format: 'int32',
-      minimum: 1,
-      description: 'The version number, as in status.versions[].number.',
-    },
+    number: versionNumber('The version number, as in status.versions[].number.'),
     state: {
       type: 'string',
       enum: ['Enabled', 'Disabled', 'DestroyScheduled'],
@@ -186,12 +184,7 @@ const keyRingVersionStatusSchema = {
   description: 'One version of the key as the operator last saw it in the HSM.',
   required: ['number', 'state'],
   properties: {
-    number: {
-      type: 'integer',
-      format: 'int32',
-      minimum: 1,
-      description: 'The version number: 1 for the first, one more for each rotation.',
-    },
+    number: versionNumber('The version number: 1 for the first, one more for each rotation.'),
     keyId: {
       type: 'string',
       maxLength: 128,
@@ -257,12 +250,7 @@ const keyRingStatusSchema = {
       maxLength: 128,
       description: 'Opaque identifier of the ring in the HSM; never a name taken from the resource.',
     },
-    primaryVersion: {
-      type: 'integer',
-      format: 'int32',
-      minimum: 1,
-      description: 'The version number new encryptions, derivations and signatures use.',
-    },
+    primaryVersion: versionNumber('The version number new encryptions, derivations and signatures use.'),
     nextRotationTime: {
       type: 'string',
       format: 'date-time',

@@ -1,6 +1,7 @@
-// The format of everything Keyward encrypts under an HSM key. Every ciphertext names its format
-// version, its algorithm and the key version it was made under, so new algorithms (post-quantum
-// ones among them) can be added without breaking what is already stored.
+// The KMS v2 ciphertext: what the plugin returns to kube-apiserver for a DEK seed, stored in etcd.
+// Every ciphertext names its format version, its algorithm and the key version it was made under,
+// so new algorithms (post-quantum ones among them) can be added without breaking what is stored.
+// Sealed secrets have their own format (sealedSecret.ts), told apart by the first byte.
 //
 //   byte 0      format version (1)
 //   byte 1      algorithm id (1 = AES-256-GCM)

@@ -1,8 +1,8 @@
 // Every KeyPolicy of the cluster from an informer (client-node's in the operator, the lean one in
-// the CSI provider), and the PolicySet built from them. A namespace's
-// part of the set is rebuilt on the first decision after a change to one of its policies' specs
-// (status writes do not count), so enforcement lags a policy change by the watch delivery and
-// one namespace's rebuild.
+// the CSI provider), and the PolicySet built from them; both sides decide from this one cache.
+// A namespace's part of the set is rebuilt on the first decision after a change to one of its
+// policies' specs (status writes do not count), so enforcement lags a policy change by the watch
+// delivery and one namespace's rebuild.
 import type { ObjectInformer } from '../kube/listWatchInformer.js';
 import { PolicySet } from './policySet.js';
 import { policyDocument, type KeyPolicy } from '../api/keyPolicy.js';

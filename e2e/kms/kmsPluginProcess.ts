@@ -16,7 +16,7 @@ export const keywardCli = join(dirname(fileURLToPath(import.meta.url)), '..', '.
  * How the plugin's Node runs in production (static pod, chart). Its live heap is about 20 MiB;
  * without limits V8 lets garbage pile up to 150 MiB resident under load before collecting.
  */
-export const kmsPluginNodeFlags = ['--max-semi-space-size=4', '--max-old-space-size=48'];
+export const kmsPluginNodeFlags = ['--max-semi-space-size=2', '--max-old-space-size=48'];
 
 export interface KmsPluginProcessOptions {
   hsm: Pick<SoftHsmToken, 'modulePath' | 'label' | 'pin' | 'env'>;

@@ -4,14 +4,15 @@
 // KeyPolicy informer (through core/kube's lean client, to fit the driver's 100 MiB per provider),
 // and the HSM for the objects; SIGTERM drains in-flight mounts.
 import { join } from 'node:path';
-import { createAuditLog, type AuditLog } from '../../core/audit/auditLog.js';
-import { startGrpcServer, unaryService, type GrpcServer } from '../../core/grpc/grpcServer.js';
+import { createAuditLog } from '../../core/audit/auditLog.js';
+import { startGrpcServer, unaryService } from '../../core/grpc/grpcServer.js';
 import { HsmToken } from '../../core/hsm/hsmToken.js';
 import { RingStore } from '../../core/hsm/ringStore.js';
 import { ApiStatusError, loadApiConnection, type ApiConnection } from '../../core/kube/apiConnection.js';
 import { listWatchInformer } from '../../core/kube/listWatchInformer.js';
 import { createLogger, type Logger } from '../../core/observability/logger.js';
-import { startMetricsServer, type MetricsServer } from '../../core/observability/metricsServer.js';
+import { startMetricsServer } from '../../core/observability/metricsServer.js';
+import { Teardown } from '../../core/teardown.js';
 import { keyPolicyResource, type KeyPolicy } from '../../core/api/keyPolicy.js';
 import { PolicyCache } from '../../core/policy/policyCache.js';
 import { CSIDriverProvider } from '../../proto/gen/csi/v1alpha1/service_pb.js';
@@ -90,15 +91,17 @@ export function apiserverTokenReviewer(api: ApiConnection, onReview: (outcome: s
 export async function startCsiProvider(config: CsiProviderConfig, log: Logger = createLogger('csi-provider')): Promise<CsiProvider> {
   const socketPath = join(config.socketDir, `${providerName}.sock`);
   const metrics = new CsiMetrics();
-  const token = HsmToken.open({ modulePath: config.modulePath, tokenLabel: config.tokenLabel, pin: config.pin, poolSize: config.sessionPoolSize ?? 4 });
-  const api = loadApiConnection(config.kubeconfigPath);
-  const policies = new PolicyCache(listWatchInformer<KeyPolicy>(api, keyPolicyResource, log));
-  let server: GrpcServer | undefined;
-  let audit: AuditLog | undefined;
-  let metricsServer: MetricsServer | undefined;
+  const teardown = new Teardown();
   let serving = false;
   try {
-    audit = createAuditLog('csi-provider', config.auditLog ?? '-');
+    const token = HsmToken.open({ modulePath: config.modulePath, tokenLabel: config.tokenLabel, pin: config.pin, poolSize: config.sessionPoolSize ?? 4 });
+    teardown.add(() => token.close());
+    const audit = createAuditLog('csi-provider', config.auditLog ?? '-');
+    teardown.add(() => audit.flush());
+    const api = loadApiConnection(config.kubeconfigPath);
+    teardown.add(() => api.close());
+    const policies = new PolicyCache(listWatchInformer<KeyPolicy>(api, keyPolicyResource, log));
+    teardown.add(() => policies.stop());
     const identity = new PodIdentity(config.tokenReviewer ?? apiserverTokenReviewer(api, (outcome) => metrics.tokenReviews.inc({ outcome })), {
       audience: config.audience,
       ttlMs: config.tokenReviewTtlMs,
@@ -107,45 +110,33 @@ export async function startCsiProvider(config: CsiProviderConfig, log: Logger = 
     metrics.cacheSizes = () => ({ tokenReview: identity.cachedReviews, material: material.cachedSecrets });
     // Mounts wait for the first list of KeyPolicies: deciding from an empty cache would refuse all.
     await policies.start();
+    const metricsServer = await startMetricsServer(config.metricsAddress ?? '127.0.0.1:0', metrics.registry, () => ({ ok: serving, reason: serving ? 'ok' : 'stopping' }));
+    teardown.add(() => metricsServer.close());
     const handlers = csiProviderHandlers({ audience: config.audience, identity, policies: () => policies.policySet(), material, audit, metrics, log, maxResponseBytes: config.maxResponseBytes });
-    server = await startGrpcServer({
+    const server = await startGrpcServer({
       socketPath,
       services: [unaryService(CSIDriverProvider, handlers)],
       // The largest MountRequest mountRequest.ts accepts is 1 MiB of attributes plus the rest.
       maxRequestBytes: 2 * 1024 * 1024,
     });
+    teardown.add(async () => {
+      serving = false;
+      log.info('draining in-flight mounts');
+      await server.stop(config.drainMs ?? 10_000);
+    });
     serving = true;
-    metricsServer = await startMetricsServer(config.metricsAddress ?? '127.0.0.1:0', metrics.registry, () => ({ ok: serving, reason: serving ? 'ok' : 'stopping' }));
     log.info({ socket: socketPath, audience: config.audience, metrics: metricsServer.address }, 'CSI provider serving');
+    return {
+      socketPath,
+      metricsAddress: metricsServer.address,
+      metrics,
+      stop: async () => {
+        await teardown.run();
+        log.info('stopped');
+      },
+    };
   } catch (err) {
-    await server?.stop(0);
-    await policies.stop();
-    api.close();
-    await audit?.flush();
-    token.close();
+    await teardown.run();
     throw err;
   }
-
-  const drainMs = config.drainMs ?? 10_000;
-  const finalAudit = audit;
-  const finalMetrics = metricsServer;
-  const finalServer = server;
-  let stopping: Promise<void> | undefined;
-  return {
-    socketPath,
-    metricsAddress: metricsServer.address,
-    metrics,
-    stop: () =>
-      (stopping ??= (async () => {
-        serving = false;
-        log.info('draining in-flight mounts');
-        await finalServer.stop(drainMs);
-        await policies.stop();
-        api.close();
-        await finalMetrics.close();
-        token.close();
-        await finalAudit.flush();
-        log.info('stopped');
-      })()),
-  };
 }

@@ -1,13 +1,14 @@
 // `keyward kms-plugin`: the KMS v2 gRPC server on a unix socket (mode 0600, stale socket removed,
 // path fixed), reading its ring from the HSM so it starts without the apiserver, with metrics and
 // health on a separate loopback listener. SIGTERM drains in-flight calls before exit.
-import { createAuditLog, type AuditLog } from '../../core/audit/auditLog.js';
-import { startGrpcServer, unaryService, type GrpcServer } from '../../core/grpc/grpcServer.js';
+import { createAuditLog } from '../../core/audit/auditLog.js';
+import { startGrpcServer, unaryService } from '../../core/grpc/grpcServer.js';
 import { HsmToken } from '../../core/hsm/hsmToken.js';
 import type { RingRef } from '../../core/hsm/ringState.js';
 import { RingStore } from '../../core/hsm/ringStore.js';
 import { createLogger, type Logger } from '../../core/observability/logger.js';
-import { startMetricsServer, type MetricsServer } from '../../core/observability/metricsServer.js';
+import { startMetricsServer } from '../../core/observability/metricsServer.js';
+import { Teardown } from '../../core/teardown.js';
 import { KeyManagementService } from '../../proto/gen/kms/v2/api_pb.js';
 import { KmsMetrics } from './kmsMetrics.js';
 import { kmsHandlers } from './kmsService.js';
@@ -40,19 +41,15 @@ export interface KmsPlugin {
 }
 
 export async function startKmsPlugin(config: KmsPluginConfig, log: Logger = createLogger('kms-plugin')): Promise<KmsPlugin> {
-  const token = HsmToken.open({
-    modulePath: config.modulePath,
-    tokenLabel: config.tokenLabel,
-    pin: config.pin,
-    poolSize: config.sessionPoolSize ?? 4,
-  });
-  let audit: AuditLog | undefined;
-  let metricsServer: MetricsServer | undefined;
-  const view = new RingView(token, new RingStore(token), config.ring, { refreshMs: config.refreshMs ?? 2000 });
-  let server: GrpcServer | undefined;
+  const teardown = new Teardown();
   try {
-    audit = createAuditLog('kms-plugin', config.auditLog ?? '-');
+    const token = HsmToken.open({ modulePath: config.modulePath, tokenLabel: config.tokenLabel, pin: config.pin, poolSize: config.sessionPoolSize ?? 4 });
+    teardown.add(() => token.close());
+    const audit = createAuditLog('kms-plugin', config.auditLog ?? '-');
+    teardown.add(() => audit.flush());
     const metrics = new KmsMetrics();
+    const view = new RingView(token, new RingStore(token), config.ring, { refreshMs: config.refreshMs ?? 2000 });
+    teardown.add(() => view.stop());
     let wasHealthy: boolean | undefined;
     view.onRefresh = (snapshot, health) => {
       metrics.observeRing(snapshot, health);
@@ -63,40 +60,30 @@ export async function startKmsPlugin(config: KmsPluginConfig, log: Logger = crea
       }
     };
     await view.start();
-    server = await startGrpcServer({
+    const metricsServer = await startMetricsServer(config.metricsAddress ?? '127.0.0.1:0', metrics.registry, () => view.health());
+    teardown.add(() => metricsServer.close());
+    const server = await startGrpcServer({
       socketPath: config.socketPath,
       services: [unaryService(KeyManagementService, kmsHandlers({ token, view, audit, metrics }))],
       maxRequestBytes: maxKmsRequestBytes,
       healthy: () => view.health().ok,
     });
-    metricsServer = await startMetricsServer(config.metricsAddress ?? '127.0.0.1:0', metrics.registry, () => view.health());
+    teardown.add(async () => {
+      log.info('draining in-flight calls');
+      await server.stop(config.drainMs ?? 10_000);
+    });
     log.info({ socket: config.socketPath, metrics: metricsServer.address }, 'KMS v2 plugin serving');
+    return {
+      socketPath: config.socketPath,
+      metricsAddress: metricsServer.address,
+      view,
+      stop: async () => {
+        await teardown.run();
+        log.info('stopped');
+      },
+    };
   } catch (err) {
-    await server?.stop(0);
-    view.stop();
-    await audit?.flush();
-    token.close();
+    await teardown.run();
     throw err;
   }
-
-  const drainMs = config.drainMs ?? 10_000;
-  const finalAudit = audit;
-  const finalMetrics = metricsServer;
-  const finalServer = server;
-  let stopping: Promise<void> | undefined;
-  return {
-    socketPath: config.socketPath,
-    metricsAddress: metricsServer.address,
-    view,
-    stop: () =>
-      (stopping ??= (async () => {
-        log.info('draining in-flight calls');
-        await finalServer.stop(drainMs);
-        view.stop();
-        await finalMetrics.close();
-        token.close();
-        await finalAudit.flush();
-        log.info('stopped');
-      })()),
-  };
 }
