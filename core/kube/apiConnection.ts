@@ -4,6 +4,8 @@
 // TokenReview and a list and watch of KeyPolicies. This speaks JSON over HTTPS on keep-alive
 // connections, with the credentials of the in-cluster ServiceAccount or of a kubeconfig file
 // (client certificates or a bearer token; exec and auth-provider plugins are not supported).
+// Every call has a deadline and is cancelled when it passes, so a hung apiserver fails a call
+// instead of holding it (and every caller that shares it) forever.
 import { readFileSync } from 'node:fs';
 import type { IncomingMessage } from 'node:http';
 import { Agent, request as httpsRequest } from 'node:https';
@@ -22,11 +24,38 @@ export class ApiStatusError extends Error {
   }
 }
 
+/** The apiserver did not answer, or a watch fell silent, within its deadline; the HTTP request was cancelled. */
+export class ApiTimeoutError extends Error {
+  override readonly name = 'ApiTimeoutError';
+  constructor(
+    readonly timeoutMs: number,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+export interface ApiConnectionOptions {
+  /** Deadline for a whole request(), and for a watch to begin answering; 10 s by default. */
+  requestTimeoutMs?: number;
+  /**
+   * A watch that sends nothing, not even a bookmark, for this long is cancelled, so the informer
+   * watches again; 2 min by default (the apiserver sends watchers with bookmarks one a minute).
+   */
+  watchIdleMs?: number;
+}
+
+export const defaultRequestTimeoutMs = 10_000;
+export const defaultWatchIdleMs = 120_000;
+
 export interface ApiConnection {
   readonly server: string;
-  /** One JSON request; rejects with ApiStatusError for a non-2xx answer. */
+  /** One JSON request; rejects with ApiStatusError for a non-2xx answer, ApiTimeoutError past its deadline. */
   request<T>(method: 'GET' | 'POST', path: string, body?: unknown): Promise<T>;
-  /** A streamed GET (a watch): `onLine` gets each line of the body; resolves when the stream ends. */
+  /**
+   * A streamed GET (a watch): `onLine` gets each line of the body; resolves when the stream ends,
+   * rejects with ApiTimeoutError when it does not begin in time or falls silent.
+   */
   stream(path: string, onLine: (line: string) => void, signal: AbortSignal): Promise<void>;
   close(): void;
 }
@@ -45,11 +74,11 @@ const serviceAccountDir = '/var/run/secrets/kubernetes.io/serviceaccount';
 const tokenRereadMs = 60_000;
 
 /** KUBECONFIG (its first file), else ~/.kube/config, else the in-cluster ServiceAccount. */
-export function loadApiConnection(kubeconfigPath = process.env.KUBECONFIG?.split(':')[0]): ApiConnection {
+export function loadApiConnection(kubeconfigPath = process.env.KUBECONFIG?.split(':')[0], options: ApiConnectionOptions = {}): ApiConnection {
   const defaultPath = join(homedir(), '.kube', 'config');
-  if (kubeconfigPath) return apiConnection(fromKubeconfig(kubeconfigPath));
-  if (process.env.KUBERNETES_SERVICE_HOST) return apiConnection(inCluster());
-  return apiConnection(fromKubeconfig(defaultPath));
+  if (kubeconfigPath) return apiConnection(fromKubeconfig(kubeconfigPath), options);
+  if (process.env.KUBERNETES_SERVICE_HOST) return apiConnection(inCluster(), options);
+  return apiConnection(fromKubeconfig(defaultPath), options);
 }
 
 function inCluster(): Credentials {
@@ -96,7 +125,36 @@ function fromKubeconfig(path: string): Credentials {
   };
 }
 
-function apiConnection(credentials: Credentials): ApiConnection {
+/**
+ * A cancellable request: `arm` (again) starts its deadline, `outer` (a watch's stop) cancels it too.
+ * `explain` turns whatever error the cancelled request ended with into the ApiTimeoutError.
+ */
+function deadline(outer?: AbortSignal) {
+  const controller = new AbortController();
+  const cancel = (): void => controller.abort(outer?.reason);
+  if (outer?.aborted) cancel();
+  outer?.addEventListener('abort', cancel, { once: true });
+  let timer: NodeJS.Timeout | undefined;
+  return {
+    signal: controller.signal,
+    arm(ms: number, message: string): void {
+      clearTimeout(timer);
+      timer = setTimeout(() => controller.abort(new ApiTimeoutError(ms, message)), ms);
+    },
+    clear(): void {
+      clearTimeout(timer);
+      outer?.removeEventListener('abort', cancel);
+    },
+    explain(err: unknown): unknown {
+      const reason: unknown = controller.signal.reason;
+      return reason instanceof ApiTimeoutError ? reason : err;
+    },
+  };
+}
+
+function apiConnection(credentials: Credentials, options: ApiConnectionOptions): ApiConnection {
+  const requestTimeoutMs = options.requestTimeoutMs ?? defaultRequestTimeoutMs;
+  const watchIdleMs = options.watchIdleMs ?? defaultWatchIdleMs;
   const agent = new Agent({ keepAlive: true, ca: credentials.ca, cert: credentials.cert, key: credentials.key });
   let token = credentials.token;
   let tokenReadAt = -Infinity;
@@ -138,23 +196,46 @@ function apiConnection(credentials: Credentials): ApiConnection {
   return {
     server: credentials.server,
     async request<T>(method: 'GET' | 'POST', path: string, body?: unknown): Promise<T> {
-      const res = await send(method, path, body === undefined ? undefined : JSON.stringify(body));
-      if ((res.statusCode ?? 0) >= 300) throw await failure(res, method, path);
-      return JSON.parse(await readBody(res)) as T;
+      const call = deadline();
+      call.arm(requestTimeoutMs, `${method} ${path.split('?')[0]}: the apiserver did not answer within ${requestTimeoutMs} ms`);
+      try {
+        const res = await send(method, path, body === undefined ? undefined : JSON.stringify(body), call.signal);
+        if ((res.statusCode ?? 0) >= 300) throw await failure(res, method, path);
+        const text = await readBody(res);
+        call.signal.throwIfAborted();
+        return JSON.parse(text) as T;
+      } catch (err) {
+        throw call.explain(err);
+      } finally {
+        call.clear();
+      }
     },
     async stream(path, onLine, signal) {
-      const res = await send('GET', path, undefined, signal);
-      if ((res.statusCode ?? 0) >= 300) throw await failure(res, 'GET', path);
-      let pending = '';
-      res.setEncoding('utf8');
-      for await (const chunk of res) {
-        pending += chunk as string;
-        let end: number;
-        while ((end = pending.indexOf('\n')) >= 0) {
-          const line = pending.slice(0, end);
-          pending = pending.slice(end + 1);
-          if (line.trim()) onLine(line);
+      const watch = deadline(signal);
+      const what = `watch ${path.split('?')[0]}`;
+      watch.arm(requestTimeoutMs, `${what}: the apiserver did not answer within ${requestTimeoutMs} ms`);
+      try {
+        const res = await send('GET', path, undefined, watch.signal);
+        if ((res.statusCode ?? 0) >= 300) throw await failure(res, 'GET', path);
+        const idle = `${what}: nothing for ${watchIdleMs} ms`;
+        watch.arm(watchIdleMs, idle);
+        let pending = '';
+        res.setEncoding('utf8');
+        for await (const chunk of res) {
+          watch.arm(watchIdleMs, idle);
+          pending += chunk as string;
+          let end: number;
+          while ((end = pending.indexOf('\n')) >= 0) {
+            const line = pending.slice(0, end);
+            pending = pending.slice(end + 1);
+            if (line.trim()) onLine(line);
+          }
         }
+        watch.signal.throwIfAborted();
+      } catch (err) {
+        throw watch.explain(err);
+      } finally {
+        watch.clear();
       }
     },
     close: () => agent.destroy(),

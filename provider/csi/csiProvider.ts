@@ -8,7 +8,7 @@ import { createAuditLog } from '../../core/audit/auditLog.js';
 import { startGrpcServer, unaryService } from '../../core/grpc/grpcServer.js';
 import { HsmToken } from '../../core/hsm/hsmToken.js';
 import { RingStore } from '../../core/hsm/ringStore.js';
-import { ApiStatusError, loadApiConnection, type ApiConnection } from '../../core/kube/apiConnection.js';
+import { ApiStatusError, ApiTimeoutError, loadApiConnection, type ApiConnection } from '../../core/kube/apiConnection.js';
 import { listWatchInformer } from '../../core/kube/listWatchInformer.js';
 import { createLogger, type Logger } from '../../core/observability/logger.js';
 import { startMetricsServer } from '../../core/observability/metricsServer.js';
@@ -40,12 +40,16 @@ export interface CsiProviderConfig {
   /** File for audit records, or '-' for standard output. */
   auditLog?: string;
   tokenReviewTtlMs?: number;
+  /** Deadline of each apiserver call (a TokenReview, a list, a watch's start); 10 s by default. */
+  apiserverTimeoutMs?: number;
   materialTtlMs?: number;
   ringRefreshMs?: number;
   sessionPoolSize?: number;
   drainMs?: number;
   /** See mountService.ts; lowered only by tests of the guard. */
   maxResponseBytes?: number;
+  /** Request bytes processed at once before Mounts are refused with Overloaded (mountService.ts). */
+  maxInFlightBytes?: number;
   /** Replaces TokenReview through the apiserver; for benchmarks that measure the provider alone. */
   tokenReviewer?: TokenReviewer;
 }
@@ -64,7 +68,7 @@ interface TokenReviewStatus {
   user?: { username?: string; groups?: string[]; extra?: Record<string, string[]> };
 }
 
-/** TokenReview through the apiserver; errors name the failure, never the token. */
+/** TokenReview through the apiserver; errors name the failure (HTTP status, timeout, network), never the token. */
 export function apiserverTokenReviewer(api: ApiConnection, onReview: (outcome: string) => void = () => undefined): TokenReviewer {
   return async (token, audience) => {
     let status: TokenReviewStatus;
@@ -73,7 +77,12 @@ export function apiserverTokenReviewer(api: ApiConnection, onReview: (outcome: s
       status = (await api.request<{ status?: TokenReviewStatus }>('POST', '/apis/authentication.k8s.io/v1/tokenreviews', body)).status ?? {};
     } catch (err) {
       onReview('error');
-      const why = err instanceof ApiStatusError ? `the apiserver answered HTTP ${err.statusCode}` : `the apiserver is unreachable (${(err as NodeJS.ErrnoException).code ?? (err as Error).name})`;
+      const why =
+        err instanceof ApiStatusError
+          ? `the apiserver answered HTTP ${err.statusCode}`
+          : err instanceof ApiTimeoutError
+            ? `the apiserver did not answer within ${err.timeoutMs} ms`
+            : `the apiserver is unreachable (${(err as NodeJS.ErrnoException).code ?? (err as Error).name})`;
       throw new Error(why, { cause: err });
     }
     onReview(status.authenticated ? 'authenticated' : 'unauthenticated');
@@ -98,7 +107,7 @@ export async function startCsiProvider(config: CsiProviderConfig, log: Logger = 
     teardown.add(() => token.close());
     const audit = createAuditLog('csi-provider', config.auditLog ?? '-');
     teardown.add(() => audit.flush());
-    const api = loadApiConnection(config.kubeconfigPath);
+    const api = loadApiConnection(config.kubeconfigPath, { requestTimeoutMs: config.apiserverTimeoutMs });
     teardown.add(() => api.close());
     const policies = new PolicyCache(listWatchInformer<KeyPolicy>(api, keyPolicyResource, log));
     teardown.add(() => policies.stop());
@@ -112,7 +121,7 @@ export async function startCsiProvider(config: CsiProviderConfig, log: Logger = 
     await policies.start();
     const metricsServer = await startMetricsServer(config.metricsAddress ?? '127.0.0.1:0', metrics.registry, () => ({ ok: serving, reason: serving ? 'ok' : 'stopping' }));
     teardown.add(() => metricsServer.close());
-    const handlers = csiProviderHandlers({ audience: config.audience, identity, policies: () => policies.policySet(), material, audit, metrics, log, maxResponseBytes: config.maxResponseBytes });
+    const handlers = csiProviderHandlers({ audience: config.audience, identity, policies: () => policies.policySet(), material, audit, metrics, log, maxResponseBytes: config.maxResponseBytes, maxInFlightBytes: config.maxInFlightBytes });
     const server = await startGrpcServer({
       socketPath,
       services: [unaryService(CSIDriverProvider, handlers)],
