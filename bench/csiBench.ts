@@ -69,7 +69,7 @@ const cpuProfDir = process.env.KEYWARD_BENCH_CPU_PROF;
 const keepLogsDir = process.env.KEYWARD_BENCH_KEEP_LOGS;
 /**
  * Node flags for the provider processes; none by default (plain `node dist/cli/keyward.js
- * csi-provider`). The chart's DaemonSet adds --max-semi-space-size=4 --max-old-space-size=64.
+ * csi-provider`). The chart's DaemonSet adds --max-semi-space-size=2 --max-old-space-size=64.
  */
 const providerNodeFlags = process.env.KEYWARD_BENCH_PROVIDER_NODE_FLAGS?.split(/\s+/).filter(Boolean) ?? csiProviderNodeFlags;
 

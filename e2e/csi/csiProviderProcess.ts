@@ -8,7 +8,7 @@ import { freePort } from '../../testbed/control-plane/network.js';
 import { keywardCli } from '../kms/kmsPluginProcess.js';
 
 /** How the chart runs the provider's Node (csi-provider-daemonset.yaml): within the driver's 100 MiB. */
-export const csiProviderNodeFlags = ['--max-semi-space-size=4', '--max-old-space-size=64'];
+export const csiProviderNodeFlags = ['--max-semi-space-size=2', '--max-old-space-size=64'];
 
 export interface CsiProviderProcessOptions {
   hsm: Pick<SoftHsmToken, 'modulePath' | 'label' | 'pin' | 'env'>;

@@ -65,6 +65,7 @@ import { eventually } from '../../testbed/eventually.js';
 import { logTail } from '../../testbed/control-plane/componentProcess.js';
 import { ComponentProcess } from '../../testbed/control-plane/componentProcess.js';
 import { startControlPlane, type ControlPlane } from '../../testbed/control-plane/controlPlane.js';
+import { csiProviderNodeFlags } from '../csi/csiProviderProcess.js';
 import { createPod, driverMountRequest, podToken } from '../csi/driverRequest.js';
 import { freePort } from '../../testbed/control-plane/network.js';
 import { keywardCli, kmsPluginNodeFlags } from '../kms/kmsPluginProcess.js';
@@ -80,8 +81,6 @@ const withCsiProvider = ['--set', 'csiProvider.enabled=true', '--set', `hsm.soft
 const csiProviderName = 'keyward-csi-provider';
 /** The driver's --provider-volume, where it looks for <provider>.sock. */
 const providerDir = '/var/run/secrets-store-csi-providers';
-/** How the chart runs the provider's Node: a bounded heap inside the 100Mi limit. */
-const csiProviderNodeFlags = ['--max-semi-space-size=4', '--max-old-space-size=64'];
 /**
  * The chart's one root container (csiProvider.prepareProviderDir, the default): it lets the
  * provider's gid write the driver's root-owned directory. Root with CAP_CHOWN alone, otherwise as
