@@ -159,7 +159,7 @@ async function ring(args: string[]): Promise<void> {
       }
       case 'list':
         for (const r of await store.list()) {
-          process.stdout.write(`${r.namespace ? `${r.namespace}/` : ''}${r.name}  primary=${r.primary}\n`);
+          process.stdout.write(`${r.namespace ? `${r.namespace}/` : ''}${r.name}  primary=${r.primary}${r.released ? `  released from its name ${r.released}` : ''}\n`);
           for (const v of r.versions) process.stdout.write(`  v${v.number}  ${v.state.padEnd(16)} ${v.keyId}  created ${v.createdAt}\n`);
         }
         break;

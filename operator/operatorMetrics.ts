@@ -56,6 +56,13 @@ export class OperatorMetrics {
     registers: [this.registry],
   });
 
+  /** Ring state objects found corrupt in the HSM (see RingStateCorruptError); any rise wants a look. */
+  readonly corruptRingStates = new Counter({
+    name: 'keyward_hsm_ring_state_corrupt_total',
+    help: 'Reconciles that found a KeyRing\'s ring state object in the HSM corrupt.',
+    registers: [this.registry],
+  });
+
   readonly secondsToRotation = new Gauge({
     name: 'keyward_keyring_next_rotation_seconds',
     help: 'Seconds until the next scheduled rotation of a KeyRing (negative when overdue).',

@@ -146,6 +146,27 @@ export function recordDestroyed(ring: RingState, destroyed: readonly RingVersion
   return { ...ring, versions: ring.versions.map((v) => (numbers.has(v.number) ? { ...v, state: 'Destroyed', stateChangedAt: at, destroyAt: at } : v)) };
 }
 
+/**
+ * The one rule for which ring a name means, for every component: the ring holding the name, i.e.
+ * the one recorded under it and not released from it. The operator releases a ring when its
+ * KeyRing is deleted and when another ring is created under its name, so the holder is the ring
+ * of the KeyRing that exists now; no holder means no ring (never an older one). Two holders can
+ * only come from rings written before names were released: refused until the operator releases one.
+ */
+export function resolveName(rings: readonly RingState[], name: string, namespace: string): RingState | undefined {
+  const holders = rings.filter((ring) => ring.name === name && ring.namespace === namespace && ring.released === undefined);
+  if (holders.length > 1) {
+    const ids = holders.map((ring) => ring.ringId).join(', ');
+    throw new KeywardError('FailedPrecondition', `${describeRing({ name, namespace })} is held by more than one ring (ids ${ids}); the operator releases all but its KeyRing's on its next reconcile`);
+  }
+  return holders[0];
+}
+
+/** The ring released from its name (see resolveName); keys and versions are untouched. */
+export function releaseName(ring: RingState, now: Date): RingState {
+  return ring.released === undefined ? { ...ring, released: now.toISOString() } : ring;
+}
+
 /** Whether a version has key material to use: generated and not destroyed. */
 export function hasMaterial(version: RingVersion): boolean {
   return version.state !== 'PendingGeneration' && version.state !== 'Destroyed';

@@ -53,24 +53,37 @@ export class RingPersistence {
     return this.token.withSession((session) => this.readStates(session, ringId)[0]?.state);
   }
 
-  /** Records the first state of a ring that has none. */
+  /** Records the first state of a ring that has none; refused when another writer recorded one first. */
   async createState(ring: RingState): Promise<void> {
-    await this.token.withSession((session) => this.cache.replaceStates(ring.ringId, [this.writeState(session, ring)]));
+    await this.token.withSession((session) => {
+      if (this.searchStates(session, ring.ringId).length > 0) throw changedConcurrently(ring.ringId);
+      this.cache.replaceStates(ring.ringId, [this.writeState(session, ring)]);
+    });
   }
 
   /**
-   * Records `ring` as the next revision of its state. Data objects' values cannot be changed in
-   * place (SoftHSM2 refuses), so a write adds the next revision and then removes the older ones.
-   * Readers take the newest revision, so a crash between the two steps loses nothing; the next
-   * write removes the leftover.
+   * Records `ring` as the next revision of its state, if the ring is still at the revision `ring`
+   * was read at: a compare-and-set, so one writer (operator leader, CLI, janitor) never overwrites
+   * another's change unseen. Data objects' values cannot be changed in place (SoftHSM2 refuses), so
+   * a write adds the next revision and then removes the older ones. Readers take the newest
+   * revision, so a crash between the two steps loses nothing; the next write removes the leftover.
    */
   async saveState(ring: RingState): Promise<RingState> {
     return this.token.withSession((session) => {
       const existing = this.readStates(session, ring.ringId);
       const newest = existing[0]?.state.revision;
       if (newest === undefined) throw new KeywardError('NotFound', `ring id ${ring.ringId} vanished from the HSM`);
+      if (newest !== ring.revision) throw changedConcurrently(ring.ringId);
       const next = { ...ring, revision: newest + 1 };
       const written = this.writeState(session, next);
+      // Another process may have passed the same check meanwhile: whoever finds a second object of
+      // the new revision withdraws its own, so at most one write of a revision stands.
+      const rivals = this.searchStates(session, ring.ringId).filter(({ handle, state }) => !handle.equals(written) && state.revision >= next.revision);
+      if (rivals.length > 0) {
+        this.token.pkcs11.C_DestroyObject(session, written);
+        this.cache.forgetStates(ring.ringId);
+        throw changedConcurrently(ring.ringId);
+      }
       this.cache.replaceStates(ring.ringId, [written, ...existing.map(({ handle }) => handle)]);
       for (const { handle } of existing) this.token.pkcs11.C_DestroyObject(session, handle);
       this.cache.replaceStates(ring.ringId, [written]);
@@ -171,41 +184,60 @@ export class RingPersistence {
     }
   }
 
-  private readValue(session: Handle, handle: Handle): Buffer {
-    const [attribute] = this.token.pkcs11.C_GetAttributeValue(session, handle, [{ type: pkcs11js.CKA_VALUE }]);
-    return attribute?.value ?? Buffer.alloc(0);
+  /** A state object's label and value; a label that is not a ring state label gives no ring id. */
+  private readStateObject(session: Handle, handle: Handle): { label: string; value: Buffer } {
+    const [label, value] = this.token.pkcs11.C_GetAttributeValue(session, handle, [{ type: pkcs11js.CKA_LABEL }, { type: pkcs11js.CKA_VALUE }]);
+    return { label: label?.value?.toString('utf8') ?? '', value: value?.value ?? Buffer.alloc(0) };
   }
 
-  /** Every state object of one ring (or of all rings), newest revision first. */
+  /** Every state object of one ring (or of all rings), newest revision first; remembered in the cache. */
   private readStates(session: Handle, ringId?: string): StoredState[] {
     if (ringId !== undefined) {
       const handles = this.cache.stateHandles(ringId);
       const states = handles && this.readKnownStates(session, ringId, handles);
       if (states) return states;
     }
-    const template: pkcs11js.Template = [
-      { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_DATA },
-      { type: pkcs11js.CKA_APPLICATION, value: ringApplication },
-    ];
-    if (ringId !== undefined) template.push({ type: pkcs11js.CKA_LABEL, value: ringObjectLabel(ringId) });
-    const found = this.findObjects(session, template)
-      .map((handle) => ({ handle, state: parseRingState(this.readValue(session, handle)) }))
-      .sort((a, b) => b.state.revision - a.state.revision);
+    const found = this.searchStates(session, ringId);
     this.cache.forgetStates(ringId);
     for (const { handle, state } of found) this.cache.rememberState(state.ringId, handle);
     return found;
   }
 
-  /** The states behind handles seen before, or undefined when one is gone or is not the ring's. */
+  /**
+   * One search for the state objects of one ring (or of all rings), newest revision first. An
+   * object that does not parse is refused as corrupt, naming its ring: skipping it could make a
+   * ring's older revision, or another ring holding its name, stand in for it.
+   */
+  private searchStates(session: Handle, ringId?: string): StoredState[] {
+    const template: pkcs11js.Template = [
+      { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_DATA },
+      { type: pkcs11js.CKA_APPLICATION, value: ringApplication },
+    ];
+    if (ringId !== undefined) template.push({ type: pkcs11js.CKA_LABEL, value: ringObjectLabel(ringId) });
+    return this.findObjects(session, template)
+      .map((handle) => {
+        const { label, value } = this.readStateObject(session, handle);
+        return { handle, state: parseRingState(value, ringIdOfLabel(label)) };
+      })
+      .sort((a, b) => b.state.revision - a.state.revision);
+  }
+
+  /** The states behind handles seen before, or undefined when one is gone or is no longer the ring's. */
   private readKnownStates(session: Handle, ringId: string, handles: Handle[]): StoredState[] | undefined {
-    try {
-      const states = handles.map((handle) => ({ handle, state: parseRingState(this.readValue(session, handle)) }));
-      if (states.some(({ state }) => state.ringId !== ringId)) return undefined;
-      return states.sort((a, b) => b.state.revision - a.state.revision);
-    } catch (err) {
-      if (isStaleHandle(err)) return undefined;
-      throw err;
+    const states: StoredState[] = [];
+    for (const handle of handles) {
+      let object: { label: string; value: Buffer };
+      try {
+        object = this.readStateObject(session, handle);
+      } catch (err) {
+        if (isStaleHandle(err)) return undefined;
+        throw err;
+      }
+      // A handle reused for another object: search again. The ring's own object must parse.
+      if (object.label !== ringObjectLabel(ringId)) return undefined;
+      states.push({ handle, state: parseRingState(object.value, ringId) });
     }
+    return states.sort((a, b) => b.state.revision - a.state.revision);
   }
 
   private writeState(session: Handle, ring: RingState): Handle {
@@ -269,16 +301,24 @@ export class RingPersistence {
   }
 }
 
-/** A handle seen before that no longer names a live object: destroyed, or from closed sessions. */
+/**
+ * A handle seen before that no longer names a live object of the kind expected: destroyed, from
+ * closed sessions, or reused for an object without the attribute. Only PKCS#11 answers count: a
+ * value that does not parse is corruption (see searchStates), never a reason to search again.
+ */
 function isStaleHandle(err: unknown): boolean {
   const code = pkcs11Code(err);
-  return (
-    code === pkcs11js.CKR_OBJECT_HANDLE_INVALID ||
-    code === pkcs11js.CKR_ATTRIBUTE_TYPE_INVALID ||
-    err instanceof SyntaxError ||
-    (err instanceof KeywardError && err.code === 'Internal')
-  );
+  return code === pkcs11js.CKR_OBJECT_HANDLE_INVALID || code === pkcs11js.CKR_ATTRIBUTE_TYPE_INVALID || code === pkcs11js.CKR_ATTRIBUTE_SENSITIVE;
 }
+
+/** The ring id a state object's label names (the whole label when it is not of Keyward's form, for the message). */
+function ringIdOfLabel(label: string): string {
+  const prefix = ringObjectLabel('');
+  return label.startsWith(prefix) ? label.slice(prefix.length) : label;
+}
+
+const changedConcurrently = (ringId: string): KeywardError =>
+  new KeywardError('FailedPrecondition', `the state of ring id ${ringId} changed concurrently (another operator, CLI or janitor wrote it); retry`);
 
 /** Generates one version's key objects, of the ring's algorithm. */
 async function generateKey(token: HsmToken, ring: RingState, number: number): Promise<VersionObjects & { key: Handle }> {

@@ -50,6 +50,11 @@ export interface RingState {
   versions: RingVersion[];
   /** The last on-demand rotation request carried out, so a retried request rotates only once. */
   lastRotationRequest?: string;
+  /**
+   * When the ring gave up its name: its KeyRing was deleted, or another ring was created under the
+   * name. A released ring keeps its keys (for Retain) but no name lookup finds it (see resolveName).
+   */
+  released?: string;
 }
 
 const keyIdPattern = /^kw1-[A-Za-z0-9_-]{32}$/;
@@ -121,11 +126,30 @@ export function assertHasPublicKey(ring: RingState): void {
   throw new KeywardError('FailedPrecondition', message);
 }
 
-export function parseRingState(value: Buffer): RingState {
-  const state = JSON.parse(value.toString('utf8')) as Partial<RingState>;
-  if (state.schema !== 1 || typeof state.ringId !== 'string' || !Array.isArray(state.versions)) {
-    throw new KeywardError('Internal', 'ring state object in the HSM is not of schema 1');
+/** A ring state object that does not parse: never skipped, since the ring it describes is unknown. */
+export class RingStateCorruptError extends KeywardError {
+  constructor(
+    readonly ringId: string,
+    why: string,
+  ) {
+    super('Internal', `the state of ring id ${ringId} in the HSM is corrupt (${why}); restore the token from a backup or delete the object labelled ${ringObjectLabel(ringId)}`);
+    this.name = 'RingStateCorruptError';
   }
+}
+
+/** The state in a ring state object's value; `ringId` is the one its label names. */
+export function parseRingState(value: Buffer, ringId: string): RingState {
+  let state: Partial<RingState>;
+  try {
+    state = JSON.parse(value.toString('utf8')) as Partial<RingState>;
+  } catch {
+    throw new RingStateCorruptError(ringId, 'not JSON');
+  }
+  if (state === null || typeof state !== 'object' || state.schema !== 1 || typeof state.ringId !== 'string' || !Array.isArray(state.versions)) {
+    throw new RingStateCorruptError(ringId, 'not a ring state of schema 1');
+  }
+  if (state.ringId !== ringId) throw new RingStateCorruptError(ringId, `it names ring id ${state.ringId}`);
+  if (!Number.isInteger(state.revision)) throw new RingStateCorruptError(ringId, 'no revision');
   // An algorithm this version does not know is kept as read: listing rings must not fail over it;
   // generating its keys does (ringPersistence), and using it fails assertRingAlgorithm.
   const algorithm = state.algorithm ?? 'AES_256_GCM';

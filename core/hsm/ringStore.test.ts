@@ -202,7 +202,7 @@ describe('Derivation rings in a real SoftHSM2 token', () => {
     const now = new Date().toISOString();
     // As an older Keyward wrote it, minus the fields this one added.
     const old = { schema: 1, ringId, revision: 1, name: 'legacy', namespace: '', createdAt: now, primary: 1, versions: [] };
-    assert.equal(parseRingState(Buffer.from(JSON.stringify(old))).algorithm, 'AES_256_GCM');
+    assert.equal(parseRingState(Buffer.from(JSON.stringify(old)), old.ringId).algorithm, 'AES_256_GCM');
     await generateAesKey(token, { label: keyObjectLabel(ringId, 1), id: keyObjectId(ringId, 1) });
     const version1 = { number: 1, state: 'Enabled', keyId: keyIdFor(ringId, 1), createdAt: now, stateChangedAt: now };
     await token.withSession((s) =>

@@ -16,6 +16,8 @@ import {
   newRing,
   pendingVersions,
   recordDestroyed,
+  releaseName,
+  resolveName,
   scheduleDestruction,
   startRotation,
   unaccountedKeys,
@@ -39,10 +41,42 @@ export class RingStore {
     return this.objects.newestStates();
   }
 
+  /** A ring by id (whether or not it holds a name), or by name through resolve(). */
   async get(ref: RingRef): Promise<RingState | undefined> {
     if ('ringId' in ref) return this.objects.newestState(ref.ringId);
-    const namespace = ref.namespace ?? '';
-    return (await this.list()).find((ring) => ring.name === ref.name && ring.namespace === namespace);
+    return this.resolve(ref.name, ref.namespace ?? '');
+  }
+
+  /**
+   * The ring a name means, by the one rule every component uses (resolveName): the ring holding
+   * it, never one released from it. Searches the whole token; callers that list anyway apply
+   * resolveName to their listing.
+   */
+  async resolve(name: string, namespace = ''): Promise<RingState | undefined> {
+    return resolveName(await this.list(), name, namespace);
+  }
+
+  /**
+   * Releases a ring from its name, for good: its KeyRing is deleted (with either deletionPolicy).
+   * Idempotent; a ring without state has nothing to release.
+   */
+  async release(ringId: string): Promise<RingState | undefined> {
+    const ring = await this.get({ ringId });
+    return ring && this.saveIfChanged(ring, releaseName(ring, this.now()));
+  }
+
+  /**
+   * Makes `ringId` the only ring holding its name, releasing any other: the operator's KeyRing
+   * owns the name even when an earlier KeyRing's deletion was never finalized. Returns the ring ids
+   * released.
+   */
+  async claimName(ringId: string): Promise<string[]> {
+    const rings = await this.list();
+    const ring = rings.find((r) => r.ringId === ringId);
+    if (!ring) throw new KeywardError('NotFound', `ring id ${ringId} does not exist in the HSM`);
+    const others = rings.filter((r) => r.ringId !== ringId && r.name === ring.name && r.namespace === ring.namespace && r.released === undefined);
+    for (const other of others) await this.objects.saveState(releaseName(other, this.now()));
+    return others.map((r) => r.ringId);
   }
 
   async require(ref: RingRef): Promise<RingState> {

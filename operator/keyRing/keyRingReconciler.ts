@@ -8,7 +8,7 @@ import { KeywardError } from '../../core/errors.js';
 import { pkcs11Code } from '../../core/hsm/hsmToken.js';
 import type { AuditLog } from '../../core/audit/auditLog.js';
 import type { Logger } from '../../core/observability/logger.js';
-import type { RingAlgorithm, RingState, RingVersion, VersionState } from '../../core/hsm/ringState.js';
+import { RingStateCorruptError, type RingAlgorithm, type RingState, type RingVersion, type VersionState } from '../../core/hsm/ringState.js';
 import type { RingStore } from '../../core/hsm/ringStore.js';
 import { parseDuration } from '../../core/api/duration.js';
 import { algorithmsByPurpose, defaultApprovalWindowMs, type DestroyRequest, type KeyAlgorithm, type KeyRing, type KeyRingDesiredVersion } from '../../core/api/keyRing.js';
@@ -93,6 +93,13 @@ async function reconcileRing(deps: Reconciling, keyRing: KeyRing, now: Date): Pr
     const ensured = await metrics.hsm('create', () => store.ensure({ ringId: uid, name, namespace, algorithm }));
     ring = ensured.ring;
     if (ensured.created) await client.event(keyRing, 'Normal', 'Created', `version 1 generated in HSM token ${deps.tokenLabel}: key id ${ring.versions[0]?.keyId}`);
+    // Until the KeyRing is first Ready: its ring takes the name from any ring whose KeyRing's
+    // deletion was never finalized (a listing searches the whole token, so not on every reconcile).
+    if (ensured.created || !isReady(keyRing)) {
+      for (const released of await metrics.hsm('claimName', () => store.claimName(uid))) {
+        await client.event(keyRing, 'Normal', 'NameClaimed', `ring id ${released} released the name ${namespace}/${name} to this KeyRing's ring`);
+      }
+    }
 
     if (spec.rotationRequest !== undefined && spec.rotationRequest !== ring.lastRotationRequest) {
       ring = await metrics.hsm('rotate', () => store.rotate({ ringId: uid }, { request: spec.rotationRequest }));
@@ -204,17 +211,20 @@ async function finalize(deps: Reconciling, keyRing: KeyRing, now: Date): Promise
   // An approved deletionPolicy Destroy stands until the deletion: no window applies.
   const refusal = destroying ? twoPersonRefusal(keyRing.spec.deletionDestroyRequest, Number.POSITIVE_INFINITY, now) : undefined;
   if (destroying) auditDestruction(deps, keyRing, keyRing.spec.deletionDestroyRequest, refusal);
-  if (destroying && !refusal) {
-    const destroyAt = new Date(now.getTime() + parseDuration(keyRing.spec.destroyScheduledDuration ?? defaultDestroyWindow));
-    try {
-      if (await deps.store.get({ ringId: uid })) {
-        await deps.metrics.hsm('scheduleRingDestruction', () => deps.store.scheduleRingDestruction({ ringId: uid }, destroyAt));
-      }
-    } catch (err) {
-      deps.recoverHsm();
-      await reportFailure(deps, keyRing, err, now);
-      throw err;
+  const destroyAt = new Date(now.getTime() + parseDuration(keyRing.spec.destroyScheduledDuration ?? defaultDestroyWindow));
+  try {
+    // With either policy the ring gives up its name, so a KeyRing created again under the name
+    // gets a ring of its own and no component resolves the name to this one (RingStore.resolve).
+    await deps.metrics.hsm('release', () => deps.store.release(uid));
+    if (destroying && !refusal && (await deps.store.get({ ringId: uid }))) {
+      await deps.metrics.hsm('scheduleRingDestruction', () => deps.store.scheduleRingDestruction({ ringId: uid }, destroyAt));
     }
+  } catch (err) {
+    deps.recoverHsm();
+    await reportFailure(deps, keyRing, err, now);
+    throw err;
+  }
+  if (destroying && !refusal) {
     await deps.client.event(keyRing, 'Normal', 'DestroyScheduled', `KeyRing deleted with deletionPolicy Destroy: every version is destroyed at ${destroyAt.toISOString()}`);
   } else if (refusal) {
     await deps.client.event(keyRing, 'Warning', 'DestroyNotApproved', `KeyRing deleted with deletionPolicy Destroy, but ${refusal}: its keys stay in HSM token ${deps.tokenLabel}`);
@@ -259,6 +269,10 @@ function auditDestruction(deps: Reconciling, keyRing: KeyRing, stamp: DestroyReq
 async function reportFailure(deps: Reconciling, keyRing: KeyRing, err: unknown, now: Date): Promise<void> {
   const reason = failureReason(err);
   const message = err instanceof KeywardError ? err.message : `HSM operation failed: ${(err as Error).message}`;
+  if (err instanceof RingStateCorruptError) {
+    deps.metrics.corruptRingStates.inc();
+    deps.log.error({ keyRing: `${keyRing.metadata.namespace}/${keyRing.metadata.name}`, ringId: err.ringId, reason, err: message }, 'ring state in the HSM is corrupt');
+  }
   deps.log.warn({ keyRing: `${keyRing.metadata.namespace}/${keyRing.metadata.name}`, reason, err: message }, 'KeyRing not ready');
   const previous = keyRing.status;
   try {
@@ -276,7 +290,10 @@ async function reportFailure(deps: Reconciling, keyRing: KeyRing, err: unknown, 
   }
 }
 
+const isReady = (keyRing: KeyRing): boolean => keyRing.status?.conditions?.some((c) => c.type === 'Ready' && c.status === 'True') ?? false;
+
 function failureReason(err: unknown): string {
+  if (err instanceof RingStateCorruptError) return 'RingStateCorrupt';
   const code = pkcs11Code(err);
   if (code === pkcs11js.CKR_MECHANISM_INVALID || code === pkcs11js.CKR_MECHANISM_PARAM_INVALID) return 'MechanismUnsupported';
   if (!(err instanceof KeywardError)) return 'HsmError';

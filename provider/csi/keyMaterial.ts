@@ -9,6 +9,7 @@ import { createHash } from 'node:crypto';
 import { KeywardError } from '../../core/errors.js';
 import { deriveKey } from '../../core/hsm/hmacDerivation.js';
 import { pkcs11Code, type HsmToken } from '../../core/hsm/hsmToken.js';
+import { resolveName } from '../../core/hsm/ringLifecycle.js';
 import type { RingStore } from '../../core/hsm/ringStore.js';
 import type { RingState, RingVersion } from '../../core/hsm/ringState.js';
 import { openSealedSecret } from '../../core/formats/sealedSecret.js';
@@ -35,7 +36,7 @@ const dataKeyDomain = 'keyward.dev/csi/data-key/v1';
 const missRefreshMs = 250;
 
 export class KeyMaterial {
-  private rings = new Map<string, RingState>();
+  private rings: readonly RingState[] = [];
   private listedAt = -Infinity;
   private listing: Promise<void> | undefined;
   private readonly ringRefreshMs: number;
@@ -64,16 +65,16 @@ export class KeyMaterial {
   }
 
   /**
-   * The ring `namespace/name` as the HSM knows it. When a name was reused (a KeyRing deleted with
-   * deletionPolicy Retain, then created again) the newest ring answers to it.
+   * The ring `namespace/name` means, by the rule every component uses (resolveName): the ring
+   * holding the name, so a name reused after a KeyRing's deletion means the new KeyRing's ring.
    */
   async ring(namespace: string, name: string, calls: HsmCallCount): Promise<RingState | undefined> {
     const now = this.now();
     if (now - this.listedAt >= this.ringRefreshMs) await this.list(calls);
-    let ring = this.rings.get(`${namespace}/${name}`);
+    let ring = resolveName(this.rings, name, namespace);
     if (!ring && this.now() - this.listedAt >= missRefreshMs) {
       await this.list(calls);
-      ring = this.rings.get(`${namespace}/${name}`);
+      ring = resolveName(this.rings, name, namespace);
     }
     return ring;
   }
@@ -82,13 +83,7 @@ export class KeyMaterial {
     this.listing ??= (async () => {
       try {
         calls.hsmCalls++;
-        const rings = new Map<string, RingState>();
-        for (const ring of await this.guard(() => this.store.list())) {
-          const key = `${ring.namespace}/${ring.name}`;
-          const other = rings.get(key);
-          if (!other || other.createdAt < ring.createdAt) rings.set(key, ring);
-        }
-        this.rings = rings;
+        this.rings = await this.guard(() => this.store.list());
         this.listedAt = this.now();
       } finally {
         this.listing = undefined;

@@ -103,9 +103,13 @@ export class RingView {
   private async load(): Promise<void> {
     try {
       const sessions = this.token.sessionGeneration;
-      // By id once known: a lookup by name searches the whole token (O(objects) in SoftHSM2).
+      // By id once known: a lookup by name searches the whole token (O(objects) in SoftHSM2). Once
+      // the known ring is released from its name, the name is resolved again (RingStore.resolve).
       const known = this.current?.ring.ringId;
-      const ring = (known !== undefined ? await this.store.get({ ringId: known }) : undefined) ?? (await this.store.get(this.ref));
+      const byId = known !== undefined ? await this.store.get({ ringId: known }) : undefined;
+      // A released ring is managed by no one: it is never served again, not even as a last good view.
+      if (byId?.released !== undefined) this.current = undefined;
+      const ring = byId !== undefined && byId.released === undefined ? byId : await this.store.get(this.ref);
       if (!ring) throw new KeywardError('NotFound', 'the ring does not exist in the HSM');
       assertRingAlgorithm(ring, 'AES_256_GCM', 'the KMS plugin');
       const byKeyId = new Map<string, VersionView>();
