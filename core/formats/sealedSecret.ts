@@ -58,7 +58,7 @@ export interface RingName {
   name: string;
 }
 
-interface ParsedSealedSecret extends GcmSealed {
+export interface ParsedSealedSecret extends GcmSealed {
   header: Buffer;
   keyVersion: number;
   keyId: string;
@@ -93,7 +93,8 @@ function additionalData(headerBytes: Buffer, ring: RingName): Buffer {
 
 const malformed = (message: string): SealedSecretError => new SealedSecretError('Malformed', `sealed secret is malformed: ${message}`);
 
-function parseSealedSecret(sealed: Uint8Array): ParsedSealedSecret {
+/** The parts of a sealed secret, its form checked (not its authenticity); refuses with a Malformed SealedSecretError. */
+export function parseSealedSecret(sealed: Uint8Array): ParsedSealedSecret {
   const bytes = Buffer.from(sealed.buffer, sealed.byteOffset, sealed.length);
   if (bytes.length === 0) throw malformed('it is empty');
   if (bytes.length > maxSealedSecretBytes) throw malformed(`it is ${bytes.length} bytes; the limit is ${maxSealedSecretBytes}`);

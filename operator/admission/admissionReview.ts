@@ -1,6 +1,7 @@
 // The admission.k8s.io/v1 AdmissionReview exchange: parse the apiserver's request, answer with a
 // verdict and (for KeyRings) a JSON patch carrying the destruction stamps, and audit each act.
 import type { AuditLog } from '../../core/audit/auditLog.js';
+import { KeywardError } from '../../core/errors.js';
 import type { Decision, Requester } from '../../core/policy/policySet.js';
 import type { Operation } from '../../core/policy/operations.js';
 import type { KeyRingSpec } from '../../core/api/keyRing.js';
@@ -43,12 +44,32 @@ export interface AdmissionResponse {
   };
 }
 
+const operations: ReadonlySet<unknown> = new Set(['CREATE', 'UPDATE', 'DELETE', 'CONNECT']);
+/** The apiserver's uids are UUIDs; the bound keeps an echoed or audited uid short. */
+const maxUidLength = 128;
+
+const isObject = (value: unknown): value is Record<string, unknown> => typeof value === 'object' && value !== null && !Array.isArray(value);
+const optional = (value: unknown, type: 'string' | 'boolean'): boolean => value === undefined || typeof value === type;
+const isStringList = (value: unknown): boolean => Array.isArray(value) && value.every((item) => typeof item === 'string');
+
+/**
+ * The request of an AdmissionReview, with the type of every field Keyward reads checked (the body
+ * is whatever was posted to the webhook). Refuses with an InvalidArgument KeywardError.
+ */
 export function parseReview(body: unknown): AdmissionRequest {
-  const request = (body as { request?: AdmissionRequest } | null)?.request;
-  if (!request || typeof request.uid !== 'string' || typeof request.operation !== 'string' || typeof request.userInfo !== 'object') {
-    throw new Error('not an admission.k8s.io/v1 AdmissionReview with a request');
+  const request = isObject(body) ? body.request : undefined;
+  const refuse = (what: string): KeywardError => new KeywardError('InvalidArgument', `not an admission.k8s.io/v1 AdmissionReview: ${what}`);
+  if (!isObject(request)) throw refuse('no request object');
+  const { uid, operation, userInfo } = request;
+  if (typeof uid !== 'string' || uid.length === 0 || uid.length > maxUidLength) throw refuse(`request.uid must be a string of 1-${maxUidLength} characters`);
+  if (!operations.has(operation)) throw refuse('request.operation must be CREATE, UPDATE, DELETE or CONNECT');
+  if (!isObject(userInfo) || !optional(userInfo.username, 'string') || !(userInfo.groups === undefined || isStringList(userInfo.groups))) {
+    throw refuse('request.userInfo must be an object with a string username and a list of string groups');
   }
-  return request;
+  if (!optional(request.namespace, 'string') || !optional(request.name, 'string') || !optional(request.dryRun, 'boolean')) {
+    throw refuse('request.namespace and request.name must be strings, request.dryRun a boolean');
+  }
+  return request as unknown as AdmissionRequest;
 }
 
 export const requesterOf = (request: AdmissionRequest): Requester => ({ username: request.userInfo.username ?? '', groups: request.userInfo.groups ?? [] });
