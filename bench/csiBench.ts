@@ -35,22 +35,30 @@
 // state; KEYWARD_BENCH_CPU_PROF=DIR runs the providers with --cpu-prof into DIR;
 // the providers run with the chart's Node flags, or KEYWARD_BENCH_PROVIDER_NODE_FLAGS ("" for none);
 // KEYWARD_BENCH_KEEP_LOGS=DIR keeps their logs.
-import { CoreV1Api, CustomObjectsApi, RbacAuthorizationV1Api } from '@kubernetes/client-node';
+import { CoreV1Api, CustomObjectsApi } from '@kubernetes/client-node';
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { HsmToken } from '../core/hsm/hsmToken.js';
-import { RingStore } from '../core/hsm/ringStore.js';
-import { sealSecret } from '../core/formats/sealedSecret.js';
 import { createSoftHsmToken, type SoftHsmToken } from '../core/hsm/softHsmToken.js';
 import { keepAliveApiClient } from '../core/kube/keepAliveApiClient.js';
-import { keyPolicyResource, type KeyPolicyRule } from '../core/api/keyPolicy.js';
-import { trackDirectory, type ComponentProcess } from '../testbed/control-plane/componentProcess.js';
+import { trackDirectory } from '../testbed/control-plane/componentProcess.js';
 import { startControlPlane, type ControlPlane } from '../testbed/control-plane/controlPlane.js';
-import { csiProviderNodeFlags, startCsiProviderProcess } from '../e2e/csi/csiProviderProcess.js';
-import { createPod, driverMountRequest, podToken, type TestPod } from '../e2e/csi/driverRequest.js';
-import { userKubeConfig } from '../e2e/operator/admissionWebhooks.js';
+import { csiProviderNodeFlags } from '../e2e/csi/csiProviderProcess.js';
 import { installCrds } from '../e2e/operator/crds.js';
+import {
+  appServiceAccount,
+  createPods,
+  createPolicies,
+  createRings,
+  namespace,
+  objectsPerMount,
+  providerKubeconfig,
+  rings,
+  startProvider as startWorkloadProvider,
+  type DriverRequest,
+  type ProviderProcess,
+  type ProviderSettings,
+} from './csiWorkload.js';
 import { buildGoClient, runGoClient } from './goClient.js';
 import { cpuSeconds, rssMib, watchPeakRss } from './procStats.js';
 import { emit, load1m, round, warnIfBusy } from './report.js';
@@ -75,175 +83,21 @@ const providerNodeFlags = process.env.KEYWARD_BENCH_PROVIDER_NODE_FLAGS?.split(/
 
 const warmupCalls = 50;
 const targets = { coldP99Ms: 50, warmP99Ms: 5, rssMib: 100 };
-/** The provider's defaults (cli/keyward.ts), scaled down with the compressed minute. */
-const defaults = { tokenReviewTtlS: 300, materialTtlS: 300, ringRefreshS: 2 };
-
-const namespace = 'bench';
-const audience = 'keyward';
-const appServiceAccount = 'app';
-const rings = {
-  derivation: { name: 'volume-keys', algorithm: 'HMAC_SHA_384' },
-  encryption: { name: 'app-secrets', algorithm: 'AES_256_GCM' },
-  signing: { name: 'release', algorithm: 'ECDSA_P384' },
-} as const;
-const providerUser = 'keyward-csi-provider';
 
 const progress = (line: string): void => console.error(`[bench:csi] ${line}`);
-
-// ---------------------------------------------------------------- the workload
-
-/** The SecretProviderClass `objects` every Mount asks for; `ciphertext` is the pod's sealed secret. */
-function objectsYaml(ciphertext: Buffer): string {
-  return `- type: dataKey
-  name: db-volume
-  keyRing: ${rings.derivation.name}
-  path: luks/db.key
-  mode: "0400"
-- type: secret
-  name: db-password
-  keyRing: ${rings.encryption.name}
-  path: db/password
-  ciphertext: ${ciphertext.toString('base64')}
-- type: publicKey
-  name: release-signing
-  keyRing: ${rings.signing.name}
-  path: release.pub
-`;
-}
-const objectsPerMount = 3;
-
-/** The three rings in the HSM, and sealed secrets: one for the app workload, one per cold workload. */
-async function createRings(hsm: SoftHsmToken, coldSecrets: number): Promise<{ app: Buffer; cold: Buffer[] }> {
-  // SoftHSM2 reads its config when the module initialises, so this must come first.
-  process.env.SOFTHSM2_CONF = hsm.configPath;
-  const token = HsmToken.open({ modulePath: hsm.modulePath, tokenLabel: hsm.label, pin: hsm.pin });
-  try {
-    const store = new RingStore(token);
-    for (const ring of Object.values(rings)) await store.create({ namespace, name: ring.name, algorithm: ring.algorithm });
-    const seal = (text: string): Promise<Buffer> => sealSecret(token, store, { namespace, name: rings.encryption.name }, Buffer.from(text));
-    const app = await seal('app-db-password-0123456789abcdef');
-    const cold: Buffer[] = [];
-    for (let i = 0; i < coldSecrets; i++) cold.push(await seal(`cold-db-password-${i}-0123456789abcdef`));
-    return { app, cold };
-  } finally {
-    token.close();
-  }
-}
-
 const coldName = (i: number): string => `cold-${String(i).padStart(4, '0')}`;
 const appPodName = (i: number): string => `app-${String(i).padStart(4, '0')}`;
+/** The provider's defaults (cli/keyward.ts), scaled down with the compressed minute. */
+const defaults: ProviderSettings = { tokenReviewTtlS: 300, materialTtlS: 300, ringRefreshS: 2 };
 
-/**
- * KeyPolicies granting exactly what a Mount needs on the three rings: to bench/app, and to each
- * cold workload's ServiceAccount (32 subjects a rule, 32 rules a policy: the CRD's limits).
- */
-async function createPolicies(api: CustomObjectsApi): Promise<void> {
-  const rule = (name: string, serviceAccounts: string[]): KeyPolicyRule => ({
-    name,
-    subjects: serviceAccounts.map((sa) => ({ kind: 'ServiceAccount' as const, namespace, name: sa })),
-    keyRings: Object.values(rings).map((r) => r.name),
-    operations: ['deriveKey', 'decrypt', 'getPublicKey'],
+/** The provider with the benchmark's Node flags, and a CPU profile when asked for. */
+const startProvider = (options: { hsm: SoftHsmToken; kubeconfigPath: string; dir: string; name: string; settings: ProviderSettings }): Promise<ProviderProcess> =>
+  startWorkloadProvider({
+    ...options,
+    nodeFlags: [...providerNodeFlags, ...(cpuProfDir ? ['--cpu-prof', `--cpu-prof-dir=${cpuProfDir}`, `--cpu-prof-name=csi-provider-${options.name}.cpuprofile`] : [])],
   });
-  const policies: KeyPolicyRule[][] = [[rule('app', [appServiceAccount])]];
-  const cold = Array.from({ length: coldPods }, (_, i) => coldName(i));
-  const chunks: string[][] = [];
-  for (let i = 0; i < cold.length; i += 32) chunks.push(cold.slice(i, i + 32));
-  for (let i = 0; i < chunks.length; i += 32) policies.push(chunks.slice(i, i + 32).map((chunk, j) => rule(`cold-${i + j}`, chunk)));
-  for (const [i, rules] of policies.entries()) {
-    await api.createNamespacedCustomObject({
-      ...keyPolicyResource,
-      namespace,
-      body: { apiVersion: 'keyward.dev/v1alpha1', kind: 'KeyPolicy', metadata: { name: `bench-${i}` }, spec: { rules } },
-    });
-  }
-}
 
-interface DriverRequest {
-  attributes: string;
-  secrets: string;
-  target_path: string;
-  permission: string;
-}
-
-/** Creates the pods (and their ServiceAccounts) with `concurrency` in flight, each with its own pod-bound token. */
-async function createPods(core: CoreV1Api, specs: { name: string; serviceAccount: string; ciphertext: Buffer }[], what: string): Promise<DriverRequest[]> {
-  const requests: DriverRequest[] = new Array<DriverRequest>(specs.length);
-  const started = performance.now();
-  let next = 0;
-  let done = 0;
-  const worker = async (): Promise<void> => {
-    while (next < specs.length) {
-      const index = next++;
-      const spec = specs[index]!;
-      const pod: TestPod = await createPod(core, namespace, spec.name, spec.serviceAccount);
-      const token = await podToken(core, pod, audience);
-      const request = driverMountRequest(pod, { objects: objectsYaml(spec.ciphertext), tokens: { [audience]: token } });
-      requests[index] = { attributes: request.attributes ?? '', secrets: request.secrets ?? 'null', target_path: request.targetPath ?? '', permission: request.permission ?? '420' };
-      if (++done % 250 === 0) progress(`${what}: ${done}/${specs.length} pods with tokens`);
-    }
-  };
-  await Promise.all(Array.from({ length: createConcurrency }, worker));
-  progress(`${what}: ${specs.length} pods with tokens in ${round((performance.now() - started) / 1000, 1)} s`);
-  return requests;
-}
-
-/**
- * A client certificate for the provider with only what the chart gives its DaemonSet's
- * ServiceAccount: create TokenReviews, list and watch KeyPolicies. Written as a kubeconfig file for KUBECONFIG.
- */
-async function providerKubeconfig(cp: ControlPlane, dir: string): Promise<string> {
-  const rbac = cp.kubeConfig.makeApiClient(RbacAuthorizationV1Api);
-  await rbac.createClusterRole({
-    body: {
-      metadata: { name: providerUser },
-      rules: [
-        { apiGroups: ['authentication.k8s.io'], resources: ['tokenreviews'], verbs: ['create'] },
-        { apiGroups: ['keyward.dev'], resources: ['keypolicies'], verbs: ['list', 'watch'] },
-      ],
-    },
-  });
-  await rbac.createClusterRoleBinding({
-    body: {
-      metadata: { name: providerUser },
-      roleRef: { apiGroup: 'rbac.authorization.k8s.io', kind: 'ClusterRole', name: providerUser },
-      subjects: [{ kind: 'User', apiGroup: 'rbac.authorization.k8s.io', name: providerUser }],
-    },
-  });
-  const path = join(dir, 'provider.kubeconfig');
-  writeFileSync(path, userKubeConfig(cp, providerUser).exportConfig(), { mode: 0o600 });
-  return path;
-}
-
-// ---------------------------------------------------------------- the provider under test
-
-interface ProviderProcess {
-  process: ComponentProcess;
-  pid: number;
-  socketPath: string;
-  metricsUrl: string;
-  logFile: string;
-  nodeFlags: string;
-}
-
-/** The provider through the CLI (e2e/csi/csiProviderProcess.ts), in its own directory `<dir>/<name>`. */
-async function startProvider(options: { hsm: SoftHsmToken; kubeconfigPath: string; dir: string; name: string; settings: typeof defaults }): Promise<ProviderProcess> {
-  const { settings, name } = options;
-  const dir = join(options.dir, name);
-  mkdirSync(dir);
-  const profiling = cpuProfDir ? ['--cpu-prof', `--cpu-prof-dir=${cpuProfDir}`, `--cpu-prof-name=csi-provider-${name}.cpuprofile`] : [];
-  const started = await startCsiProviderProcess({
-    hsm: options.hsm,
-    kubeconfigPath: options.kubeconfigPath,
-    dir,
-    audience,
-    nodeFlags: [...providerNodeFlags, ...profiling],
-    flags: [`--token-review-ttl=${settings.tokenReviewTtlS}`, `--material-ttl=${settings.materialTtlS}`, `--ring-refresh=${settings.ringRefreshS}`],
-    readyTimeoutMs: 60_000,
-  });
-  const pid = started.process.pid;
-  if (pid === undefined) throw new Error('the provider process has no pid');
-  return { ...started, pid, nodeFlags: providerNodeFlags.join(' ') };
-}
+// ---------------------------------------------------------------- the provider's costs
 
 /** The provider's counters that say what a Mount cost: one number per series. */
 type Scrape = Map<string, number>;
@@ -351,18 +205,20 @@ async function main(): Promise<void> {
 
     const core = keepAliveApiClient(cp.kubeConfig, CoreV1Api);
     await core.createNamespace({ body: { metadata: { name: namespace } } });
-    await createPolicies(keepAliveApiClient(cp.kubeConfig, CustomObjectsApi));
+    await createPolicies(keepAliveApiClient(cp.kubeConfig, CustomObjectsApi), Array.from({ length: coldPods }, (_, i) => coldName(i)));
     const kubeconfigPath = await providerKubeconfig(cp, dir);
     // Pods of the app workload: all served in the steady state; the first ones are also the warm pod and the cold pods.
     const appRequests = await createPods(
       core,
       Array.from({ length: steadyPods }, (_, i) => ({ name: appPodName(i), serviceAccount: appServiceAccount, ciphertext: sealed.app })),
       `workload ${namespace}/${appServiceAccount}`,
+      { concurrency: createConcurrency, progress },
     );
     const coldWorkloadRequests = await createPods(
       core,
       Array.from({ length: coldPods }, (_, i) => ({ name: coldName(i), serviceAccount: coldName(i), ciphertext: sealed.cold[i]! })),
       'cold workloads (one ServiceAccount each)',
+      { concurrency: createConcurrency, progress },
     );
     const file = (name: string, requests: DriverRequest[]): string => {
       const path = join(dir, `${name}.json`);

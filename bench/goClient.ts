@@ -6,7 +6,7 @@ import { fileURLToPath } from 'node:url';
 
 const repoRoot = join(fileURLToPath(import.meta.url), '..', '..', '..');
 
-export function buildGoClient(name: 'kms-load' | 'csi-load' | 'kms-hostile'): string {
+export function buildGoClient(name: 'kms-load' | 'csi-load' | 'kms-hostile' | 'csi-hostile'): string {
   const out = execFileSync('bash', [join(repoRoot, 'bench', 'buildGoClient.sh'), name], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] });
   const bin = out.trim().split('\n').pop();
   if (!bin) throw new Error(`bench/buildGoClient.sh ${name} printed no binary path`);

@@ -1,4 +1,4 @@
-// Package wire is what the bench load generators (cmd/kms-load, cmd/csi-load)
+// Package wire is what the bench load generators (cmd/kms-*, cmd/csi-*)
 // share: gRPC over a unix socket with protobuf messages encoded by hand (no
 // protoc, little client CPU per call), and the shape of their output.
 package wire

@@ -27,10 +27,8 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"flag"
 	"math"
-	"os"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -38,16 +36,11 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/connectivity"
-	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/encoding/protowire"
 
 	"keyward.local/bench/load/wire"
 )
 
-const (
-	name        = "csi-load" // prefixes error messages
-	methodMount = "/v1alpha1.CSIDriverProvider/Mount"
-)
+const name = "csi-load" // prefixes error messages
 
 // ---------------------------------------------------------------- options
 
@@ -99,71 +92,6 @@ func parseFlags() options {
 
 func fail(format string, args ...any) { wire.Fail(name, format, args...) }
 
-// ---------------------------------------------------------------- wire format
-
-// mountRequest is one line of the requests file; the JSON names are the proto's.
-type mountRequest struct {
-	Attributes string `json:"attributes"`
-	Secrets    string `json:"secrets"`
-	TargetPath string `json:"target_path"`
-	Permission string `json:"permission"`
-}
-
-// encode is MountRequest: attributes = 1, secrets = 2, target_path = 3,
-// permission = 4; current_object_version (5) stays empty, as driver v1.6 sends it.
-func (r mountRequest) encode() []byte {
-	var b []byte
-	b = wire.AppendStringField(b, 1, r.Attributes)
-	b = wire.AppendStringField(b, 2, r.Secrets)
-	b = wire.AppendStringField(b, 3, r.TargetPath)
-	b = wire.AppendStringField(b, 4, r.Permission)
-	return b
-}
-
-// checkMount reads a MountResponse (object_version = 1, error = 2 {code = 1},
-// files = 3 {path = 1, mode = 2, contents = 3}) and returns "" when it served
-// the files expected, or the short code the run counts the call under.
-func checkMount(resp []byte, expectFiles int) string {
-	var code string
-	versions, files, emptyFiles := 0, 0, 0
-	err := wire.WalkFields(resp, func(num protowire.Number, val []byte) {
-		switch num {
-		case 1:
-			versions++
-		case 2:
-			_ = wire.WalkFields(val, func(n protowire.Number, v []byte) {
-				if n == 1 {
-					code = string(v)
-				}
-			})
-		case 3:
-			files++
-			var contents []byte
-			_ = wire.WalkFields(val, func(n protowire.Number, v []byte) {
-				if n == 3 {
-					contents = v
-				}
-			})
-			if len(contents) == 0 {
-				emptyFiles++
-			}
-		}
-	})
-	switch {
-	case err != nil:
-		return "client:MalformedResponse"
-	case code != "":
-		return code
-	case files == 0 || (expectFiles > 0 && files != expectFiles):
-		return "client:UnexpectedFileCount"
-	case versions == 0:
-		return "client:NoObjectVersion"
-	case emptyFiles > 0:
-		return "client:EmptyFile"
-	}
-	return ""
-}
-
 // ---------------------------------------------------------------- calls
 
 type client struct {
@@ -172,21 +100,9 @@ type client struct {
 	expectFiles int
 }
 
-// mount makes one call; it returns "" on success, else the MountResponse
-// error code, "grpc:<Code>" for a gRPC failure, or "client:..." for a
-// response that is not what a served mount looks like.
+// mount makes one call; see wire.Mount for what it returns.
 func (c *client) mount(req []byte) string {
-	ctx := context.Background()
-	if c.timeout > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, c.timeout)
-		defer cancel()
-	}
-	var resp []byte
-	if err := c.conn.Invoke(ctx, methodMount, &req, &resp, grpc.WaitForReady(true)); err != nil {
-		return "grpc:" + status.Code(err).String()
-	}
-	return checkMount(resp, c.expectFiles)
+	return wire.Mount(c.conn, req, c.timeout, c.expectFiles)
 }
 
 // ---------------------------------------------------------------- results
@@ -369,34 +285,15 @@ func runSteady(c *client, reqs [][]byte, o options, rep *report) *results {
 // ---------------------------------------------------------------- setup
 
 func readRequests(path string) [][]byte {
-	data, err := os.ReadFile(path)
+	reqs, err := wire.ReadMountRequests(path)
 	if err != nil {
-		fail("reading the requests: %v", err)
-	}
-	var parsed []mountRequest
-	if err := json.Unmarshal(data, &parsed); err != nil {
-		fail("%s is not a JSON array of MountRequests: %v", path, err)
-	}
-	if len(parsed) == 0 {
-		fail("%s holds no requests", path)
-	}
-	reqs := make([][]byte, len(parsed))
-	for i, r := range parsed {
-		if r.Attributes == "" || r.TargetPath == "" {
-			fail("%s: request %d has no attributes or target_path", path, i)
-		}
-		reqs[i] = r.encode()
+		fail("%v", err)
 	}
 	return reqs
 }
 
-// dial connects as the CSI driver does: authority "localhost".
 func dial(socket string) *grpc.ClientConn {
-	target, err := wire.UnixTarget(socket)
-	if err != nil {
-		fail("%v", err)
-	}
-	conn, err := wire.NewClient(target, grpc.WithAuthority("localhost"))
+	conn, err := wire.DialCSIProvider(socket)
 	if err != nil {
 		fail("%v", err)
 	}
