@@ -43,6 +43,12 @@ export interface GrpcServerOptions {
   services: ServedService[];
   /** The largest request message accepted. */
   maxRequestBytes: number;
+  /**
+   * Asked when a message's length is known, before its bytes are read: a function that releases
+   * them when the call ends, or a refusal message, answered with RESOURCE_EXHAUSTED. Bounds the
+   * request bytes held at once; every call is admitted without it.
+   */
+  admit?: (method: string, messageBytes: number) => (() => void) | string;
   /** What the health service reports while the server is not stopping; SERVING by default. */
   healthy?: () => boolean;
 }
@@ -81,7 +87,7 @@ export async function startGrpcServer(options: GrpcServerOptions): Promise<GrpcS
   server.on('stream', (stream, headers) => {
     stream.on('error', () => stream.destroy());
     if (stopping) return respondStatus(stream, 'UNAVAILABLE', 'the server is shutting down');
-    serveCall(stream, headers, routes, options.maxRequestBytes);
+    serveCall(stream, headers, routes, options.maxRequestBytes, options.admit);
   });
   await listenOnUnixSocket(server, options.socketPath);
 
@@ -106,7 +112,7 @@ export async function startGrpcServer(options: GrpcServerOptions): Promise<GrpcS
 }
 
 /** Reads the one message of a unary call, runs its handler and answers, or refuses. */
-function serveCall(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, routes: Map<string, Route>, maxRequestBytes: number): void {
+function serveCall(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, routes: Map<string, Route>, maxRequestBytes: number, admit: GrpcServerOptions['admit']): void {
   const route = routes.get(headers[':path'] ?? '');
   const contentType = headers['content-type'] ?? '';
   if (!grpcContentType.test(contentType)) return respondStatus(stream, 'INVALID_ARGUMENT', `content-type ${contentType || '(none)'} is not application/grpc`, 415);
@@ -118,7 +124,8 @@ function serveCall(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, rout
   const timeoutMs = parseTimeout(timeout);
   if (timeoutMs === null) return respondStatus(stream, 'INVALID_ARGUMENT', `grpc-timeout ${timeout} is malformed`);
 
-  const reader = new MessageReader(maxRequestBytes);
+  const reader = new MessageReader(maxRequestBytes, admit && ((bytes) => admit(headers[':path'] ?? '', bytes)));
+  stream.once('close', () => reader.release());
   stream.on('data', (chunk: Buffer) => {
     const refusal = reader.push(chunk);
     if (!refusal) return;
@@ -158,8 +165,18 @@ class MessageReader {
   private body: Buffer | undefined;
   private bodyBytes = 0;
   private failed = false;
+  private admitted: (() => void) | undefined;
 
-  constructor(private readonly maxBytes: number) {}
+  constructor(
+    private readonly maxBytes: number,
+    private readonly admit?: (messageBytes: number) => (() => void) | string,
+  ) {}
+
+  /** Gives back what admission granted; once. */
+  release(): void {
+    this.admitted?.();
+    this.admitted = undefined;
+  }
 
   /** Takes the next chunk of the request body; returns a refusal once, then ignores the rest. */
   push(chunk: Buffer): { code: GrpcCodeName; message: string } | undefined {
@@ -176,6 +193,9 @@ class MessageReader {
         if (this.prefix[0] !== 0) return this.fail('UNIMPLEMENTED', 'compressed messages are not supported; send uncompressed messages');
         const length = this.prefix.readUInt32BE(1);
         if (length > this.maxBytes) return this.fail('RESOURCE_EXHAUSTED', `the request message is ${length} bytes; at most ${this.maxBytes} are accepted`);
+        const admitted = this.admit?.(length);
+        if (typeof admitted === 'string') return this.fail('RESOURCE_EXHAUSTED', admitted);
+        this.admitted = admitted;
         this.body = Buffer.allocUnsafe(length);
         continue;
       }

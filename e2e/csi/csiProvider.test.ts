@@ -3,7 +3,7 @@
 // SoftHSM2 token holds the rings, and every Mount is a gRPC call over the provider's unix socket
 // shaped as the Secrets Store CSI driver sends it. One control plane and one provider for the file.
 import assert from 'node:assert/strict';
-import { createHash, createPublicKey, verify } from 'node:crypto';
+import { createHash, createPublicKey, randomBytes, verify } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -23,6 +23,7 @@ import { startCsiProvider, type CsiProvider } from '../../provider/csi/csiProvid
 import { eventually } from '../../testbed/eventually.js';
 import { startControlPlane, type ControlPlane } from '../../testbed/control-plane/controlPlane.js';
 import { installCrds } from '../operator/crds.js';
+import { startCsiProviderProcess, type CsiProviderProcess } from './csiProviderProcess.js';
 import { createPod, driverMountRequest, podToken, type PodTokenEntry, type TestPod } from './driverRequest.js';
 
 const audience = 'keyward';
@@ -296,6 +297,11 @@ describe('CSI provider: HSM-backed objects in pod volumes, end to end', function
       ['attributes claiming another ServiceAccount', 'IdentityMismatch', () => withAttributes({ 'csi.storage.k8s.io/serviceAccount.name': 'batch' })],
       ['attributes claiming another namespace', 'IdentityMismatch', () => withAttributes({ 'csi.storage.k8s.io/pod.namespace': 'other' })],
       ['a target path of another pod', 'InvalidPodAttribute', () => mount(web, webToken, dataKeyObject(), { targetPath: `/var/lib/kubelet/pods/${pods.get('shop/web-2')?.pod.uid}/volumes/kubernetes.io~csi/keys/mount` })],
+      // Another pod's volume (or a parent of it) spelled so that its text does not look like one.
+      ["a target path of another pod, with a trailing '/.'", 'InvalidTargetPath', () => mount(web, webToken, dataKeyObject(), { targetPath: `${otherVolume()}/.` })],
+      ["a target path of another pod, with '..'", 'InvalidTargetPath', () => mount(web, webToken, dataKeyObject(), { targetPath: `${otherVolume()}/..` })],
+      ["a target path of another pod, with '//'", 'InvalidTargetPath', () => mount(web, webToken, dataKeyObject(), { targetPath: otherVolume().replace('/pods/', '/pods//') })],
+      ["a target path of another pod, with '/./'", 'InvalidTargetPath', () => mount(web, webToken, dataKeyObject(), { targetPath: otherVolume().replace('/pods/', '/pods/./') })],
       ['a ServiceAccount without a grant', 'NotAuthorized', () => mount(pods.get('shop/intruder')!.pod, pods.get('shop/intruder')!.token, dataKeyObject())],
       ['a ring the policy does not name', 'NotAuthorized', () => mount(web, webToken, dataKeyObject().replace('keyRing: volume-keys', 'keyRing: payroll'))],
       ['a granted ring that does not exist', 'KeyRingNotFound', () => mountMissingRing()],
@@ -306,6 +312,10 @@ describe('CSI provider: HSM-backed objects in pod volumes, end to end', function
       ['a secret that is not a sealed value', 'InvalidSealedSecret', () => mount(web, webToken, secretObject(Buffer.from('not sealed at all').toString('base64')))],
       ['a response over the limit', 'ResponseTooLarge', () => mountTooLarge()],
     ];
+
+    function otherVolume(): string {
+      return `/var/lib/kubelet/pods/${pods.get('shop/web-2')?.pod.uid}/volumes/kubernetes.io~csi/keys/mount`;
+    }
 
     async function mountMissingRing(): Promise<MountResponse> {
       // Granted by the policy (other-secrets is named), but no such ring in namespace "other".
@@ -356,6 +366,124 @@ describe('CSI provider: HSM-backed objects in pod volumes, end to end', function
       await eventually('the pod is gone', 10_000, async () => ((await core.listNamespacedPod({ namespace: 'shop' })).items.some((p) => p.metadata?.name === 'short-lived') ? undefined : true));
       const response = await mount(gone.pod, gone.token, dataKeyObject());
       assert.equal(response.error?.code, 'TokenNotAuthenticated');
+    });
+  });
+
+  describe("the provider's own process, with the chart's Node flags, under hostile load", function () {
+    // The DaemonSet's memory limit (charts/keyward: the driver's 100 MiB per provider).
+    const rssLimitMiB = 100;
+    let child: CsiProviderProcess;
+    let childClient: UnaryClient<(typeof CSIDriverProvider)['method']>;
+    let webKey: Buffer;
+    let peakRssMiB = 0;
+
+    const rssMiB = (): number => {
+      const status = readFileSync(`/proc/${child.process.pid}/status`, 'utf8');
+      const mib = Number(/^VmRSS:\s+(\d+) kB$/m.exec(status)?.[1]) / 1024;
+      peakRssMiB = Math.max(peakRssMiB, mib);
+      return mib;
+    };
+    /** web's own small Mount, as the driver sends it: served, with web's data key. */
+    const legitimateMount = async (): Promise<void> => {
+      const response = await childClient.mount(driverMountRequest(web, { objects: dataKeyObject(), tokens: { [audience]: webToken } }));
+      assert.deepEqual(file(response, 'luks/db.key'), webKey, "web's data key");
+    };
+    /** Base64 of random bytes, `bytes` characters: distinct in every request. */
+    const noise = (bytes: number): string => randomBytes((bytes * 3) / 4).toString('base64');
+    /** Runs `count` calls `concurrency` at a time. */
+    const flood = async (count: number, concurrency: number, call: (i: number) => Promise<void>): Promise<void> => {
+      let next = 0;
+      const worker = async (): Promise<void> => {
+        while (next < count) await call(next++);
+      };
+      await Promise.all(Array.from({ length: concurrency }, worker));
+    };
+
+    before(async function () {
+      this.timeout(60_000);
+      child = await startCsiProviderProcess({ hsm: softhsm, kubeconfigPath: cp.kubeconfigPath, dir: mkdtempSync(join(workDir, 'process-')) });
+      childClient = grpcClient(CSIDriverProvider, `unix:${child.socketPath}`);
+      webKey = file(await mount(web, webToken, dataKeyObject()), 'luks/db.key');
+      await eventually('the provider process serves web', 30_000, async () => ((await legitimateMount().then(() => true, () => undefined)) ? true : undefined));
+      console.error(`      provider process serving: RSS ${rssMiB().toFixed(1)} MiB`);
+    });
+
+    after(async () => {
+      childClient?.close();
+      await child?.process.stop();
+      console.error(`      provider process: peak RSS ${peakRssMiB.toFixed(1)} MiB`);
+    });
+
+    it('costs a caller without a valid token only its bytes: 400 distinct 240 KiB objects lists with made-up tokens leave nothing behind', async function () {
+      this.timeout(60_000);
+      const started = Date.now();
+      const [header, payload] = webToken.token.split('.');
+      const codes = new Map<string, number>();
+      await flood(400, 8, async (i) => {
+        // A well-formed list whose YAML is large and distinct: a comment after one small object.
+        const objects = `${publicKeyObject}# ${noise(240 * 1024)}\n`;
+        const madeUp = { token: `${header}.${payload}.${randomBytes(256).toString('base64url')}`, expirationTimestamp: webToken.expirationTimestamp };
+        const response = await childClient.mount(driverMountRequest(web, { objects, tokens: { [audience]: madeUp } }));
+        const code = response.error?.code ?? 'served';
+        codes.set(code, (codes.get(code) ?? 0) + 1);
+        rssMiB();
+        if (i % 50 === 0) await legitimateMount();
+      });
+      console.error(`      400 unauthenticated 240 KiB requests in ${((Date.now() - started) / 1000).toFixed(1)} s; RSS now ${rssMiB().toFixed(1)} MiB, peak ${peakRssMiB.toFixed(1)} MiB`);
+      assert.deepEqual(Object.fromEntries(codes), { TokenNotAuthenticated: 400 });
+      assert.ok(child.process.running, 'the provider is up');
+      assert.ok(peakRssMiB < rssLimitMiB, `peak RSS ${peakRssMiB.toFixed(1)} MiB is under ${rssLimitMiB} MiB`);
+      await legitimateMount();
+    });
+
+    it('bounds the request bytes in flight: 3 bursts of 40 concurrent Mounts of near 1 MiB each, refused with RESOURCE_EXHAUSTED "Overloaded" past the budget', async function () {
+      this.timeout(60_000);
+      const started = Date.now();
+      const codes = new Map<string, number>();
+      let probes = 0;
+      for (let burst = 0; burst < 3; burst++) {
+        let done = false;
+        // web's small Mounts keep coming during the burst, and fit in what the big ones leave.
+        const probing = (async () => {
+          while (!done) {
+            await legitimateMount();
+            probes++;
+            rssMiB();
+          }
+        })();
+        await flood(40, 40, async () => {
+          // Every attribute within its limit (256 KiB), about 985 KiB in all (the limit is 1 MiB).
+          const attributes = { 'pad-1': noise(245 * 1024), 'pad-2': noise(245 * 1024), 'pad-3': noise(245 * 1024) };
+          const request = driverMountRequest(web, { objects: `${dataKeyObject()}# ${noise(245 * 1024)}\n`, tokens: { [audience]: webToken }, attributes });
+          const outcome = await childClient.mount(request).then(
+            (response) => {
+              assert.deepEqual(file(response, 'luks/db.key'), webKey);
+              return 'served';
+            },
+            (err: { code?: number; details?: string }) => {
+              assert.equal(err.code, 8, `RESOURCE_EXHAUSTED, not ${err.code}: ${err.details}`);
+              assert.match(err.details ?? '', /^Overloaded: the provider holds \d+ request bytes/);
+              return 'Overloaded';
+            },
+          );
+          codes.set(outcome, (codes.get(outcome) ?? 0) + 1);
+          rssMiB();
+        });
+        done = true;
+        await probing;
+      }
+      console.error(
+        `      120 near-1 MiB Mounts in 3 bursts of 40: ${JSON.stringify(Object.fromEntries(codes))}, ${probes} small Mounts served meanwhile, in ${((Date.now() - started) / 1000).toFixed(1)} s; peak RSS ${peakRssMiB.toFixed(1)} MiB`,
+      );
+      assert.deepEqual([...codes.keys()].sort(), ['Overloaded', 'served'], 'served within the budget, Overloaded past it');
+      assert.ok(probes > 0, "web's small Mounts were served during the bursts");
+      assert.ok(child.process.running, 'the provider is up');
+      assert.ok(peakRssMiB < rssLimitMiB, `peak RSS ${peakRssMiB.toFixed(1)} MiB is under ${rssLimitMiB} MiB`);
+      const text = await (await fetch(`${child.metricsUrl}/metrics`)).text();
+      assert.match(text, /keyward_csi_mounts_total\{result="failed",code="Overloaded"\} [1-9]/);
+      assert.match(text, /keyward_csi_in_flight_request_bytes 0$/m, 'every admitted byte released');
+      assert.ok(readFileSync(child.auditFile, 'utf8').includes('"code":"Overloaded"'), 'Overloaded is audited');
+      await legitimateMount();
     });
   });
 

@@ -49,6 +49,12 @@ export class CsiMetrics {
     registers: [this.registry],
   });
 
+  readonly inFlightBytes = new Gauge({
+    name: 'keyward_csi_in_flight_request_bytes',
+    help: 'Request bytes held by calls in progress; past the budget, calls are refused with Overloaded (RESOURCE_EXHAUSTED).',
+    registers: [this.registry],
+  });
+
   /** Set by the provider: how many entries each cache holds now. */
   cacheSizes: () => Record<string, number> = () => ({});
 

@@ -18,7 +18,7 @@ import { PolicyCache } from '../../core/policy/policyCache.js';
 import { CSIDriverProvider } from '../../proto/gen/csi/v1alpha1/service_pb.js';
 import { CsiMetrics } from './csiMetrics.js';
 import { KeyMaterial } from './keyMaterial.js';
-import { csiProviderHandlers } from './mountService.js';
+import { csiProviderHandlers, mountAdmission } from './mountService.js';
 import { PodIdentity, type TokenReviewer } from './podIdentity.js';
 
 /** The driver finds a provider at `<provider-volume>/<spec.provider>.sock`. */
@@ -48,7 +48,7 @@ export interface CsiProviderConfig {
   drainMs?: number;
   /** See mountService.ts; lowered only by tests of the guard. */
   maxResponseBytes?: number;
-  /** Request bytes processed at once before Mounts are refused with Overloaded (mountService.ts). */
+  /** Request bytes held at once before calls are refused with Overloaded (mountService.ts). */
   maxInFlightBytes?: number;
   /** Replaces TokenReview through the apiserver; for benchmarks that measure the provider alone. */
   tokenReviewer?: TokenReviewer;
@@ -121,12 +121,13 @@ export async function startCsiProvider(config: CsiProviderConfig, log: Logger = 
     await policies.start();
     const metricsServer = await startMetricsServer(config.metricsAddress ?? '127.0.0.1:0', metrics.registry, () => ({ ok: serving, reason: serving ? 'ok' : 'stopping' }));
     teardown.add(() => metricsServer.close());
-    const handlers = csiProviderHandlers({ audience: config.audience, identity, policies: () => policies.policySet(), material, audit, metrics, log, maxResponseBytes: config.maxResponseBytes, maxInFlightBytes: config.maxInFlightBytes });
+    const handlers = csiProviderHandlers({ audience: config.audience, identity, policies: () => policies.policySet(), material, audit, metrics, log, maxResponseBytes: config.maxResponseBytes });
     const server = await startGrpcServer({
       socketPath,
       services: [unaryService(CSIDriverProvider, handlers)],
       // The largest MountRequest mountRequest.ts accepts is 1 MiB of attributes plus the rest.
       maxRequestBytes: 2 * 1024 * 1024,
+      admit: mountAdmission({ audit, metrics, log, maxInFlightBytes: config.maxInFlightBytes }),
     });
     teardown.add(async () => {
       serving = false;

@@ -53,10 +53,11 @@ export class KeyMaterial {
     this.now = options.now ?? Date.now;
     const wipe = (value: unknown): void => void (value as Buffer).fill(0);
     const maxEntries = options.maxEntries ?? 50_000;
-    // Bounded in bytes too: opened secrets may be 64 KiB each, and the DaemonSet has 100 MiB.
-    const weigh = (value: unknown): number => (value as Buffer).length + 256;
+    // Bounded in bytes too: opened secrets may be 64 KiB each, and the DaemonSet has 100 MiB. An
+    // entry costs its bytes, the Buffer's header and its key (a ring id and a digest, under 200).
+    const weigh = (value: Buffer): number => value.length + 256;
     this.secrets = new TtlCache({ ttlMs: options.materialTtlMs ?? 5 * 60_000, maxEntries, maxWeight: options.maxBytes ?? 16 * 1024 * 1024, weigh, now: this.now, onEvict: wipe });
-    this.publicKeys = new TtlCache({ ttlMs: 24 * 60 * 60_000, maxEntries, now: this.now });
+    this.publicKeys = new TtlCache({ ttlMs: 24 * 60 * 60_000, maxEntries, maxWeight: 2 * 1024 * 1024, weigh, now: this.now });
   }
 
   /** Cached secret entries (derived keys and opened secrets); a gauge. */

@@ -7,13 +7,15 @@ import {
   attributeKeys,
   mountRefusalCodes,
   mountRequestLimits,
+  parseMountEnvelope,
   parseMountRequest,
+  parsedObjectsBytes,
   type MountObject,
   type MountRefusalCode,
   type MountRequestInput,
   type ParsedMountRequest,
 } from './mountRequest.js';
-import { objectRefusalCodes } from './mountService.js';
+import { admissionRefusalCodes, objectRefusalCodes } from './mountService.js';
 import { identityRefusalCodes } from './podIdentity.js';
 import { TtlCache } from './ttlCache.js';
 
@@ -152,8 +154,8 @@ describe('CSI MountRequest parsing', () => {
       accepted(withAttributes((a) => (a[attributeKeys.serviceAccountTokens] = tokens({ vault: 'junk', [audience]: { token: jwt, expirationTimestamp: '2030-01-01T00:00:00Z' } }))));
     });
 
-    it('accepts a target path outside kubelet layout (a test harness) and any decimal mode 0-511', () => {
-      accepted(driverRequest({ targetPath: '/tmp/keyward-test/mount' }));
+    it('accepts a kubelet volume under any root dir, and any decimal mode 0-511', () => {
+      accepted(driverRequest({ targetPath: `/data/kubelet/pods/${podUid}/volumes/kubernetes.io~csi/keys/mount` }));
       for (const permission of ['0', '256', '511']) assert.equal(accepted(driverRequest({ permission })).defaultMode, Number(permission));
     });
   });
@@ -246,6 +248,26 @@ describe('CSI MountRequest parsing', () => {
       refused(driverRequest({ targetPath: 'var/lib/kubelet/x' }), 'InvalidTargetPath', /is not an absolute path/);
       refused(driverRequest({ targetPath: '/var/lib/\0x' }), 'InvalidTargetPath', /control character/);
       refused(driverRequest({ targetPath: `/${'x'.repeat(4096)}` }), 'InvalidTargetPath', /4097 bytes; the limit is 4096/);
+    });
+
+    it('checks the target path as the filesystem reads it: canonical, and the volume of pod.uid', () => {
+      const other = '0f0e0d0c-0b0a-0908-0706-050403020100';
+      const volume = (uid: string) => `/var/lib/kubelet/pods/${uid}/volumes/kubernetes.io~csi/keys/mount`;
+      // Each names another pod's volume (or a parent of ours) by text that the old pattern did not match.
+      const disguised = [
+        `${volume(other)}/.`,
+        `${volume(other)}/..`,
+        `${volume(other)}/`,
+        volume(other).replace('/pods/', '/pods//'),
+        volume(other).replace('/pods/', '/pods/./'),
+        volume(other).replace('/var/', '/var/../var/'),
+        `${volume(podUid)}/../../../../${other}/volumes/kubernetes.io~csi/keys/mount/.`,
+        `${volume(podUid)}/..`,
+      ];
+      for (const path of disguised) refused(driverRequest({ targetPath: path }), 'InvalidTargetPath', /is not canonical/);
+      refused(driverRequest({ targetPath: '/tmp/keyward-test/mount' }), 'InvalidTargetPath', /not a volume in kubelet's layout/);
+      refused(driverRequest({ targetPath: `/var/lib/kubelet/pods/${podUid}/volumes/kubernetes.io~csi/keys` }), 'InvalidTargetPath', /not a volume in kubelet's layout/);
+      refused(driverRequest({ targetPath: volume(other) }), 'InvalidPodAttribute', /target_path is the volume of pod/);
     });
   });
 
@@ -417,6 +439,20 @@ describe('CSI MountRequest parsing', () => {
     assert.equal(objectsCache.size, 2, 'a refused list is not kept');
   });
 
+  it('parses the envelope without the objects, and caches objects by a digest, weighed by their bytes', () => {
+    const yaml = `- type: nope\n  junk: ${'x'.repeat(200_000)}\n`;
+    const envelope = parseMountEnvelope(withObjects(yaml), { audience });
+    assert.ok(envelope.ok, 'the objects are not read before the token is reviewed');
+    assert.equal(envelope.envelope.objectsYaml, yaml);
+    const objectsCache = new TtlCache<string, readonly MountObject[]>({ ttlMs: 60_000, maxEntries: 10, maxWeight: 1 << 20, weigh: parsedObjectsBytes });
+    const parsed = parseMountRequest(driverRequest(), { audience, objectsCache });
+    assert.ok(parsed.ok);
+    const [key] = [...(objectsCache as unknown as { entries: Map<string, unknown> }).entries.keys()];
+    assert.match(key ?? '', /^[A-Za-z0-9_-]{43}$/, 'a SHA-256, not the YAML');
+    assert.equal(objectsCache.totalWeight, parsedObjectsBytes(parsed.request.objects));
+    assert.ok(objectsCache.totalWeight > 256 * parsed.request.objects.length);
+  });
+
   it('never throws on garbage, and refuses it', () => {
     const good = driverRequest();
     const garbage = ['', '{', '}', '[', 'null', 'true', '0', '"', '\u0000', '{"a":', '{"a":{"b":[]}}', '\ud800'];
@@ -441,6 +477,6 @@ describe('CSI MountRequest parsing', () => {
     const table = readme.slice(readme.indexOf('| code | when |'));
     assert.ok(table.length < readme.length, 'README has a table headed "code | when"');
     const documented = [...table.matchAll(/^\| `(\w+)`(?:, `(\w+)`)? \|/gm)].flatMap((m) => m.slice(1).filter(Boolean));
-    assert.deepEqual(documented, [...mountRefusalCodes, ...identityRefusalCodes, ...objectRefusalCodes]);
+    assert.deepEqual(documented, [...admissionRefusalCodes, ...mountRefusalCodes, ...identityRefusalCodes, ...objectRefusalCodes]);
   });
 });

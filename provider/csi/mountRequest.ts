@@ -5,6 +5,9 @@
 // this module decides only whether the request is well formed, and if not, refuses it with a
 // short code (MountResponse.error.code, the metric label) and a message naming the problem.
 // Messages never carry tokens, secrets or ciphertexts; they quote names and paths, truncated.
+// Parsing comes in two steps so that a caller without a valid token costs little: the envelope
+// (the small pod, token and path fields, parseMountEnvelope) before the token is reviewed, the
+// objects YAML (parseMountObjects, cached) only after.
 //
 // The objects a SecretProviderClass asks for: `parameters.objects`, a YAML list.
 //
@@ -48,6 +51,8 @@
 //               version number), so no other object may use a path of that form
 //   ciphertext  secret only, required: base64 of the sealed value (up to 64 KiB of plaintext sealed)
 // Unknown fields are refused (a typo such as `verions` must not silently mean 0).
+import { createHash } from 'node:crypto';
+import { posix } from 'node:path';
 import { FAILSAFE_SCHEMA, load, YAMLException } from 'js-yaml';
 import { maxSealedSecretBytes } from '../../core/formats/sealedSecret.js';
 import type { TtlCache } from './ttlCache.js';
@@ -169,6 +174,17 @@ export interface ParsedMountRequest {
 
 export type MountRequestResult = { ok: true; request: ParsedMountRequest } | { ok: false; refusal: MountRefusal };
 
+/** A request before its objects are parsed: what the token review needs, and the objects' YAML as text. */
+export interface MountEnvelope extends Omit<ParsedMountRequest, 'objects'> {
+  objectsYaml: string | undefined;
+}
+
+export type MountEnvelopeResult = { ok: true; envelope: MountEnvelope } | { ok: false; refusal: MountRefusal };
+export type MountObjectsResult = { ok: true; objects: readonly MountObject[] } | { ok: false; refusal: MountRefusal };
+
+/** Parsed objects by a digest of their YAML and default mode. */
+export type ObjectsCache = TtlCache<string, readonly MountObject[]>;
+
 /** The MountRequest fields this module reads; the generated MountRequest message fits. */
 export interface MountRequestInput {
   attributes: string;
@@ -181,10 +197,10 @@ export interface MountRequestOptions {
   /** The audience the CSIDriver's tokenRequests mint a token for, and that TokenReview will expect. */
   audience: string;
   /**
-   * Objects already parsed, by their YAML: a pod remounting every minute sends the same text, and
-   * parsing it is the largest part of a warm Mount.
+   * Objects already parsed, by a digest of their YAML: a pod remounting every minute sends the
+   * same text, and parsing it is the largest part of a warm Mount.
    */
-  objectsCache?: TtlCache<string, readonly MountObject[]>;
+  objectsCache?: ObjectsCache;
 }
 
 class Refused extends Error {
@@ -215,42 +231,79 @@ const decimalCount = /^(0|[1-9][0-9]?)$/;
 const base64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/;
 // eslint-disable-next-line no-control-regex -- control characters are exactly what it looks for
 const controlCharacter = /[\u0000-\u001f\u007f]/;
-/** kubelet's layout: <root>/pods/<uid>/volumes/kubernetes.io~csi/<volume>/mount. */
-const kubeletTargetPath = /\/pods\/([^/]+)\/volumes\/kubernetes\.io~csi\/[^/]+\/mount\/?$/;
+/** kubelet's layout, on a canonical path: <root>/pods/<uid>/volumes/kubernetes.io~csi/<volume>/mount. */
+const kubeletTargetPath = /^\/(?:[^/]+\/)*pods\/([^/]+)\/volumes\/kubernetes\.io~csi\/[^/]+\/mount$/;
 
 /**
- * Parses a MountRequest as the Secrets Store CSI driver sends it. Never throws for bad input:
- * returns the typed request, or a refusal with a short code and a message naming the problem.
- * The objects schema is described at the top of this file and in provider/csi/README.md.
+ * Parses a MountRequest as the Secrets Store CSI driver sends it, both steps at once. Never throws
+ * for bad input: returns the typed request, or a refusal with a short code and a message naming
+ * the problem. The objects schema is described at the top of this file and in provider/csi/README.md.
  */
 export function parseMountRequest(input: MountRequestInput, options: MountRequestOptions): MountRequestResult {
+  const parsed = parseMountEnvelope(input, options);
+  if (!parsed.ok) return parsed;
+  const objects = parseMountObjects(parsed.envelope, options.objectsCache);
+  if (!objects.ok) return objects;
+  const request: ParsedMountRequest & { objectsYaml?: string } = { ...parsed.envelope, objects: objects.objects };
+  delete request.objectsYaml;
+  return { ok: true, request };
+}
+
+/**
+ * The first step: every field but the objects, in time linear in the request's size and with
+ * nothing cached, so that it can run before the token is reviewed.
+ */
+export function parseMountEnvelope(input: MountRequestInput, { audience }: Pick<MountRequestOptions, 'audience'>): MountEnvelopeResult {
+  if (audience === '') throw new Error('parseMountEnvelope needs the configured token audience');
+  return refusable<MountEnvelopeResult>(() => {
+    const attributes = parseAttributes(input.attributes);
+    const secrets = parseSecrets(input.secrets);
+    const defaultMode = parsePermission(input.permission);
+    const pod = claimedPod(attributes);
+    const targetPath = parseTargetPath(input.targetPath, pod);
+    const token = podToken(secrets, attributes, audience);
+    const envelope: MountEnvelope = { pod, token, targetPath, defaultMode, objectsYaml: attributes.get(attributeKeys.objects) };
+    const spc = attributes.get(attributeKeys.secretProviderClass);
+    if (spc !== undefined && spc.length <= 253 && dnsSubdomain.test(spc)) envelope.secretProviderClass = spc;
+    return { ok: true, envelope };
+  });
+}
+
+/** The second step, once the token is the pod's: the objects, from the cache when this YAML was seen. */
+export function parseMountObjects(envelope: Pick<MountEnvelope, 'objectsYaml' | 'defaultMode'>, objectsCache?: ObjectsCache): MountObjectsResult {
+  return refusable<MountObjectsResult>(() => {
+    const { objectsYaml, defaultMode } = envelope;
+    // A digest, so a cached entry holds 43 bytes of key and not the YAML.
+    const cacheKey = objectsYaml === undefined ? undefined : createHash('sha256').update(`${defaultMode}\0`).update(objectsYaml).digest('base64url');
+    let objects = cacheKey === undefined ? undefined : objectsCache?.get(cacheKey);
+    if (!objects) {
+      objects = parseObjects(objectsYaml, defaultMode).map((object) => Object.freeze(object));
+      if (cacheKey !== undefined) objectsCache?.set(cacheKey, objects);
+    }
+    return { ok: true, objects };
+  });
+}
+
+/**
+ * What a list of parsed objects costs in memory, over-estimated: an object's fields and
+ * headers, its strings at two bytes a character, its ciphertext's bytes and buffer.
+ */
+export function parsedObjectsBytes(objects: readonly MountObject[]): number {
+  let total = 128;
+  for (const object of objects) {
+    total += 256 + 2 * (object.name.length + object.keyRing.length + object.path.length);
+    if (object.type === 'secret') total += 128 + object.ciphertext.byteLength;
+  }
+  return total;
+}
+
+function refusable<T>(step: () => T): T | { ok: false; refusal: MountRefusal } {
   try {
-    return { ok: true, request: parse(input, options) };
+    return step();
   } catch (err) {
     if (err instanceof Refused) return { ok: false, refusal: err.refusal };
     throw err;
   }
-}
-
-function parse(input: MountRequestInput, { audience, objectsCache }: MountRequestOptions): ParsedMountRequest {
-  if (audience === '') throw new Error('parseMountRequest needs the configured token audience');
-  const attributes = parseAttributes(input.attributes);
-  const secrets = parseSecrets(input.secrets);
-  const defaultMode = parsePermission(input.permission);
-  const pod = claimedPod(attributes);
-  const targetPath = parseTargetPath(input.targetPath, pod);
-  const token = podToken(secrets, attributes, audience);
-  const objectsYaml = attributes.get(attributeKeys.objects);
-  const cacheKey = objectsYaml === undefined ? undefined : `${defaultMode}\0${objectsYaml}`;
-  let objects = cacheKey === undefined ? undefined : objectsCache?.get(cacheKey);
-  if (!objects) {
-    objects = parseObjects(objectsYaml, defaultMode).map((object) => Object.freeze(object));
-    if (cacheKey !== undefined) objectsCache?.set(cacheKey, objects);
-  }
-  const request: ParsedMountRequest = { pod, token, targetPath, defaultMode, objects };
-  const spc = attributes.get(attributeKeys.secretProviderClass);
-  if (spc !== undefined && spc.length <= 253 && dnsSubdomain.test(spc)) request.secretProviderClass = spc;
-  return request;
 }
 
 /** A JSON object of strings, within the limits; a Map, so keys such as "__proto__" stay data. */
@@ -333,7 +386,11 @@ function claimedPod(attributes: Map<string, string>): ClaimedPod {
   };
 }
 
-/** The driver's tmpfs for the volume. kubelet chooses it, not the pod author, so it vouches for the pod UID. */
+/**
+ * The driver's tmpfs for the volume. kubelet chooses it, not the pod author, so it vouches for the
+ * pod UID: it must be canonical (no '.', '..', '//' or trailing '/', which would let text match
+ * one pod and the path name another) and be that pod's volume in kubelet's layout.
+ */
 function parseTargetPath(targetPath: string, pod: ClaimedPod): string {
   if (targetPath === '') refuse('InvalidTargetPath', 'target_path is empty');
   if (bytes(targetPath) > mountRequestLimits.targetPathBytes) {
@@ -341,8 +398,15 @@ function parseTargetPath(targetPath: string, pod: ClaimedPod): string {
   }
   if (controlCharacter.test(targetPath)) refuse('InvalidTargetPath', 'target_path contains a control character');
   if (!targetPath.startsWith('/')) refuse('InvalidTargetPath', `target_path ${quote(targetPath)} is not an absolute path`);
+  const canonical = posix.normalize(targetPath);
+  if (canonical !== targetPath || targetPath.endsWith('/')) {
+    refuse('InvalidTargetPath', `target_path ${quote(targetPath)} is not canonical (it has a '.', '..' or empty segment, or a trailing '/')`);
+  }
   const uidInPath = kubeletTargetPath.exec(targetPath)?.[1];
-  if (uidInPath !== undefined && uidInPath !== pod.uid) {
+  if (uidInPath === undefined) {
+    refuse('InvalidTargetPath', `target_path ${quote(targetPath)} is not a volume in kubelet's layout (<root>/pods/<uid>/volumes/kubernetes.io~csi/<volume>/mount)`);
+  }
+  if (uidInPath !== pod.uid) {
     refuse('InvalidPodAttribute', `attribute ${attributeKeys.podUid} is ${quote(pod.uid)} but target_path is the volume of pod ${quote(uidInPath)}`);
   }
   return targetPath;
@@ -538,6 +602,8 @@ export function objectPathProblem(path: string): string | undefined {
     if (segment === '.') return "has a '.' segment";
     if (bytes(segment) > limits.objectPathSegmentBytes) return `has a segment of ${bytes(segment)} bytes; the limit is ${limits.objectPathSegmentBytes}`;
   }
+  // The checks above already imply it; this says it of the path as the filesystem reads it.
+  if (posix.normalize(path) !== path) return 'is not in canonical form';
   return undefined;
 }
 

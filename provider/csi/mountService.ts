@@ -2,12 +2,17 @@
 // SecretProviderClass asks for or with none. A Mount is taken in this order, and the first refusal
 // ends it with a short code in MountResponse.error (the driver's metric label); the message goes
 // to the log and the audit record, since the driver shows the pod only the code.
-//   1. the request is well formed (mountRequest.ts);
+//   0. the request fits the budget of request bytes in flight (mountAdmission, asked by the gRPC
+//      server before it reads the message; else RESOURCE_EXHAUSTED "Overloaded: ...");
+//   1. its envelope is well formed: pod, token, target path (mountRequest.ts);
 //   2. the token is the pod's, reviewed by the apiserver (podIdentity.ts);
-//   3. per object: the KeyPolicy grants its operation on its ring to the pod's ServiceAccount
+//   3. only now, the objects YAML is parsed (or found in the cache);
+//   4. per object: the KeyPolicy grants its operation on its ring to the pod's ServiceAccount
 //      (before the HSM is asked anything, so a pod cannot learn which rings exist), the ring
 //      exists and has the right purpose, and the HSM produces the content (keyMaterial.ts);
-//   4. the response stays under 1 MiB.
+//   5. the response stays under 1 MiB.
+// So a caller without a valid token costs the provider the bytes it sent and a TokenReview, and
+// leaves nothing behind but a cached refusal.
 // Every object gets an audit record per Mount: served, refused, or withheld because another
 // object of the same Mount was refused.
 import { create } from '@bufbuild/protobuf';
@@ -25,10 +30,61 @@ import { SealedSecretError } from '../../core/formats/sealedSecret.js';
 import { MountResponseSchema, VersionResponseSchema, type CSIDriverProvider, type MountResponse } from '../../proto/gen/csi/v1alpha1/service_pb.js';
 import type { CsiMetrics } from './csiMetrics.js';
 import type { HsmCallCount, KeyMaterial } from './keyMaterial.js';
-import { parseMountRequest, type MountObject, type MountObjectType } from './mountRequest.js';
+import { parseMountEnvelope, parseMountObjects, parsedObjectsBytes, type MountObject, type MountObjectType, type MountRequestInput, type ObjectsCache } from './mountRequest.js';
 import { createObjectVersioner, type ObjectVersioner, type ServedFile } from './objectVersion.js';
 import type { PodIdentity, VerifiedPod } from './podIdentity.js';
 import { TtlCache } from './ttlCache.js';
+
+/** Refusals before the request is read: the provider is busy with as many bytes as it takes. */
+export const admissionRefusalCodes = ['Overloaded'] as const;
+
+/**
+ * Request bytes held at once, provider-wide, from the moment a message's length is read until its
+ * call is answered. A Mount holds several times its size in memory while read and parsed (the
+ * message, its decoded strings, the attributes' JSON, the YAML's objects); the 100 MiB DaemonSet
+ * limit holds the process, its caches and about this many request bytes at work.
+ */
+export const defaultMaxInFlightBytes = 4 * 1024 * 1024;
+
+export interface MountAdmissionDeps {
+  audit: AuditLog;
+  metrics: CsiMetrics;
+  log: Logger;
+  /** Default defaultMaxInFlightBytes. */
+  maxInFlightBytes?: number;
+}
+
+/**
+ * The gRPC server's admission (GrpcServerOptions.admit): a message is let in while the bytes in
+ * flight stay within the budget, and one is always let in, so a budget below the largest request
+ * still serves. A refusal is answered before the message is read, so it cannot be a
+ * MountResponse: it is RESOURCE_EXHAUSTED, whose message starts with the code "Overloaded". Not
+ * UNAVAILABLE, which is what the driver sees of a provider that is down; the driver fails the
+ * mount either way and kubelet retries it with backoff.
+ */
+export function mountAdmission(deps: MountAdmissionDeps): (method: string, messageBytes: number) => (() => void) | string {
+  const budget = deps.maxInFlightBytes ?? defaultMaxInFlightBytes;
+  let inFlight = 0;
+  return (method, messageBytes) => {
+    if (inFlight > 0 && inFlight + messageBytes > budget) {
+      const message = `Overloaded: the provider holds ${inFlight} request bytes and this request has ${messageBytes}; the budget is ${budget}: retry shortly`;
+      const operation = method.slice(method.lastIndexOf('/') + 1).toLowerCase();
+      deps.audit.record({ requestId: randomUUID(), actor: 'unverified', operation, result: 'failed', code: 'Overloaded', reason: message });
+      deps.metrics.mounts.inc({ result: 'failed', code: 'Overloaded' });
+      deps.log.warn({ code: 'Overloaded', method }, `call refused: ${message}`);
+      return message;
+    }
+    inFlight += messageBytes;
+    deps.metrics.inFlightBytes.set(inFlight);
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      inFlight -= messageBytes;
+      deps.metrics.inFlightBytes.set(inFlight);
+    };
+  };
+}
 
 /** Refusals after parsing and identity: per object, or of the whole response. */
 export const objectRefusalCodes = [
@@ -87,9 +143,8 @@ export function csiProviderHandlers(deps: MountServiceDeps): UnaryHandlers<(type
   const now = deps.now ?? (() => new Date());
   const { metrics, audit, log } = deps;
   const responseLimit = deps.maxResponseBytes ?? maxResponseBytes;
-  // Keyed by the YAML itself; weighed by the sealed values, the bulk of both key and value.
-  const weigh = (objects: unknown): number => (objects as MountObject[]).reduce((n, o) => n + 256 + (o.type === 'secret' ? o.ciphertext.length : 0), 0);
-  const objectsCache = new TtlCache<string, readonly MountObject[]>({ ttlMs: 10 * 60_000, maxEntries: 10_000, maxWeight: 4 * 1024 * 1024, weigh });
+  // Filled only for pods whose token was reviewed; keyed by a digest of the YAML.
+  const objectsCache: ObjectsCache = new TtlCache({ ttlMs: 10 * 60_000, maxEntries: 10_000, maxWeight: 4 * 1024 * 1024, weigh: parsedObjectsBytes });
 
   const refused = (code: string, message: string, started: bigint, context: Record<string, unknown>): MountResponse => {
     const result = code === 'HsmUnavailable' || code === 'Internal' || code === 'TokenReviewUnavailable' ? 'failed' : 'refused';
@@ -105,84 +160,97 @@ export function csiProviderHandlers(deps: MountServiceDeps): UnaryHandlers<(type
     mount: async (input) => {
       const started = process.hrtime.bigint();
       const requestId = randomUUID();
-      const parsed = parseMountRequest(input, { audience: deps.audience, objectsCache });
-      if (!parsed.ok) {
-        const { code, message } = parsed.refusal;
-        audit.record({ requestId, actor: 'unverified', operation: 'mount', result: 'denied', code, reason: message });
-        return refused(code, message, started, { requestId });
-      }
-      const request = parsed.request;
-      const claimed = `${request.pod.namespace}/${request.pod.name}`;
-      const context = { requestId, pod: claimed, secretProviderClass: request.secretProviderClass };
-
-      const identity = await deps.identity.verify(request.token, request.pod);
-      metrics.cache.inc({ cache: 'tokenReview', outcome: identity.cached ? 'hit' : 'miss' });
-      if (!identity.ok) {
-        const result = identity.code === 'TokenReviewUnavailable' ? 'failed' : 'denied';
-        audit.record({ requestId, actor: `unverified pod ${claimed}`, pod: claimed, operation: 'mount', result, code: identity.code, reason: identity.message });
-        return refused(identity.code, identity.message, started, context);
-      }
-      const pod = identity.pod;
-      const calls: HsmCallCount = { hsmCalls: 0 };
-      const served: { object: MountObject; files: ServedFile[]; record: Partial<AuditRecord> }[] = [];
-      let failure: { index: number; error: ObjectRefused } | undefined;
-      for (const [index, object] of request.objects.entries()) {
-        try {
-          served.push({ object, ...(await serveObject(deps, pod, object, now(), calls)) });
-        } catch (err) {
-          failure = { index, error: err instanceof ObjectRefused ? err : unexpected(err, log) };
-          break;
-        }
-      }
-      metrics.hsmCallsPerMount.observe(calls.hsmCalls);
-
-      let response: MountResponse | undefined;
-      if (!failure) {
-        response = create(MountResponseSchema, {
-          objectVersion: served.map(({ object, files }) => ({ id: object.name, version: versioner(pod.uid, object, files) })),
-          files: served.flatMap(({ files }) => files),
-        });
-        const size = encodedSizeBound(response);
-        if (size > responseLimit) {
-          response = undefined;
-          failure = { index: -1, error: new ObjectRefused('ResponseTooLarge', `the response would be ${size} bytes; the limit is ${responseLimit}: split the objects over several SecretProviderClasses`) };
-        }
-      }
-
-      // One record per object, whatever happened to the Mount.
-      for (const [index, object] of request.objects.entries()) {
-        const base: AuditRecord = {
-          requestId,
-          actor: pod.requester.username,
-          pod: claimed,
-          object: object.name,
-          operation: operationOf[object.type],
-          ring: `${pod.namespace}/${object.keyRing}`,
-          result: 'allowed',
-        };
-        if (!failure) {
-          audit.record({ ...base, ...served[index]?.record, code: 'Served' });
-          metrics.objects.inc({ type: object.type, result: 'served' });
-        } else if (index === failure.index || failure.index < 0) {
-          const result = failure.error.code === 'HsmUnavailable' || failure.error.code === 'Internal' ? 'failed' : 'denied';
-          audit.record({ ...base, ...failure.error.audit, result, code: failure.error.code, reason: failure.error.message });
-          metrics.objects.inc({ type: object.type, result: 'refused' });
-        } else {
-          audit.record({ ...base, result: 'denied', code: 'Withheld', reason: `not served: objects[${failure.index}] was refused (${failure.error.code})` });
-          metrics.objects.inc({ type: object.type, result: 'withheld' });
-        }
-      }
-      if (failure) {
-        const where = failure.index < 0 ? '' : `objects[${failure.index}] (${JSON.stringify(request.objects[failure.index]?.name)}): `;
-        return refused(failure.error.code, where + failure.error.message, started, context);
-      }
-      metrics.mounts.inc({ result: 'served', code: '' });
-      metrics.latency.observe({ result: 'served' }, seconds(started));
-      log.debug({ ...context, objects: request.objects.length, hsmCalls: calls.hsmCalls }, 'mount served');
-      return response!;
+      return mount(input, started, requestId);
     },
   };
+
+  async function mount(input: MountRequestInput, started: bigint, requestId: string): Promise<MountResponse> {
+    const parsed = parseMountEnvelope(input, { audience: deps.audience });
+    if (!parsed.ok) {
+      const { code, message } = parsed.refusal;
+      audit.record({ requestId, actor: 'unverified', operation: 'mount', result: 'denied', code, reason: message });
+      return refused(code, message, started, { requestId });
+    }
+    const envelope = parsed.envelope;
+    const claimed = `${envelope.pod.namespace}/${envelope.pod.name}`;
+    const context = { requestId, pod: claimed, secretProviderClass: envelope.secretProviderClass };
+
+    const identity = await deps.identity.verify(envelope.token, envelope.pod);
+    metrics.cache.inc({ cache: 'tokenReview', outcome: identity.cached ? 'hit' : 'miss' });
+    if (!identity.ok) {
+      const result = identity.code === 'TokenReviewUnavailable' ? 'failed' : 'denied';
+      audit.record({ requestId, actor: `unverified pod ${claimed}`, pod: claimed, operation: 'mount', result, code: identity.code, reason: identity.message });
+      return refused(identity.code, identity.message, started, context);
+    }
+    const pod = identity.pod;
+
+    const parsedObjects = parseMountObjects(envelope, objectsCache);
+    if (!parsedObjects.ok) {
+      const { code, message } = parsedObjects.refusal;
+      audit.record({ requestId, actor: pod.requester.username, pod: claimed, operation: 'mount', result: 'denied', code, reason: message });
+      return refused(code, message, started, context);
+    }
+    const request = { ...envelope, objects: parsedObjects.objects };
+    const calls: HsmCallCount = { hsmCalls: 0 };
+    const served: { object: MountObject; files: ServedFile[]; record: Partial<AuditRecord> }[] = [];
+    let failure: { index: number; error: ObjectRefused } | undefined;
+    for (const [index, object] of request.objects.entries()) {
+      try {
+        served.push({ object, ...(await serveObject(deps, pod, object, now(), calls)) });
+      } catch (err) {
+        failure = { index, error: err instanceof ObjectRefused ? err : unexpected(err, log) };
+        break;
+      }
+    }
+    metrics.hsmCallsPerMount.observe(calls.hsmCalls);
+
+    let response: MountResponse | undefined;
+    if (!failure) {
+      response = create(MountResponseSchema, {
+        objectVersion: served.map(({ object, files }) => ({ id: object.name, version: versioner(pod.uid, object, files) })),
+        files: served.flatMap(({ files }) => files),
+      });
+      const size = encodedSizeBound(response);
+      if (size > responseLimit) {
+        response = undefined;
+        failure = { index: -1, error: new ObjectRefused('ResponseTooLarge', `the response would be ${size} bytes; the limit is ${responseLimit}: split the objects over several SecretProviderClasses`) };
+      }
+    }
+
+    // One record per object, whatever happened to the Mount.
+    for (const [index, object] of request.objects.entries()) {
+      const base: AuditRecord = {
+        requestId,
+        actor: pod.requester.username,
+        pod: claimed,
+        object: object.name,
+        operation: operationOf[object.type],
+        ring: `${pod.namespace}/${object.keyRing}`,
+        result: 'allowed',
+      };
+      if (!failure) {
+        audit.record({ ...base, ...served[index]?.record, code: 'Served' });
+        metrics.objects.inc({ type: object.type, result: 'served' });
+      } else if (index === failure.index || failure.index < 0) {
+        const result = failure.error.code === 'HsmUnavailable' || failure.error.code === 'Internal' ? 'failed' : 'denied';
+        audit.record({ ...base, ...failure.error.audit, result, code: failure.error.code, reason: failure.error.message });
+        metrics.objects.inc({ type: object.type, result: 'refused' });
+      } else {
+        audit.record({ ...base, result: 'denied', code: 'Withheld', reason: `not served: objects[${failure.index}] was refused (${failure.error.code})` });
+        metrics.objects.inc({ type: object.type, result: 'withheld' });
+      }
+    }
+    if (failure) {
+      const where = failure.index < 0 ? '' : `objects[${failure.index}] (${JSON.stringify(request.objects[failure.index]?.name)}): `;
+      return refused(failure.error.code, where + failure.error.message, started, context);
+    }
+    metrics.mounts.inc({ result: 'served', code: '' });
+    metrics.latency.observe({ result: 'served' }, seconds(started));
+    log.debug({ ...context, objects: request.objects.length, hsmCalls: calls.hsmCalls }, 'mount served');
+    return response!;
+  }
 }
+
 
 async function serveObject(
   deps: MountServiceDeps,

@@ -120,6 +120,27 @@ describe('CSI pod identity: TokenReview bound to the pod', () => {
     assert.equal(reviews, 2);
   });
 
+  it('keeps refusals apart: a flood of made-up tokens does not push out the review of a real pod', async () => {
+    const id = new PodIdentity(
+      (t) => {
+        reviews++;
+        const forged = Buffer.from(t.split('.')[1] ?? '', 'base64url').toString().includes('forged');
+        return Promise.resolve(forged ? { ...bound, authenticated: false, error: 'invalid bearer token' } : bound);
+      },
+      { audience, maxEntries: 10, maxRefusals: 10, now: () => clock },
+    );
+    const good = token();
+    assert.ok((await id.verify(good, pod)).ok);
+    for (let i = 0; i < 100; i++) {
+      const forged = token({ aud: [audience], exp: Math.floor((clock + 3600_000) / 1000), jti: `forged-${i}` });
+      assert.equal((await id.verify(forged, pod)).ok, false);
+    }
+    assert.equal(id.cachedReviews, 11, 'at most 10 refusals kept, and the good review');
+    const again = await id.verify(good, pod);
+    assert.ok(again.ok && again.cached, 'still cached');
+    assert.equal(reviews, 101);
+  });
+
   it('checks the claims on every mount, even when the review is cached', async () => {
     const id = identity();
     const t = token();
@@ -157,7 +178,7 @@ describe('TtlCache', () => {
   });
 
   it('bounds the total weight', () => {
-    const cache = new TtlCache<string, Buffer>({ ttlMs: 1000, maxEntries: 100, maxWeight: 100, weigh: (v) => (v as Buffer).length });
+    const cache = new TtlCache<string, Buffer>({ ttlMs: 1000, maxEntries: 100, maxWeight: 100, weigh: (v) => v.length });
     cache.set('a', Buffer.alloc(60));
     cache.set('b', Buffer.alloc(30));
     assert.equal(cache.size, 2);
@@ -166,5 +187,14 @@ describe('TtlCache', () => {
     cache.set('b', Buffer.alloc(10));
     cache.set('d', Buffer.alloc(60));
     assert.equal(cache.size, 3, 'a replaced entry no longer weighs its old size');
+  });
+
+  it('weighs keys when asked, and keeps no entry heavier than the whole budget', () => {
+    const cache = new TtlCache<string, Buffer>({ ttlMs: 1000, maxEntries: 100, maxWeight: 100, weigh: (v, k) => v.length + k.length });
+    cache.set('a', Buffer.alloc(40));
+    cache.set('b'.repeat(50), Buffer.alloc(5));
+    assert.equal(cache.totalWeight, 96);
+    cache.set('huge', Buffer.alloc(101));
+    assert.deepEqual([cache.size, cache.get('huge'), cache.totalWeight], [2, undefined, 96], 'the others stay');
   });
 });

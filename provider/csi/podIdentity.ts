@@ -5,7 +5,8 @@
 //
 // Reviews are cached by a hash of the token for at most `ttlMs` (default 5 min, less a random
 // fifth) and never past the token's own expiry; a refusal is cached for 10 s, so a bad token cannot make every mount
-// cost an apiserver call. Through a brief apiserver outage a cached review keeps serving; a token
+// cost an apiserver call. Refusals have their own, smaller cache, so a flood of made-up tokens
+// cannot push out the reviews of real pods; both are bounded in entries and bytes. Through a brief apiserver outage a cached review keeps serving; a token
 // with no live review is refused with TokenReviewUnavailable.
 import { createHash } from 'node:crypto';
 import type { Requester } from '../../core/policy/policySet.js';
@@ -54,7 +55,10 @@ export type IdentityResult =
 export interface PodIdentityOptions {
   audience: string;
   ttlMs?: number;
+  /** Accepted reviews kept at most (default 20,000, within 8 MiB). */
   maxEntries?: number;
+  /** Refusals kept at most (default 4,000, within 2 MiB). */
+  maxRefusals?: number;
   now?: () => number;
 }
 
@@ -66,8 +70,15 @@ const refusalTtlMs = 10_000;
 
 type Review = { ok: true; outcome: TokenReviewOutcome } | { ok: false; code: IdentityRefusalCode; message: string };
 
+/** A review's bytes in memory, over-estimated: its strings at two bytes a character, plus headers, plus the 43-character key. */
+function reviewBytes(review: Review): number {
+  const text = review.ok ? JSON.stringify(review.outcome) : review.message;
+  return 512 + 2 * text.length;
+}
+
 export class PodIdentity {
   private readonly reviews: TtlCache<string, Review>;
+  private readonly refusals: TtlCache<string, Review>;
   private readonly audience: string;
   private readonly ttlMs: number;
   private readonly now: () => number;
@@ -79,12 +90,13 @@ export class PodIdentity {
     this.audience = options.audience;
     this.now = options.now ?? Date.now;
     this.ttlMs = options.ttlMs ?? 5 * 60_000;
-    this.reviews = new TtlCache({ ttlMs: this.ttlMs, maxEntries: options.maxEntries ?? 20_000, now: this.now });
+    this.reviews = new TtlCache({ ttlMs: this.ttlMs, maxEntries: options.maxEntries ?? 20_000, maxWeight: 8 * 1024 * 1024, weigh: reviewBytes, now: this.now });
+    this.refusals = new TtlCache({ ttlMs: refusalTtlMs, maxEntries: options.maxRefusals ?? 4_000, maxWeight: 2 * 1024 * 1024, weigh: reviewBytes, now: this.now });
   }
 
-  /** How many reviews are cached; a gauge. */
+  /** How many reviews are cached, accepted or refused; a gauge. */
   get cachedReviews(): number {
-    return this.reviews.size;
+    return this.reviews.size + this.refusals.size;
   }
 
   async verify(token: PodToken, claimed: ClaimedPod): Promise<IdentityResult> {
@@ -99,17 +111,23 @@ export class PodIdentity {
     }
 
     const key = createHash('sha256').update(this.audience).update('\0').update(token.value).digest('base64url');
-    let review: Review;
-    let hit: boolean;
-    try {
-      ({ value: review, hit } = await this.reviews.getOrLoad(key, async () => {
-        const reviewed = await this.review(token.value);
-        // A random fifth off each review's life, so the reviews of pods started together do not
-        // all expire in the same second.
-        return { value: reviewed, ttlMs: reviewed.ok ? Math.min(left, this.ttlMs * (1 - Math.random() / 5)) : refusalTtlMs };
-      }));
-    } catch (err) {
-      return { ok: false, code: 'TokenReviewUnavailable', message: `TokenReview failed and no review of this token is cached: ${(err as Error).message}`, cached: false };
+    let review = this.refusals.get(key);
+    let hit = review !== undefined;
+    if (review === undefined) {
+      try {
+        ({ value: review, hit } = await this.reviews.getOrLoad(key, async () => {
+          const reviewed = await this.review(token.value);
+          if (!reviewed.ok) {
+            this.refusals.set(key, reviewed);
+            return { value: reviewed, ttlMs: 0 };
+          }
+          // A random fifth off each review's life, so the reviews of pods started together do not
+          // all expire in the same second.
+          return { value: reviewed, ttlMs: Math.min(left, this.ttlMs * (1 - Math.random() / 5)) };
+        }));
+      } catch (err) {
+        return { ok: false, code: 'TokenReviewUnavailable', message: `TokenReview failed and no review of this token is cached: ${(err as Error).message}`, cached: false };
+      }
     }
     if (!review.ok) return { ...review, cached: hit };
     return this.match(review.outcome, claimed, hit);

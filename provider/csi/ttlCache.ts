@@ -1,15 +1,18 @@
 // A bounded cache whose entries expire: token reviews and HSM results are reused for a short,
 // fixed time and never beyond it, so a revoked token or a rotated key is seen within the TTL.
 // Concurrent loads of one key share a single call (many pods of one workload start at once).
+// Bounded in entries and, with `weigh`, in bytes: an entry heavier than the whole budget is not
+// kept at all (it would otherwise flush every other entry on its way through).
 
-export interface TtlCacheOptions {
+export interface TtlCacheOptions<K = unknown, V = unknown> {
   /** Upper bound on any entry's life; a loader may ask for less. */
   ttlMs: number;
   /** Past this many entries the oldest are dropped. */
   maxEntries: number;
   /** Past this total weight the oldest are dropped too (e.g. bytes, with `weigh`). */
   maxWeight?: number;
-  weigh?: (value: unknown) => number;
+  /** An entry's weight: count the key as well when it is large. */
+  weigh?: (value: V, key: K) => number;
   now?: () => number;
   /** Called with each entry that leaves the cache, to wipe key material. */
   onEvict?: (value: unknown) => void;
@@ -27,12 +30,17 @@ export class TtlCache<K, V> {
   private readonly loading = new Map<K, Promise<V>>();
   private readonly now: () => number;
 
-  constructor(private readonly options: TtlCacheOptions) {
+  constructor(private readonly options: TtlCacheOptions<K, V>) {
     this.now = options.now ?? Date.now;
   }
 
   get size(): number {
     return this.entries.size;
+  }
+
+  /** The entries' total weight (bytes, for the byte-bounded caches). */
+  get totalWeight(): number {
+    return this.weight;
   }
 
   /** The live entry for `key`, if any. */
@@ -48,7 +56,8 @@ export class TtlCache<K, V> {
     const life = Math.min(ttlMs, this.options.ttlMs);
     if (!(life > 0)) return;
     this.delete(key);
-    const weight = this.options.weigh?.(value) ?? 0;
+    const weight = this.options.weigh?.(value, key) ?? 0;
+    if (weight > (this.options.maxWeight ?? Infinity)) return;
     this.entries.set(key, { value, expiresAt: this.now() + life, weight });
     this.weight += weight;
     while (this.entries.size > this.options.maxEntries || this.weight > (this.options.maxWeight ?? Infinity)) {
