@@ -50,6 +50,8 @@ kms-plugin options:
 csi-provider options (the apiserver from KUBECONFIG, or in-cluster):
   --socket-dir DIR       the driver's provider directory (default /var/run/secrets-store-csi-providers)
   --audience AUD         audience of the pod tokens the CSIDriver's tokenRequests mint (default keyward)
+  --node-name NAME       this node, whose pods are watched so a deleted pod's token stops working
+                         (default: $NODE_NAME; required)
   --metrics-address H:P  /metrics, /healthz, /livez listener (default 127.0.0.1:9466)
   --audit-log PATH       audit records (default: standard output)
   --token-review-ttl SECONDS  how long a TokenReview is reused, at most the token's life (default 300)
@@ -235,6 +237,7 @@ async function csiProvider(args: string[]): Promise<void> {
     ...hsmOptions,
     'socket-dir': { type: 'string', default: '/var/run/secrets-store-csi-providers' },
     audience: { type: 'string', default: 'keyward' },
+    'node-name': { type: 'string', default: process.env.NODE_NAME ?? '' },
     'metrics-address': { type: 'string', default: '127.0.0.1:9466' },
     'audit-log': { type: 'string', default: '-' },
     'token-review-ttl': { type: 'string', default: '300' },
@@ -242,6 +245,7 @@ async function csiProvider(args: string[]): Promise<void> {
     'ring-refresh': { type: 'string', default: '2' },
   });
   if (!values.audience) throw new KeywardError('InvalidArgument', '--audience must not be empty');
+  if (!values['node-name']) throw new KeywardError('InvalidArgument', '--node-name (or NODE_NAME) is required: the provider watches its node\'s pods');
   const tokenReviewTtlMs = secondsOption(values['token-review-ttl'], 'token-review-ttl', 1, 3600);
   const materialTtlMs = secondsOption(values['material-ttl'], 'material-ttl', 1, 3600);
   const ringRefreshMs = secondsOption(values['ring-refresh'], 'ring-refresh', 0.1, 60);
@@ -254,6 +258,7 @@ async function csiProvider(args: string[]): Promise<void> {
       tokenLabel: values['token-label'],
       pin: readPinFile(values['pin-file']),
       audience: values.audience,
+      nodeName: values['node-name'],
       metricsAddress: values['metrics-address'],
       auditLog: values['audit-log'],
       tokenReviewTtlMs,

@@ -1,5 +1,6 @@
-// A list-and-watch cache of one custom resource over ApiConnection, for the node-side components
-// (the operator uses client-node's informer). It lists, then watches from the list's
+// A list-and-watch cache of one resource over ApiConnection, for the node-side components (the
+// operator uses client-node's informer), optionally narrowed by a field selector and with each
+// object reduced to what its user keeps (a node's pods are held as their metadata only). It lists, then watches from the list's
 // resourceVersion with bookmarks; a watch that ends is resumed where it stopped, and one whose
 // version the apiserver no longer has (410 Gone) starts again with a list. Through an apiserver
 // outage it keeps serving what it last saw.
@@ -25,8 +26,24 @@ type WatchEvent<T> = { type: 'ADDED' | 'MODIFIED' | 'DELETED' | 'BOOKMARK'; obje
 const retryMs = 1000;
 const watchSeconds = 300;
 
-export function listWatchInformer<T extends KubeObject>(api: ApiConnection, resource: { group: string; version: string; plural: string }, log: Logger): ObjectInformer<T> {
-  const path = `/apis/${resource.group}/${resource.version}/${resource.plural}`;
+export interface InformerOptions<T> {
+  /** e.g. `spec.nodeName=node-1`: only the objects it selects are listed and watched. */
+  fieldSelector?: string;
+  /** What is kept of each object, so the cache holds no more than its user reads. */
+  keep?: (object: T) => T;
+}
+
+/** `resource.group` '' is the core API group (/api/v1). */
+export function listWatchInformer<T extends KubeObject>(
+  api: ApiConnection,
+  resource: { group: string; version: string; plural: string },
+  log: Logger,
+  options: InformerOptions<T> = {},
+): ObjectInformer<T> {
+  const root = resource.group === '' ? `/api/${resource.version}` : `/apis/${resource.group}/${resource.version}`;
+  const path = `${root}/${resource.plural}`;
+  const selector = options.fieldSelector === undefined ? '' : `fieldSelector=${encodeURIComponent(options.fieldSelector)}`;
+  const keep = options.keep ?? ((object: T) => object);
   const objects = new Map<string, T>();
   const handlers = { add: [] as ((object: T) => void)[], update: [] as ((object: T) => void)[], delete: [] as ((object: T) => void)[] };
   const keyOf = (object: T): string => `${object.metadata?.namespace ?? ''}/${object.metadata?.name ?? ''}`;
@@ -38,9 +55,9 @@ export function listWatchInformer<T extends KubeObject>(api: ApiConnection, reso
   let watching: AbortController | undefined;
 
   async function list(): Promise<void> {
-    const answer = await api.request<{ items: T[]; metadata: { resourceVersion: string } }>('GET', path);
+    const answer = await api.request<{ items: T[]; metadata: { resourceVersion: string } }>('GET', selector ? `${path}?${selector}` : path);
     const seen = new Set<string>();
-    for (const object of answer.items) {
+    for (const object of answer.items.map(keep)) {
       const key = keyOf(object);
       seen.add(key);
       const known = objects.get(key);
@@ -60,14 +77,15 @@ export function listWatchInformer<T extends KubeObject>(api: ApiConnection, reso
     if (event.type === 'ERROR') throw new ApiStatusError(event.object.code ?? 0, `watch of ${resource.plural}: ${event.object.message ?? 'error'}`);
     resourceVersion = event.object.metadata?.resourceVersion ?? resourceVersion;
     if (event.type === 'BOOKMARK') return;
-    const key = keyOf(event.object);
+    const object = keep(event.object);
+    const key = keyOf(object);
     if (event.type === 'DELETED') {
       objects.delete(key);
-      emit('delete', event.object);
+      emit('delete', object);
     } else {
       const known = objects.has(key);
-      objects.set(key, event.object);
-      emit(known ? 'update' : 'add', event.object);
+      objects.set(key, object);
+      emit(known ? 'update' : 'add', object);
     }
   }
 
@@ -81,7 +99,7 @@ export function listWatchInformer<T extends KubeObject>(api: ApiConnection, reso
           listed();
         }
         watching = new AbortController();
-        const query = `?watch=1&allowWatchBookmarks=true&timeoutSeconds=${watchSeconds}&resourceVersion=${encodeURIComponent(resourceVersion)}`;
+        const query = `?watch=1&allowWatchBookmarks=true&timeoutSeconds=${watchSeconds}&resourceVersion=${encodeURIComponent(resourceVersion)}${selector ? `&${selector}` : ''}`;
         await api.stream(path + query, (line) => apply(JSON.parse(line) as WatchEvent<T>), watching.signal);
       } catch (err) {
         if (stopped) return;

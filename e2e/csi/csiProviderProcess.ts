@@ -16,6 +16,8 @@ export interface CsiProviderProcessOptions {
   /** Holds the providers directory, PIN file, log and audit files; the caller owns it. */
   dir: string;
   audience?: string;
+  /** The node whose pods the provider watches; pods on no node (as tests create them) are not seen. */
+  nodeName?: string;
   /** Extra CLI flags, e.g. --ring-refresh=0.5. */
   flags?: string[];
   /** Node flags; by default the chart's. */
@@ -48,6 +50,7 @@ export async function startCsiProviderProcess(options: CsiProviderProcessOptions
       'csi-provider',
       `--socket-dir=${socketDir}`,
       `--audience=${options.audience ?? 'keyward'}`,
+      `--node-name=${options.nodeName ?? 'keyward-test-node'}`,
       `--pkcs11-module=${hsm.modulePath}`,
       `--token-label=${hsm.label}`,
       `--pin-file=${pinFile}`,

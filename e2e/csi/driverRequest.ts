@@ -18,8 +18,8 @@ export interface PodTokenEntry {
   expirationTimestamp: string;
 }
 
-/** Creates the pod (its ServiceAccount too, if missing); no kubelet will run it. */
-export async function createPod(core: CoreV1Api, namespace: string, name: string, serviceAccountName: string): Promise<TestPod> {
+/** Creates the pod (its ServiceAccount too, if missing); no kubelet will run it, even on `nodeName`. */
+export async function createPod(core: CoreV1Api, namespace: string, name: string, serviceAccountName: string, nodeName?: string): Promise<TestPod> {
   try {
     await core.createNamespacedServiceAccount({ namespace, body: { metadata: { name: serviceAccountName } } });
   } catch (err) {
@@ -31,6 +31,7 @@ export async function createPod(core: CoreV1Api, namespace: string, name: string
       metadata: { name },
       spec: {
         serviceAccountName,
+        ...(nodeName ? { nodeName } : {}),
         containers: [{ name: 'app', image: 'registry.invalid/app:1' }],
         volumes: [{ name: 'keys', csi: { driver: 'secrets-store.csi.k8s.io', readOnly: true, volumeAttributes: { secretProviderClass: 'keys' } } }],
       },

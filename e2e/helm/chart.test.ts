@@ -116,6 +116,7 @@ const expectedClusterRules: V1PolicyRule[] = [
 const expectedCsiProviderRules: V1PolicyRule[] = [
   { apiGroups: ['authentication.k8s.io'], resources: ['tokenreviews'], verbs: ['create'] },
   { apiGroups: ['keyward.dev'], resources: ['keypolicies'], verbs: ['list', 'watch'] },
+  { apiGroups: [''], resources: ['pods'], verbs: ['list', 'watch'] },
 ];
 const expectedLeaseRules: V1PolicyRule[] = [
   { apiGroups: ['coordination.k8s.io'], resources: ['leases'], resourceNames: ['keyward-operator'], verbs: ['get', 'update'] },
@@ -621,6 +622,7 @@ describe('Helm chart charts/keyward', function () {
       const flags = [
         `--socket-dir=${providerDir}`,
         '--audience=keyward',
+        '--node-name=$(NODE_NAME)',
         '--pkcs11-module=/usr/lib/softhsm/libsofthsm2.so',
         '--token-label=keyward',
         '--pin-file=/run/keyward/pin/pin',
@@ -637,6 +639,7 @@ describe('Helm chart charts/keyward', function () {
       // The same SoftHSM2 token as the operator and the KMS plugin: a directory on the node.
       assert.deepEqual(spec?.volumes?.find((v) => v.name === 'softhsm-tokens')?.hostPath, { path: softhsmHostPath, type: 'Directory' });
       assert.deepEqual(container?.env, [
+        { name: 'NODE_NAME', valueFrom: { fieldRef: { fieldPath: 'spec.nodeName' } } },
         { name: 'KEYWARD_LOG_LEVEL', value: 'info' },
         { name: 'SOFTHSM2_CONF', value: '/etc/keyward/softhsm/softhsm2.conf' },
       ]);
@@ -731,7 +734,7 @@ describe('Helm chart charts/keyward', function () {
       }
     });
 
-    it('grants the CSI provider exactly tokenreviews create and keypolicies list, watch, bound to its own ServiceAccount', () => {
+    it('grants the CSI provider exactly tokenreviews create, keypolicies list, watch and pods list, watch, bound to its own ServiceAccount', () => {
       const clusterRole = named<KubernetesObject & { rules: V1PolicyRule[] }>(csi, 'ClusterRole', csiProviderName);
       assert.deepEqual(clusterRole.rules, expectedCsiProviderRules);
       const binding = named<KubernetesObject & { roleRef: unknown; subjects: unknown[] }>(csi, 'ClusterRoleBinding', csiProviderName);
@@ -877,7 +880,7 @@ describe('Helm chart charts/keyward', function () {
       writeFileSync(pinFile, token.pin, { mode: 0o600 });
       const run = (container: V1Container, local: Record<string, string>): Promise<{ code: number; stderr: string }> =>
         runNode(
-          localInvocation(container, {}).map((a) => {
+          localInvocation(container, { NODE_NAME: 'node-1' }).map((a) => {
             const flag = a.split('=', 1)[0] ?? '';
             return flag in local ? `${flag}=${local[flag]}` : a;
           }),
@@ -935,7 +938,7 @@ describe('Helm chart charts/keyward', function () {
     });
 
     it("passes flags the real CLI accepts: it gets as far as reading the PIN file", async () => {
-      const env = { POD_NAMESPACE: releaseNamespace, POD_NAME: 'keyward-operator-7d9f-abcde' };
+      const env = { POD_NAMESPACE: releaseNamespace, POD_NAME: 'keyward-operator-7d9f-abcde', NODE_NAME: 'node-1' };
       const childEnv = { PATH: process.env.PATH, HOME: home, KUBECONFIG: '' };
       const operator = only<V1Deployment>(defaults, 'Deployment').spec?.template.spec?.containers[0] as V1Container;
       const daemonSet = only<V1DaemonSet>(plugin, 'DaemonSet').spec?.template.spec?.containers[0] as V1Container;
@@ -1063,7 +1066,7 @@ describe('Helm chart charts/keyward', function () {
       const pinFile = join(dir, 'hsm-check.pin');
       writeFileSync(pinFile, hsm.pin, { mode: 0o600 });
       const local: Record<string, string> = { '--pin-file': pinFile, '--token-label': hsm.label };
-      const args = localInvocation(container, {}).map((a) => {
+      const args = localInvocation(container, { NODE_NAME: 'node-1' }).map((a) => {
         const flag = a.split('=', 1)[0] ?? '';
         return flag in local ? `${flag}=${local[flag]}` : a;
       });
@@ -1483,11 +1486,13 @@ describe('Helm chart charts/keyward', function () {
         { ...keypolicies, verb: 'list' },
         { ...keypolicies, verb: 'watch' },
         { ...keypolicies, verb: 'list', namespace: keyRingNamespace },
+        // Its own node's pods (the provider narrows by field selector), to forget a deleted pod.
+        { group: '', resource: 'pods', verb: 'list' },
+        { group: '', resource: 'pods', verb: 'watch' },
       ];
       const denied: V1ResourceAttributes[] = [
-        // The pod's identity comes from its reviewed token, never from reading pods.
+        // The pod's identity comes from its reviewed token, never from reading a pod.
         { group: '', resource: 'pods', verb: 'get', namespace: keyRingNamespace, name: 'shop' },
-        { group: '', resource: 'pods', verb: 'list' },
         { group: '', resource: 'secrets', verb: 'get', namespace: releaseNamespace, name: 'keyward-hsm-pin' },
         { group: '', resource: 'secrets', verb: 'list' },
         { group: '', resource: 'serviceaccounts', subresource: 'token', verb: 'create', namespace: keyRingNamespace, name: 'shop' },
@@ -1525,7 +1530,7 @@ describe('Helm chart charts/keyward', function () {
         '--pin-file': pinFile,
         '--metrics-address': metricsUrl.slice('http://'.length),
       };
-      const args = localInvocation(container, {}).map((a) => {
+      const args = localInvocation(container, { NODE_NAME: 'node-1' }).map((a) => {
         const flag = a.split('=', 1)[0] ?? '';
         return flag in local ? `${flag}=${local[flag]}` : a;
       });

@@ -19,6 +19,7 @@ import { CSIDriverProvider } from '../../proto/gen/csi/v1alpha1/service_pb.js';
 import { CsiMetrics } from './csiMetrics.js';
 import { KeyMaterial } from './keyMaterial.js';
 import { csiProviderHandlers, mountAdmission } from './mountService.js';
+import { NodePods } from './nodePods.js';
 import { PodIdentity, type TokenReviewer } from './podIdentity.js';
 
 /** The driver finds a provider at `<provider-volume>/<spec.provider>.sock`. */
@@ -35,6 +36,11 @@ export interface CsiProviderConfig {
   kubeconfigPath?: string;
   /** The audience of the tokens the CSIDriver's tokenRequests mint for us. */
   audience: string;
+  /**
+   * This node: its pods are watched, so a deleted pod's token stops mounting at once. The CLI
+   * requires it; without it (in-process tests) a deleted pod's review lives out its TTL.
+   */
+  nodeName?: string;
   /** host:port for /metrics, /healthz, /livez; loopback by default. */
   metricsAddress?: string;
   /** File for audit records, or '-' for standard output. */
@@ -117,6 +123,12 @@ export async function startCsiProvider(config: CsiProviderConfig, log: Logger = 
     });
     const material = new KeyMaterial(token, new RingStore(token), { materialTtlMs: config.materialTtlMs, ringRefreshMs: config.ringRefreshMs });
     metrics.cacheSizes = () => ({ tokenReview: identity.cachedReviews, material: material.cachedSecrets });
+    if (config.nodeName) {
+      const pods = new NodePods(api, config.nodeName, log);
+      teardown.add(() => pods.stop());
+      pods.onGone((uid) => identity.forgetPod(uid));
+      await pods.start();
+    }
     // Mounts wait for the first list of KeyPolicies: deciding from an empty cache would refuse all.
     await policies.start();
     const metricsServer = await startMetricsServer(config.metricsAddress ?? '127.0.0.1:0', metrics.registry, () => ({ ok: serving, reason: serving ? 'ok' : 'stopping' }));

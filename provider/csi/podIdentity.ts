@@ -35,6 +35,7 @@ export const identityRefusalCodes = [
   'TokenForAnotherPod',
   'IdentityMismatch',
   'TokenReviewUnavailable',
+  'PodDeleted',
 ] as const;
 export type IdentityRefusalCode = (typeof identityRefusalCodes)[number];
 
@@ -76,9 +77,13 @@ function reviewBytes(review: Review): number {
   return 512 + 2 * text.length;
 }
 
+const podUidOf = (outcome: TokenReviewOutcome): string => outcome.extra[podUidExtra]?.[0] ?? '';
+
 export class PodIdentity {
   private readonly reviews: TtlCache<string, Review>;
   private readonly refusals: TtlCache<string, Review>;
+  /** Pods seen deleted, by uid, for as long as a review of theirs could live. */
+  private readonly deletedPods: TtlCache<string, true>;
   private readonly audience: string;
   private readonly ttlMs: number;
   private readonly now: () => number;
@@ -92,6 +97,16 @@ export class PodIdentity {
     this.ttlMs = options.ttlMs ?? 5 * 60_000;
     this.reviews = new TtlCache({ ttlMs: this.ttlMs, maxEntries: options.maxEntries ?? 20_000, maxWeight: 8 * 1024 * 1024, weigh: reviewBytes, now: this.now });
     this.refusals = new TtlCache({ ttlMs: refusalTtlMs, maxEntries: options.maxRefusals ?? 4_000, maxWeight: 2 * 1024 * 1024, weigh: reviewBytes, now: this.now });
+    this.deletedPods = new TtlCache({ ttlMs: this.ttlMs, maxEntries: 10_000, now: this.now });
+  }
+
+  /**
+   * The pod with this uid is gone: its cached reviews are dropped, and a review of its token that
+   * was in flight, or is answered from an apiserver cache, is refused too.
+   */
+  forgetPod(uid: string): void {
+    this.deletedPods.set(uid, true);
+    this.reviews.deleteWhere((review) => review.ok && podUidOf(review.outcome) === uid);
   }
 
   /** How many reviews are cached, accepted or refused; a gauge. */
@@ -154,7 +169,7 @@ export class PodIdentity {
   private match(outcome: TokenReviewOutcome, claimed: ClaimedPod, cached: boolean): IdentityResult {
     const [, namespace = '', serviceAccountName = ''] = serviceAccountUser.exec(outcome.username) ?? [];
     const name = outcome.extra[podNameExtra]?.[0] ?? '';
-    const uid = outcome.extra[podUidExtra]?.[0] ?? '';
+    const uid = podUidOf(outcome);
     if (namespace !== claimed.namespace || serviceAccountName !== claimed.serviceAccountName) {
       return {
         ok: false,
@@ -170,6 +185,9 @@ export class PodIdentity {
         message: `the token is bound to pod ${namespace}/${name} (uid ${uid}), not ${claimed.namespace}/${claimed.name} (uid ${claimed.uid})`,
         cached,
       };
+    }
+    if (this.deletedPods.get(uid)) {
+      return { ok: false, code: 'PodDeleted', message: `pod ${namespace}/${name} (uid ${uid}) was deleted; its token no longer mounts`, cached };
     }
     const requester = { username: outcome.username, groups: outcome.groups };
     return { ok: true, pod: { namespace, name, uid, serviceAccountName, requester }, cached };

@@ -74,6 +74,17 @@ export class TtlCache<K, V> {
     this.options.onEvict?.(entry.value);
   }
 
+  /** Drops every entry whose value matches; returns how many. */
+  deleteWhere(matches: (value: V) => boolean): number {
+    let dropped = 0;
+    for (const [key, entry] of [...this.entries]) {
+      if (!matches(entry.value)) continue;
+      this.delete(key);
+      dropped++;
+    }
+    return dropped;
+  }
+
   clear(): void {
     for (const key of [...this.entries.keys()]) this.delete(key);
   }
