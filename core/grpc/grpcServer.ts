@@ -125,7 +125,12 @@ function serveCall(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, rout
   if (timeoutMs === null) return respondStatus(stream, 'INVALID_ARGUMENT', `grpc-timeout ${timeout} is malformed`);
 
   const reader = new MessageReader(maxRequestBytes, admit && ((bytes) => admit(headers[':path'] ?? '', bytes)));
-  stream.once('close', () => reader.release());
+  // Admitted bytes come back when the handler is done, even if the caller went away before:
+  // a cancelled call still holds its request until then.
+  let handling = false;
+  stream.once('close', () => {
+    if (!handling) reader.release();
+  });
   stream.on('data', (chunk: Buffer) => {
     const refusal = reader.push(chunk);
     if (!refusal) return;
@@ -144,17 +149,22 @@ function serveCall(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, rout
       return respondStatus(stream, 'INVALID_ARGUMENT', `the request is not a valid ${route.input.typeName}`);
     }
     const deadline = timeoutMs === undefined ? undefined : setTimeout(() => respondStatus(stream, 'DEADLINE_EXCEEDED', 'the call took longer than its grpc-timeout'), timeoutMs);
-    route.handler(request).then(
-      (response) => {
-        clearTimeout(deadline);
-        respondMessage(stream, toBinary(route.output, response));
-      },
-      (err: unknown) => {
-        clearTimeout(deadline);
-        const status = grpcStatusOf(err);
-        respondStatus(stream, status.code, status.message);
-      },
-    );
+    handling = true;
+    const release = (): void => reader.release();
+    route
+      .handler(request)
+      .then(
+        (response) => {
+          clearTimeout(deadline);
+          respondMessage(stream, toBinary(route.output, response));
+        },
+        (err: unknown) => {
+          clearTimeout(deadline);
+          const status = grpcStatusOf(err);
+          respondStatus(stream, status.code, status.message);
+        },
+      )
+      .then(release, release);
   });
 }
 

@@ -375,12 +375,15 @@ describe('CSI provider: HSM-backed objects in pod volumes, end to end', function
     let child: CsiProviderProcess;
     let childClient: UnaryClient<(typeof CSIDriverProvider)['method']>;
     let webKey: Buffer;
+    /** Over the process's life, and in the current test. */
     let peakRssMiB = 0;
+    let testPeakRssMiB = 0;
 
     const rssMiB = (): number => {
       const status = readFileSync(`/proc/${child.process.pid}/status`, 'utf8');
       const mib = Number(/^VmRSS:\s+(\d+) kB$/m.exec(status)?.[1]) / 1024;
       peakRssMiB = Math.max(peakRssMiB, mib);
+      testPeakRssMiB = Math.max(testPeakRssMiB, mib);
       return mib;
     };
     /** web's own small Mount, as the driver sends it: served, with web's data key. */
@@ -414,14 +417,18 @@ describe('CSI provider: HSM-backed objects in pod volumes, end to end', function
       console.error(`      provider process: peak RSS ${peakRssMiB.toFixed(1)} MiB`);
     });
 
-    it('costs a caller without a valid token only its bytes: 400 distinct 240 KiB objects lists with made-up tokens leave nothing behind', async function () {
+    beforeEach(() => {
+      testPeakRssMiB = 0;
+    });
+
+    it('costs a caller without a valid token only its bytes: 400 distinct 200 KiB objects lists with made-up tokens leave nothing behind', async function () {
       this.timeout(60_000);
       const started = Date.now();
       const [header, payload] = webToken.token.split('.');
       const codes = new Map<string, number>();
       await flood(400, 8, async (i) => {
         // A well-formed list whose YAML is large and distinct: a comment after one small object.
-        const objects = `${publicKeyObject}# ${noise(240 * 1024)}\n`;
+        const objects = `${publicKeyObject}# ${noise(200 * 1024)}\n`;
         const madeUp = { token: `${header}.${payload}.${randomBytes(256).toString('base64url')}`, expirationTimestamp: webToken.expirationTimestamp };
         const response = await childClient.mount(driverMountRequest(web, { objects, tokens: { [audience]: madeUp } }));
         const code = response.error?.code ?? 'served';
@@ -429,10 +436,10 @@ describe('CSI provider: HSM-backed objects in pod volumes, end to end', function
         rssMiB();
         if (i % 50 === 0) await legitimateMount();
       });
-      console.error(`      400 unauthenticated 240 KiB requests in ${((Date.now() - started) / 1000).toFixed(1)} s; RSS now ${rssMiB().toFixed(1)} MiB, peak ${peakRssMiB.toFixed(1)} MiB`);
+      console.error(`      400 unauthenticated 200 KiB requests in ${((Date.now() - started) / 1000).toFixed(1)} s; RSS now ${rssMiB().toFixed(1)} MiB, peak ${testPeakRssMiB.toFixed(1)} MiB`);
       assert.deepEqual(Object.fromEntries(codes), { TokenNotAuthenticated: 400 });
       assert.ok(child.process.running, 'the provider is up');
-      assert.ok(peakRssMiB < rssLimitMiB, `peak RSS ${peakRssMiB.toFixed(1)} MiB is under ${rssLimitMiB} MiB`);
+      assert.ok(testPeakRssMiB < rssLimitMiB, `peak RSS ${testPeakRssMiB.toFixed(1)} MiB is under ${rssLimitMiB} MiB`);
       await legitimateMount();
     });
 
@@ -473,12 +480,12 @@ describe('CSI provider: HSM-backed objects in pod volumes, end to end', function
         await probing;
       }
       console.error(
-        `      120 near-1 MiB Mounts in 3 bursts of 40: ${JSON.stringify(Object.fromEntries(codes))}, ${probes} small Mounts served meanwhile, in ${((Date.now() - started) / 1000).toFixed(1)} s; peak RSS ${peakRssMiB.toFixed(1)} MiB`,
+        `      120 near-1 MiB Mounts in 3 bursts of 40: ${JSON.stringify(Object.fromEntries(codes))}, ${probes} small Mounts served meanwhile, in ${((Date.now() - started) / 1000).toFixed(1)} s; peak RSS ${testPeakRssMiB.toFixed(1)} MiB`,
       );
       assert.deepEqual([...codes.keys()].sort(), ['Overloaded', 'served'], 'served within the budget, Overloaded past it');
       assert.ok(probes > 0, "web's small Mounts were served during the bursts");
       assert.ok(child.process.running, 'the provider is up');
-      assert.ok(peakRssMiB < rssLimitMiB, `peak RSS ${peakRssMiB.toFixed(1)} MiB is under ${rssLimitMiB} MiB`);
+      assert.ok(testPeakRssMiB < rssLimitMiB, `peak RSS ${testPeakRssMiB.toFixed(1)} MiB is under ${rssLimitMiB} MiB`);
       const text = await (await fetch(`${child.metricsUrl}/metrics`)).text();
       assert.match(text, /keyward_csi_mounts_total\{result="failed",code="Overloaded"\} [1-9]/);
       assert.match(text, /keyward_csi_in_flight_request_bytes 0$/m, 'every admitted byte released');

@@ -42,9 +42,10 @@ export const admissionRefusalCodes = ['Overloaded'] as const;
  * Request bytes held at once, provider-wide, from the moment a message's length is read until its
  * call is answered. A Mount holds several times its size in memory while read and parsed (the
  * message, its decoded strings, the attributes' JSON, the YAML's objects); the 100 MiB DaemonSet
- * limit holds the process, its caches and about this many request bytes at work.
+ * limit holds the process, its caches and about this many request bytes at work (measured in
+ * provider/csi/README.md, Memory): two of the largest requests, or hundreds of usual ones.
  */
-export const defaultMaxInFlightBytes = 4 * 1024 * 1024;
+export const defaultMaxInFlightBytes = 2 * 1024 * 1024;
 
 export interface MountAdmissionDeps {
   audit: AuditLog;
