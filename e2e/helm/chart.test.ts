@@ -765,7 +765,7 @@ describe('Helm chart charts/keyward', function () {
       assert.equal(spec?.volumes?.find((v) => v.name === 'provider-dir')?.hostPath?.path, '/etc/kubernetes/secrets-store-csi-providers');
       assert.equal(container?.volumeMounts?.find((m) => m.name === 'provider-dir')?.mountPath, '/etc/kubernetes/secrets-store-csi-providers');
       assert.equal(container?.ports?.[0]?.containerPort, 9477);
-      assert.deepEqual(container?.env?.[0], { name: 'KEYWARD_LOG_LEVEL', value: 'debug' });
+      assert.deepEqual(container?.env?.find((e) => e.name === 'KEYWARD_LOG_LEVEL'), { name: 'KEYWARD_LOG_LEVEL', value: 'debug' });
     });
 
     it('refuses wrong values in helm template, naming the field: values.schema.json', async () => {
