@@ -57,6 +57,7 @@ csi-provider options (the apiserver from KUBECONFIG, or in-cluster):
   --token-review-ttl SECONDS  how long a TokenReview is reused, at most the token's life (default 300)
   --material-ttl SECONDS how long a derived key or opened secret is kept in memory (default 300)
   --ring-refresh SECONDS how often rings are re-read from the HSM while mounts arrive (default 2)
+  --max-in-flight-mib MIB  request bytes handled at once; past it a Mount is refused as Overloaded (default 2)
 
 operator options (the apiserver from KUBECONFIG, or in-cluster):
   --metrics-address H:P  /metrics, /healthz, /livez listener (default 127.0.0.1:9465)
@@ -243,12 +244,15 @@ async function csiProvider(args: string[]): Promise<void> {
     'token-review-ttl': { type: 'string', default: '300' },
     'material-ttl': { type: 'string', default: '300' },
     'ring-refresh': { type: 'string', default: '2' },
+    'max-in-flight-mib': { type: 'string', default: '2' },
   });
   if (!values.audience) throw new KeywardError('InvalidArgument', '--audience must not be empty');
   if (!values['node-name']) throw new KeywardError('InvalidArgument', '--node-name (or NODE_NAME) is required: the provider watches its node\'s pods');
   const tokenReviewTtlMs = secondsOption(values['token-review-ttl'], 'token-review-ttl', 1, 3600);
   const materialTtlMs = secondsOption(values['material-ttl'], 'material-ttl', 1, 3600);
   const ringRefreshMs = secondsOption(values['ring-refresh'], 'ring-refresh', 0.1, 60);
+  const inFlightMib = Number(values['max-in-flight-mib']);
+  if (!(Number.isInteger(inFlightMib) && inFlightMib >= 1 && inFlightMib <= 16)) throw new KeywardError('InvalidArgument', '--max-in-flight-mib must be a whole number from 1 to 16');
   const { startCsiProvider } = await import('../provider/csi/csiProvider.js');
   const log = createLogger('csi-provider');
   const provider = await startCsiProvider(
@@ -264,6 +268,7 @@ async function csiProvider(args: string[]): Promise<void> {
       tokenReviewTtlMs,
       materialTtlMs,
       ringRefreshMs,
+      maxInFlightBytes: inFlightMib * 1024 * 1024,
     },
     log,
   );

@@ -631,6 +631,7 @@ describe('Helm chart charts/keyward', function () {
         '--token-review-ttl=300',
         '--material-ttl=300',
         '--ring-refresh=2',
+        '--max-in-flight-mib=2',
       ];
       assert.deepEqual(container?.args, flags);
       // The driver dials <provider-volume>/keyward.sock on the node: the same path in the pod.
