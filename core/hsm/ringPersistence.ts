@@ -2,6 +2,7 @@
 // need no token. Per ring a private data object (read only after login, labelled with the opaque
 // ring id) holding its RingState; per version the key objects of the ring's algorithm: an AES-256-GCM
 // or HMAC-SHA-384 key, or an ECDSA P-384 key pair whose halves share the version's label and id.
+import { randomUUID } from 'node:crypto';
 import pkcs11js from 'pkcs11js';
 import { KeywardError } from '../errors.js';
 import { generateAesKey } from './aesGcm.js';
@@ -72,9 +73,11 @@ export class RingPersistence {
     return this.token.withSession((session) => {
       const existing = this.readStates(session, ring.ringId);
       const newest = existing[0]?.state.revision;
-      if (newest === undefined) throw new KeywardError('NotFound', `ring id ${ring.ringId} vanished from the HSM`);
-      if (newest !== ring.revision) throw changedConcurrently(ring.ringId);
-      const next = { ...ring, revision: newest + 1 };
+      // Ring state is never removed: none found means another writer's replacement is in flight.
+      if (newest === undefined) throw changedConcurrently(ring.ringId);
+      // The revision number alone is not enough: a withdrawn write (below) may have carried it.
+      if (newest !== ring.revision || existing[0]?.state.writeId !== ring.writeId) throw changedConcurrently(ring.ringId);
+      const next = { ...ring, revision: newest + 1, writeId: randomUUID() };
       const written = this.writeState(session, next);
       // Another process may have passed the same check meanwhile: whoever finds a second object of
       // the new revision withdraws its own, so at most one write of a revision stands.
@@ -85,10 +88,19 @@ export class RingPersistence {
         throw changedConcurrently(ring.ringId);
       }
       this.cache.replaceStates(ring.ringId, [written, ...existing.map(({ handle }) => handle)]);
-      for (const { handle } of existing) this.token.pkcs11.C_DestroyObject(session, handle);
+      for (const { handle } of existing) this.destroyIfPresent(session, handle);
       this.cache.replaceStates(ring.ringId, [written]);
       return next;
     });
+  }
+
+  /** Destroys an older revision, unless another writer's save removed it first. */
+  private destroyIfPresent(session: Handle, handle: Handle): void {
+    try {
+      this.token.pkcs11.C_DestroyObject(session, handle);
+    } catch (err) {
+      if (pkcs11Code(err) !== pkcs11js.CKR_OBJECT_HANDLE_INVALID) throw err;
+    }
   }
 
   /** The key of one version to compute with (the private key of a key pair), or undefined when it is gone. */
@@ -214,12 +226,22 @@ export class RingPersistence {
       { type: pkcs11js.CKA_APPLICATION, value: ringApplication },
     ];
     if (ringId !== undefined) template.push({ type: pkcs11js.CKA_LABEL, value: ringObjectLabel(ringId) });
-    return this.findObjects(session, template)
-      .map((handle) => {
-        const { label, value } = this.readStateObject(session, handle);
-        return { handle, state: parseRingState(value, ringIdOfLabel(label)) };
-      })
-      .sort((a, b) => b.state.revision - a.state.revision);
+    // An object gone between the search and its read is an older revision another writer removed
+    // after adding the next; that one may have been missed, so a few more searches are made.
+    for (let attempt = 1; ; attempt++) {
+      let vanished = false;
+      const found = this.findObjects(session, template).flatMap((handle) => {
+        try {
+          const { label, value } = this.readStateObject(session, handle);
+          return [{ handle, state: parseRingState(value, ringIdOfLabel(label)) }];
+        } catch (err) {
+          if (!isStaleHandle(err)) throw err;
+          vanished = true;
+          return [];
+        }
+      });
+      if (!vanished || attempt === 3) return found.sort((a, b) => b.state.revision - a.state.revision);
+    }
   }
 
   /** The states behind handles seen before, or undefined when one is gone or is no longer the ring's. */

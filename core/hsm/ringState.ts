@@ -39,6 +39,8 @@ export interface RingState {
   ringId: string;
   /** Bumped on every write; the HSM object with the highest revision is the ring's state. */
   revision: number;
+  /** Random per write, so a writer knows the state it read is the one still standing (ringPersistence). */
+  writeId?: string;
   name: string;
   /** Empty for rings made with the CLI outside any namespace. */
   namespace: string;
