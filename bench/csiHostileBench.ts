@@ -13,7 +13,7 @@ import { keepAliveApiClient } from '../core/kube/keepAliveApiClient.js';
 import { csiProviderNodeFlags } from '../e2e/csi/csiProviderProcess.js';
 import { installCrds } from '../e2e/operator/crds.js';
 import { CSIDriverProvider } from '../proto/gen/csi/v1alpha1/service_pb.js';
-import { trackDirectory } from '../testbed/control-plane/componentProcess.js';
+import { logTail, trackDirectory } from '../testbed/control-plane/componentProcess.js';
 import { startControlPlane, type ControlPlane } from '../testbed/control-plane/controlPlane.js';
 import { grpcClient } from '../testbed/grpcClient.js';
 import { appServiceAccount, createPods, createPolicies, createRings, namespace, providerKubeconfig, startProvider, type DriverRequest, type ProviderProcess } from './csiWorkload.js';
@@ -30,6 +30,10 @@ const legitRate = envNumber('LEGIT_RATE', 20);
 const workers = envNumber('WORKERS', 4);
 const burst = envNumber('BURST', 30);
 const targets = { rssMib: 100, legitP99Ms: 50 };
+/** The chart's Node flags, or KEYWARD_BENCH_PROVIDER_NODE_FLAGS to try others. */
+const providerNodeFlags = process.env.KEYWARD_BENCH_PROVIDER_NODE_FLAGS?.split(/\s+/).filter(Boolean) ?? csiProviderNodeFlags;
+/** The pods are on the provider's node, so it sees them deleted. */
+const nodeName = 'bench-node';
 const progress = (line: string): void => console.error(`[bench:csi-hostile] ${line}`);
 
 async function main(): Promise<void> {
@@ -50,10 +54,10 @@ async function main(): Promise<void> {
     const kubeconfigPath = await providerKubeconfig(cp, dir);
     const pods = (prefix: string, count: number): { name: string; serviceAccount: string; ciphertext: Buffer }[] =>
       Array.from({ length: count }, (_, i) => ({ name: `${prefix}-${i}`, serviceAccount: appServiceAccount, ciphertext: sealed.app }));
-    const live = await createPods(core, pods('live', livePods), 'live pods', { concurrency: 8, progress });
-    const gone = await createPods(core, pods('gone', deletedPods), 'pods to delete', { concurrency: 8, progress });
+    const live = await createPods(core, pods('live', livePods), 'live pods', { concurrency: 8, progress, nodeName });
+    const gone = await createPods(core, pods('gone', deletedPods), 'pods to delete', { concurrency: 8, progress, nodeName });
 
-    provider = await startProvider({ hsm, kubeconfigPath, dir, name: 'provider', settings: { tokenReviewTtlS: 300, materialTtlS: 300, ringRefreshS: 2 }, nodeFlags: csiProviderNodeFlags });
+    provider = await startProvider({ hsm, kubeconfigPath, dir, name: 'provider', settings: { tokenReviewTtlS: 300, materialTtlS: 300, ringRefreshS: 2 }, nodeFlags: providerNodeFlags, nodeName });
     // The doomed pods are served once, as their kubelet would have, so their reviews are cached; then they go.
     const driver = grpcClient(CSIDriverProvider, `unix:${provider.socketPath}`);
     try {
@@ -85,6 +89,7 @@ async function main(): Promise<void> {
     ]);
     const peakMib = peak();
     const survived = provider.process.running;
+    if (!survived) progress(`the provider died; the end of its log:\n${logTail(provider.logFile)}`);
     const legitFailures = Object.values(report.legit_failures as Record<string, number>).reduce((a, b) => a + b, 0);
     const legitP99 = (report.legit as { p99_ms: number }).p99_ms;
     emit({

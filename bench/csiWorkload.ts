@@ -110,7 +110,7 @@ export async function createPods(
   core: CoreV1Api,
   specs: { name: string; serviceAccount: string; ciphertext: Buffer }[],
   what: string,
-  options: { concurrency: number; progress: (line: string) => void },
+  options: { concurrency: number; progress: (line: string) => void; nodeName?: string },
 ): Promise<DriverRequest[]> {
   const { progress } = options;
   const requests: DriverRequest[] = new Array<DriverRequest>(specs.length);
@@ -121,7 +121,7 @@ export async function createPods(
     while (next < specs.length) {
       const index = next++;
       const spec = specs[index]!;
-      const pod: TestPod = await createPod(core, namespace, spec.name, spec.serviceAccount);
+      const pod: TestPod = await createPod(core, namespace, spec.name, spec.serviceAccount, options.nodeName);
       const token = await podToken(core, pod, audience);
       const request = driverMountRequest(pod, { objects: objectsYaml(spec.ciphertext), tokens: { [audience]: token } });
       requests[index] = { attributes: request.attributes ?? '', secrets: request.secrets ?? 'null', target_path: request.targetPath ?? '', permission: request.permission ?? '420' };
@@ -135,7 +135,7 @@ export async function createPods(
 
 /**
  * A client certificate for the provider with only what the chart gives its DaemonSet's
- * ServiceAccount: create TokenReviews, list and watch KeyPolicies. Written as a kubeconfig file for KUBECONFIG.
+ * ServiceAccount: create TokenReviews, list and watch KeyPolicies and pods. Written as a kubeconfig file for KUBECONFIG.
  */
 export async function providerKubeconfig(cp: ControlPlane, dir: string): Promise<string> {
   const rbac = cp.kubeConfig.makeApiClient(RbacAuthorizationV1Api);
@@ -145,6 +145,7 @@ export async function providerKubeconfig(cp: ControlPlane, dir: string): Promise
       rules: [
         { apiGroups: ['authentication.k8s.io'], resources: ['tokenreviews'], verbs: ['create'] },
         { apiGroups: ['keyward.dev'], resources: ['keypolicies'], verbs: ['list', 'watch'] },
+        { apiGroups: [''], resources: ['pods'], verbs: ['list', 'watch'] },
       ],
     },
   });
@@ -179,6 +180,8 @@ export async function startProvider(options: {
   name: string;
   settings: ProviderSettings;
   nodeFlags: string[];
+  /** The node whose pods the provider watches (pods created with this nodeName). */
+  nodeName?: string;
 }): Promise<ProviderProcess> {
   const { settings, name } = options;
   const dir = join(options.dir, name);
@@ -189,6 +192,7 @@ export async function startProvider(options: {
     dir,
     audience,
     nodeFlags: options.nodeFlags,
+    nodeName: options.nodeName,
     flags: [`--token-review-ttl=${settings.tokenReviewTtlS}`, `--material-ttl=${settings.materialTtlS}`, `--ring-refresh=${settings.ringRefreshS}`],
     readyTimeoutMs: 60_000,
   });

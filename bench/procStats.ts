@@ -26,14 +26,23 @@ export function memoryMib(pid: number): { rss: number; anon: number; file: numbe
   return { rss: kib('VmRSS') / 1024, anon: kib('RssAnon') / 1024, file: kib('RssFile') / 1024 };
 }
 
-/** Samples RSS every `everyMs` until the returned function is called; it returns the peak seen. */
+/**
+ * Samples RSS every `everyMs` until the returned function is called; it returns the peak seen
+ * while the process lived (a process that died stops the sampling, it does not fail it).
+ */
 export function watchPeakRss(pid: number, everyMs = 200): () => number {
   let peak = rssMib(pid);
-  const timer = setInterval(() => {
-    peak = Math.max(peak, rssMib(pid));
-  }, everyMs);
+  const sample = (): void => {
+    try {
+      peak = Math.max(peak, rssMib(pid));
+    } catch {
+      clearInterval(timer);
+    }
+  };
+  const timer = setInterval(sample, everyMs);
   return () => {
     clearInterval(timer);
-    return Math.max(peak, rssMib(pid));
+    sample();
+    return peak;
   };
 }
