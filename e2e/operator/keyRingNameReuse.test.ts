@@ -1,7 +1,8 @@
 // A KeyRing deleted and created again under the same name, with the operator process on a real
 // control plane and SoftHSM2: the KMS plugin (running, and restarted), `keyward encrypt` and the
 // CSI provider's key material all take the name to the new KeyRing's ring, and no component uses a
-// ring nobody manages. Also: a corrupt ring state object surfaces on its KeyRing, in the log and metrics.
+// ring nobody manages; what the old ring sealed stays readable while its keys are kept. Also: a
+// corrupt ring state object surfaces on its KeyRing, in the log and metrics.
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -17,6 +18,8 @@ import { keyRingResource, type KeyRing, type KeyRingSpec } from '../../core/api/
 import { KeyMaterial } from '../../provider/csi/keyMaterial.js';
 import { eventually } from '../../testbed/eventually.js';
 import { startControlPlane, type ControlPlane } from '../../testbed/control-plane/controlPlane.js';
+import { KeyManagementService } from '../../proto/gen/kms/v2/api_pb.js';
+import { grpcClient, type UnaryClient } from '../../testbed/grpcClient.js';
 import { keywardCli, kmsStatus, startKmsPluginProcess, type KmsPluginProcess } from '../kms/kmsPluginProcess.js';
 import { approvedDestruction } from './approvedDestruction.js';
 import { installCrds } from './crds.js';
@@ -92,6 +95,15 @@ describe('KeyRing name reuse: every component takes a re-created KeyRing name to
     return { ringId: ring.ringId, plaintext: (await material.secret(ring, sealed, calls)).plaintext.toString() };
   };
   const status = () => kmsStatus(join(dir, 'kms.sock'));
+  /** A call to the plugin, as kube-apiserver makes it. */
+  const kms = async <T>(call: (client: UnaryClient<(typeof KeyManagementService)['method']>) => Promise<T>): Promise<T> => {
+    const client = grpcClient(KeyManagementService, `unix:${join(dir, 'kms.sock')}`);
+    try {
+      return await call(client);
+    } finally {
+      client.close();
+    }
+  };
 
   for (const deletionPolicy of ['Retain', 'Destroy'] as const) {
     it(`with deletionPolicy ${deletionPolicy}: the old ring is served by nothing, the new one by all`, async () => {
@@ -104,6 +116,10 @@ describe('KeyRing name reuse: every component takes a re-created KeyRing name to
       assert.equal((await status()).keyId, firstKeyId);
       const sealedFirst = keywardEncrypt(name, 'first').sealed;
       assert.ok(sealedFirst);
+      // A DEK seed kube-apiserver stored in etcd under the first KeyRing.
+      const seed = Buffer.from('a DEK seed written before the re-create');
+      const stored = await kms((c) => c.encrypt({ plaintext: seed, uid: 'before' }));
+      assert.equal(stored.keyId, firstKeyId);
       assert.deepEqual(await providerOpens(name, sealedFirst), { ringId: firstUid, plaintext: 'first' });
 
       await deleteKeyRing(name);
@@ -121,6 +137,14 @@ describe('KeyRing name reuse: every component takes a re-created KeyRing name to
       await plugin.process.stop();
       plugin = await startKmsPluginProcess({ hsm, ringName: name, ringNamespace: namespace, dir });
       assert.deepEqual([(await status()).healthz, (await status()).keyId], ['ok', secondKeyId], 'a restarted plugin serves the new ring');
+      assert.equal((await kms((c) => c.encrypt({ plaintext: seed, uid: 'after' }))).keyId, secondKeyId, 'new data is sealed under the new ring');
+      const reading = kms((c) => c.decrypt({ ciphertext: stored.ciphertext, keyId: stored.keyId, uid: 'read', annotations: stored.annotations }));
+      if (deletionPolicy === 'Retain') {
+        // What the old ring sealed stays readable while its keys are kept: the etcd data is not lost.
+        assert.deepEqual(Buffer.from((await reading).plaintext), seed);
+      } else {
+        await assert.rejects(reading, (err: { code: number; details: string }) => err.code === 9 && /DestroyScheduled; it may not decrypt/.test(err.details));
+      }
       const sealedSecond = keywardEncrypt(name, 'second').sealed;
       assert.ok(sealedSecond);
       assert.deepEqual(await providerOpens(name, sealedSecond), { ringId: secondUid, plaintext: 'second' }, 'keyward encrypt seals under the ring the provider opens with');

@@ -129,8 +129,10 @@ export function kmsHandlers(deps: KmsServiceDeps): UnaryHandlers<(typeof KeyMana
           await view.refresh();
           snapshot = view.usableSnapshot();
         }
-        const entry = snapshot.byKeyId.get(keyId);
-        Object.assign(note, { ring: snapshot.ring.name, ringId: snapshot.ring.ringId });
+        const current = snapshot.byKeyId.get(keyId);
+        // Not a version of the ring: perhaps of one that held its name before (ringView.ts).
+        const { ring, view: entry } = current ? { ring: snapshot.ring, view: current } : ((await view.releasedVersion(keyId)) ?? { ring: snapshot.ring, view: undefined });
+        Object.assign(note, { ring: ring.name, ringId: ring.ringId });
         if (!entry) throw new KeywardError('NotFound', 'key_id names no version of this ring');
         note.keyVersion = entry.version.number;
         if (parsed.keyVersion !== entry.version.number) {

@@ -37,8 +37,19 @@ export interface RingViewOptions {
   healthTtlMs?: number;
 }
 
+/** A version of a ring released from the plugin's ring name: for Decrypt of what it sealed, only. */
+export interface ReleasedVersion {
+  ring: RingState;
+  view: VersionView;
+}
+
+/** Released versions looked up, at most: a lookup searches the token, so its answer is kept. */
+const maxReleasedVersions = 64;
+
 export class RingView {
   private current: RingSnapshot | undefined;
+  private released = new Map<string, ReleasedVersion | undefined>();
+  private releasedSessions = '';
   private lastHealth: RingHealth = { ok: false, reason: 'not checked yet', checkedAt: 0 };
   private timer: NodeJS.Timeout | undefined;
   private refreshing: Promise<void> | undefined;
@@ -92,6 +103,34 @@ export class RingView {
       return { ok: false, reason: 'HSM health check is overdue', checkedAt: h.checkedAt };
     }
     return h;
+  }
+
+  /**
+   * A version, named by its key id, of a ring that held this plugin's ring name before the name
+   * passed to a new KeyRing's ring. Encryption only ever uses the ring holding the name; what the
+   * old ring sealed stays readable while its keys are kept (deletionPolicy Retain), so Secrets
+   * written before the KeyRing was re-created are not lost.
+   */
+  async releasedVersion(keyId: string): Promise<ReleasedVersion | undefined> {
+    if (!('name' in this.ref)) return undefined;
+    if (this.releasedSessions !== this.token.sessionGeneration) {
+      this.released = new Map();
+      this.releasedSessions = this.token.sessionGeneration;
+    }
+    if (this.released.has(keyId)) return this.released.get(keyId);
+    const { name, namespace = '' } = this.ref;
+    let found: ReleasedVersion | undefined;
+    for (const ring of await this.store.list()) {
+      if (ring.released === undefined || ring.name !== name || ring.namespace !== namespace) continue;
+      const version = ring.versions.find((v) => v.keyId === keyId);
+      if (!version) continue;
+      const handle = version.state === 'Destroyed' ? undefined : await this.store.keyHandle(ring.ringId, version.number);
+      found = { ring, view: { version, handle } };
+      break;
+    }
+    if (this.released.size >= maxReleasedVersions) this.released.delete(this.released.keys().next().value as string);
+    this.released.set(keyId, found);
+    return found;
   }
 
   /** Refreshes now; concurrent callers share one refresh. */
