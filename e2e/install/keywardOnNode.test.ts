@@ -210,13 +210,19 @@ describe('Keyward installed on a real node (helm, static KMS plugin, Secrets Sto
     const ring = shop.secretRing;
     const before = await primaryVersion(node, shop.namespace, ring);
     const versionsBefore = await node.kubectl(['-n', shop.namespace, 'get', 'keyring', ring, '-o', 'jsonpath={.status.versions[*].state}']);
+    const operatorPod = 'app.kubernetes.io/component=operator';
+    const restarts = async (): Promise<number> =>
+      Number((await node.kubectl(['get', 'pods', '-n', releaseNamespace, '-l', operatorPod, '-o', 'jsonpath={.items[0].status.containerStatuses[0].restartCount}'])) || 0);
+    const restartsBefore = await restarts();
     await node.kubectl(['-n', shop.namespace, 'patch', 'keyring', ring, '--type=merge', '-p', `{"spec":{"rotationRequest":"during-crash-${Date.now()}"}}`]);
     killContainerProcess('operator');
     await assert.rejects(
       node.kubectl(['-n', shop.namespace, 'patch', 'keyring', ring, '--type=merge', '-p', '{"spec":{"rotationRequest":"while-down"}}']),
       /webhook/,
     );
-    await waitPodReady(node, releaseNamespace, 'app.kubernetes.io/component=operator', 120_000);
+    // Ready again only counts once the kubelet has seen the kill: the pod reads Ready until then.
+    await eventually('the operator container restarted', 120_000, async () => ((await restarts()) > restartsBefore ? true : undefined), 500);
+    await waitPodReady(node, releaseNamespace, operatorPod, 120_000);
     await eventually('the rotation done', 60_000, async () => ((await primaryVersion(node, shop.namespace, ring)) === before + 1 ? true : undefined), 1000);
     await waitKeyRingReady(node, shop.namespace, ring);
     assert.equal(await primaryVersion(node, shop.namespace, ring), before + 1, 'rotated exactly once');
