@@ -277,11 +277,24 @@ export function parseMountObjects(envelope: Pick<MountEnvelope, 'objectsYaml' | 
     const cacheKey = objectsYaml === undefined ? undefined : createHash('sha256').update(`${defaultMode}\0`).update(objectsYaml).digest('base64url');
     let objects = cacheKey === undefined ? undefined : objectsCache?.get(cacheKey);
     if (!objects) {
-      objects = parseObjects(objectsYaml, defaultMode).map((object) => Object.freeze(object));
+      objects = parseObjects(objectsYaml, defaultMode).map((object) => Object.freeze(withOwnStrings(object)));
       if (cacheKey !== undefined) objectsCache?.set(cacheKey, objects);
     }
     return { ok: true, objects };
   });
+}
+
+/**
+ * The object with a copy of each of its strings. V8 keeps a substring as a slice of the string it
+ * was cut from, so the names and paths js-yaml cuts from the YAML would keep the whole text (up
+ * to 256 KiB a request) alive in the cache, unseen by its byte bound.
+ */
+function withOwnStrings<T extends object>(object: T): T {
+  const copy = { ...object };
+  for (const [key, value] of Object.entries(copy)) {
+    if (typeof value === 'string') (copy as Record<string, unknown>)[key] = Buffer.from(value, 'utf8').toString('utf8');
+  }
+  return copy;
 }
 
 /**
