@@ -17,7 +17,6 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -166,7 +165,6 @@ type results struct {
 	latencies []time.Duration
 	calls     int
 	failures  map[string]int
-	hostile   map[string]map[string]int
 }
 
 func (r *results) legit(d time.Duration, code string) {
@@ -178,18 +176,6 @@ func (r *results) legit(d time.Duration, code string) {
 		return
 	}
 	r.latencies = append(r.latencies, d)
-}
-
-func (r *results) hostileOutcome(kind, code string) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.hostile[kind] == nil {
-		r.hostile[kind] = map[string]int{}
-	}
-	if code == "" {
-		code = "SERVED"
-	}
-	r.hostile[kind][code]++
 }
 
 type report struct {
@@ -221,7 +207,8 @@ func main() {
 		wire.Fail(name, "the first legitimate Mount was refused: %s", code)
 	}
 
-	r := &results{failures: map[string]int{}, hostile: map[string]map[string]int{}}
+	r := &results{failures: map[string]int{}}
+	hostile := wire.NewOutcomes()
 	end := time.Now().Add(o.duration)
 	var wg sync.WaitGroup
 
@@ -252,7 +239,11 @@ func main() {
 		bursty[i] = newTemplate(nearLimit(r))
 	}
 	mount := func(conn *grpc.ClientConn, kind string, req []byte) {
-		r.hostileOutcome(kind, wire.Mount(conn, req, callTimeout, expectFiles))
+		code := wire.Mount(conn, req, callTimeout, expectFiles)
+		if code == "" {
+			code = "SERVED"
+		}
+		hostile.Add(kind, code)
 	}
 	attacks := []func(conn *grpc.ClientConn, i int){
 		func(c *grpc.ClientConn, i int) {
@@ -293,7 +284,7 @@ func main() {
 			defer wg.Done()
 			conn, err := wire.DialCSIProvider(o.socket)
 			if err != nil {
-				r.hostileOutcome("worker", "client_error")
+				hostile.Add("worker", "client_error")
 				return
 			}
 			defer conn.Close()
@@ -304,31 +295,15 @@ func main() {
 	}
 	wg.Wait()
 
-	sort.Slice(r.latencies, func(i, j int) bool { return r.latencies[i] < r.latencies[j] })
-	quantile := func(q float64) time.Duration {
-		if len(r.latencies) == 0 {
-			return 0
-		}
-		return r.latencies[min(len(r.latencies)-1, int(q*float64(len(r.latencies))))]
-	}
-	var longest time.Duration
-	if len(r.latencies) > 0 {
-		longest = r.latencies[len(r.latencies)-1]
-	}
-	total := 0
-	for _, outcomes := range r.hostile {
-		for _, n := range outcomes {
-			total += n
-		}
-	}
+	counts, total := hostile.Report()
 	wire.PrintReport(name, report{
 		Bench:         "csi-hostile",
 		Label:         o.label,
 		DurationS:     o.duration.Seconds(),
 		LegitCalls:    r.calls,
 		LegitFailures: r.failures,
-		Legit:         wire.Percentiles(quantile, longest),
+		Legit:         wire.LatencyOf(r.latencies),
 		HostileTotal:  total,
-		Hostile:       r.hostile,
+		Hostile:       counts,
 	})
 }

@@ -16,7 +16,6 @@ import (
 	"flag"
 	"fmt"
 	"net"
-	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -140,20 +139,6 @@ func roundTrip(conn *grpc.ClientConn, l *legit, n int) {
 
 // ---------------------------------------------------------------- hostile load
 
-type tally struct {
-	mu     sync.Mutex
-	counts map[string]map[string]int // kind -> outcome -> count
-}
-
-func (t *tally) add(kind, outcome string) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.counts[kind] == nil {
-		t.counts[kind] = map[string]int{}
-	}
-	t.counts[kind][outcome]++
-}
-
 func outcomeOf(err error) string {
 	if err == nil {
 		return "OK"
@@ -273,7 +258,7 @@ func main() {
 	end := time.Now().Add(o.duration)
 	var wg sync.WaitGroup
 	l := &legit{}
-	t := &tally{counts: map[string]map[string]int{}}
+	t := wire.NewOutcomes()
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -298,35 +283,19 @@ func main() {
 			// Each worker has its own connection, as separate hostile clients would.
 			conn, err := wire.NewClient(target)
 			if err != nil {
-				t.add("worker", "client_error")
+				t.Add("worker", "client_error")
 				return
 			}
 			defer conn.Close()
 			for i := w; time.Now().Before(end); i++ {
 				a := attacks[i%len(attacks)]
-				t.add(a.kind, a.run(conn, target, o.socket))
+				t.Add(a.kind, a.run(conn, target, o.socket))
 			}
 		}(w)
 	}
 	wg.Wait()
 
-	sort.Slice(l.latencies, func(i, j int) bool { return l.latencies[i] < l.latencies[j] })
-	quantile := func(q float64) time.Duration {
-		if len(l.latencies) == 0 {
-			return 0
-		}
-		return l.latencies[min(len(l.latencies)-1, int(q*float64(len(l.latencies))))]
-	}
-	longest := time.Duration(0)
-	if len(l.latencies) > 0 {
-		longest = l.latencies[len(l.latencies)-1]
-	}
-	total := 0
-	for _, outcomes := range t.counts {
-		for _, n := range outcomes {
-			total += n
-		}
-	}
+	hostile, total := t.Report()
 	wire.PrintReport(name, report{
 		Bench:         "kms-hostile",
 		Label:         o.label,
@@ -334,8 +303,8 @@ func main() {
 		LegitCalls:    l.calls,
 		LegitFailures: l.failures,
 		LegitFirst:    l.first,
-		Legit:         wire.Percentiles(quantile, longest),
+		Legit:         wire.LatencyOf(l.latencies),
 		HostileTotal:  total,
-		Hostile:       t.counts,
+		Hostile:       hostile,
 	})
 }
