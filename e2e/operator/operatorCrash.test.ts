@@ -229,6 +229,8 @@ describe('KeyRing operator: SIGKILLed at random points, it loses and duplicates 
       if (driveError) throw driveError;
       const operator = await startOperator();
       await sleep(randomInt(minRunMs, maxRunMs));
+      // Aimed at work in progress: if no step waits on the operator just now, wait briefly for one.
+      for (let waitedMs = 0; inFlight === 0 && waitedMs < 6000; waitedMs += 20) await sleep(20);
       if (inFlight > 0) killsDuringWork += 1;
       operator.process.killNow();
       await operator.process.exitedPromise();
