@@ -46,3 +46,21 @@ func LatencyOf(latencies []time.Duration) Latency {
 	quantile := func(q float64) time.Duration { return latencies[min(len(latencies)-1, int(q*float64(len(latencies))))] }
 	return Percentiles(quantile, latencies[len(latencies)-1])
 }
+
+// Paced calls fn(i) on its own goroutine rate times a second until end, then
+// waits for every call. A ticker keeps the schedule, so the rate does not sag
+// when the server under test is slow.
+func Paced(rate float64, end time.Time, fn func(i int)) {
+	ticker := time.NewTicker(time.Duration(float64(time.Second) / rate))
+	defer ticker.Stop()
+	var inFlight sync.WaitGroup
+	for i := 0; time.Now().Before(end); i++ {
+		inFlight.Add(1)
+		go func(i int) {
+			defer inFlight.Done()
+			fn(i)
+		}(i)
+		<-ticker.C
+	}
+	inFlight.Wait()
+}

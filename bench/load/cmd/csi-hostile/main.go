@@ -215,21 +215,11 @@ func main() {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		ticker := time.NewTicker(time.Duration(float64(time.Second) / o.legitRate))
-		defer ticker.Stop()
-		var inFlight sync.WaitGroup
-		for i := 0; time.Now().Before(end); i++ {
-			req := legit[i%len(legit)].Encode()
-			inFlight.Add(1)
-			go func() {
-				defer inFlight.Done()
-				start := time.Now()
-				code := wire.Mount(driver, req, callTimeout, expectFiles)
-				r.legit(time.Since(start), code)
-			}()
-			<-ticker.C
-		}
-		inFlight.Wait()
+		wire.Paced(o.legitRate, end, func(i int) {
+			start := time.Now()
+			code := wire.Mount(driver, legit[i%len(legit)].Encode(), callTimeout, expectFiles)
+			r.legit(time.Since(start), code)
+		})
 	}()
 
 	unauthenticated := make([]template, len(legit))

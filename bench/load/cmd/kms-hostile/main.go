@@ -262,19 +262,7 @@ func main() {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		// A ticker keeps the schedule: the legitimate rate does not sag when the plugin is slow.
-		ticker := time.NewTicker(time.Duration(float64(time.Second) / o.legitRate))
-		defer ticker.Stop()
-		var inFlight sync.WaitGroup
-		for n := 0; time.Now().Before(end); n++ {
-			inFlight.Add(1)
-			go func(n int) {
-				defer inFlight.Done()
-				roundTrip(apiserver, l, n)
-			}(n)
-			<-ticker.C
-		}
-		inFlight.Wait()
+		wire.Paced(o.legitRate, end, func(n int) { roundTrip(apiserver, l, n) })
 	}()
 	for w := 0; w < o.workers; w++ {
 		wg.Add(1)
