@@ -147,6 +147,8 @@ interface StaticPod {
  * Turns on KMS encryption the way an admin does on a running cluster: the EncryptionConfiguration
  * gets the plugin first (identity stays second, so Secrets written before still read), kube-apiserver
  * restarts with it, and every existing Secret is rewritten so it is stored under the KMS key.
+ * Then it waits for Keyward to serve again: an operator that could not renew its Lease while
+ * kube-apiserver was away has stepped down and is restarted by kubelet, webhook and all.
  */
 export async function enableKmsEncryption(node: TestNode, configDir: string, socketPath: string): Promise<number> {
   // The same file the apiserver was started with (identityEncryptionConfig(configDir)).
@@ -154,6 +156,7 @@ export async function enableKmsEncryption(node: TestNode, configDir: string, soc
   await node.controlPlane.restartApiserver();
   const secrets = JSON.parse(await node.kubectl(['get', 'secrets', '-A', '-o', 'json'])) as { items: unknown[] };
   if (secrets.items.length > 0) await node.kubectl(['replace', '-f', '-'], JSON.stringify({ apiVersion: 'v1', kind: 'List', items: secrets.items }));
+  await waitKeywardReady(node);
   return secrets.items.length;
 }
 
