@@ -3,7 +3,7 @@ import { createHmac, randomBytes } from 'node:crypto';
 import pkcs11js from 'pkcs11js';
 import { KeywardError } from '../errors.js';
 import { aesGcmDecrypt, aesGcmEncrypt, generateAesKey } from './aesGcm.js';
-import { derivedKeyBytes, deriveKey, generateHmacKey } from './hmacDerivation.js';
+import { counterModeInput, counterModeKey, derivedKeyBytes, deriveKey, generateHmacKey } from './hmacDerivation.js';
 import { pkcs11Code, type Handle, type HsmToken } from './hsmToken.js';
 import { WorkingKeys } from './workingKeys.js';
 import { keyAttribute, keyFlag, useSoftHsmToken } from '../../testbed/hsm/softHsmFixture.js';
@@ -75,6 +75,54 @@ describe('HMAC-SHA-384 derivation keys in a real SoftHSM2 token', () => {
     const backing = Buffer.from('xxcontextyy');
     const view = new Uint8Array(backing.buffer, backing.byteOffset + 2, 7);
     assert.deepEqual(await deriveKey(token, known, view), createHmac('sha384', value).update('context').digest());
+  });
+
+  describe('SP 800-108 counter mode', () => {
+    /** K(i) = HMAC-SHA-384(key, [i]_32 || label || 0x00 || context || [L]_32), written out from the standard. */
+    const expected = (value: Buffer, label: string, context: Buffer, length: number): Buffer => {
+      const blocks: Buffer[] = [];
+      for (let i = 1; 48 * (i - 1) < length; i++) {
+        const be32 = (n: number): Buffer => Buffer.from([n >>> 24, (n >>> 16) & 0xff, (n >>> 8) & 0xff, n & 0xff]);
+        blocks.push(createHmac('sha384', value).update(Buffer.concat([be32(i), Buffer.from(label), Buffer.of(0), context, be32(8 * length)])).digest());
+      }
+      return Buffer.concat(blocks).subarray(0, length);
+    };
+
+    it('lays out the PRF input as [i]_32 || label || 0x00 || context || [L]_32', () => {
+      assert.equal(counterModeInput(2, 'ab', Buffer.from([7, 8]), 512).toString('hex'), '00000002' + '6162' + '00' + '0708' + '00000200');
+      assert.throws(() => counterModeInput(1, 'a\0b', Buffer.from('c'), 8), /holds no NUL/);
+      assert.throws(() => counterModeInput(1, '', Buffer.from('c'), 8), /non-empty/);
+    });
+
+    it('computes the blocks in the HSM as Node computes them with the same key, for 1, 2 and 3 blocks', async () => {
+      const value = randomBytes(48);
+      const known = await token.withSession((s) =>
+        token.pkcs11.C_CreateObject(s, [
+          { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_SECRET_KEY },
+          { type: pkcs11js.CKA_KEY_TYPE, value: pkcs11js.CKK_GENERIC_SECRET },
+          { type: pkcs11js.CKA_TOKEN, value: false },
+          { type: pkcs11js.CKA_SIGN, value: true },
+          { type: pkcs11js.CKA_VALUE, value },
+        ]),
+      );
+      const context = Buffer.from('namespace/shop/serviceaccount/app');
+      for (const length of [16, 48, 64, 100]) {
+        const key = await counterModeKey(token, known, 'keyward.dev/test/v1', context, length);
+        assert.equal(key.length, length);
+        assert.deepEqual(key, expected(value, 'keyward.dev/test/v1', context, length), `${length} bytes`);
+      }
+      // L is part of every block: a 64-byte key does not begin with the 48-byte one.
+      const short = await counterModeKey(token, known, 'keyward.dev/test/v1', context, 48);
+      const long = await counterModeKey(token, known, 'keyward.dev/test/v1', context, 64);
+      assert.notDeepEqual(long.subarray(0, 48), short);
+    });
+
+    it('refuses a length out of range', async () => {
+      const key = await generateHmacKey(token, { label: 'k-counter', id: randomBytes(16) });
+      for (const length of [0, -1, 1.5, 1025]) {
+        await assert.rejects(counterModeKey(token, key, 'l', Buffer.from('c'), length), (err) => err instanceof KeywardError && err.code === 'InvalidArgument');
+      }
+    });
   });
 
   it('refuses an empty context, naming it', async () => {

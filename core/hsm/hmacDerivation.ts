@@ -1,6 +1,7 @@
 // HMAC-SHA-384 keys that live in the HSM, for deriving per-workload keys: a derived key is
-// HMAC-SHA-384(version key, context), computed inside the HSM. Keys are generated sensitive and
-// non-extractable like the AES keys (aesGcm.ts): no function here can read a key value.
+// HMAC-SHA-384(version key, context), computed inside the HSM; a key longer than its 48 bytes is
+// made of several such HMACs in SP 800-108 counter mode (counterModeKey). Keys are generated
+// sensitive and non-extractable like the AES keys (aesGcm.ts): no function here can read a key value.
 import pkcs11js from 'pkcs11js';
 import { KeywardError } from '../errors.js';
 import type { AesKeyIdentity as KeyObjectIdentity } from './aesGcm.js';
@@ -51,4 +52,45 @@ export async function deriveKey(token: HsmToken, key: Handle, context: Uint8Arra
     initOperation(() => token.pkcs11.C_SignInit(session, { mechanism: pkcs11js.CKM_SHA384_HMAC }, key), 'an HMAC-SHA-384 derivation key');
     return signOnce(token.pkcs11, session, message, derivedKeyBytes);
   });
+}
+
+/** The longest key counterModeKey makes: a 32-bit counter could go further, but no caller needs more. */
+const maxCounterModeBytes = 1024;
+
+/**
+ * `length` bytes from the KDF in counter mode of NIST SP 800-108r1 (section 4.1), with
+ * HMAC-SHA-384 in the HSM as the PRF: the first `length` bytes of K(1) || K(2) || ..., where
+ * K(i) = HMAC(key, counterModeInput(i, label, context, 8 * length)). For keys longer than one
+ * HMAC output (48 bytes); each block is one deriveKey call. Key material, like deriveKey's.
+ */
+export async function counterModeKey(token: HsmToken, key: Handle, label: string, context: Uint8Array, length: number): Promise<Buffer> {
+  if (!Number.isInteger(length) || length < 1 || length > maxCounterModeBytes) {
+    throw new KeywardError('InvalidArgument', `a counter-mode key is 1 to ${maxCounterModeBytes} bytes; asked for ${length}`);
+  }
+  const out = Buffer.alloc(length);
+  try {
+    for (let i = 1, offset = 0; offset < length; i++, offset += derivedKeyBytes) {
+      const block = await deriveKey(token, key, counterModeInput(i, label, context, 8 * length));
+      block.copy(out, offset, 0, Math.min(derivedKeyBytes, length - offset));
+      block.fill(0);
+    }
+    return out;
+  } catch (err) {
+    out.fill(0); // no half-made key left behind
+    throw err;
+  }
+}
+
+/**
+ * SP 800-108's PRF input for block `i`: [i]_32 || Label || 0x00 || Context || [L]_32, with i and
+ * L (the key's length in bits) big-endian. The 0x00 ends the label, so it may hold no NUL.
+ */
+export function counterModeInput(i: number, label: string, context: Uint8Array, lengthBits: number): Buffer {
+  const labelBytes = Buffer.from(label, 'utf8');
+  if (labelBytes.length === 0 || labelBytes.includes(0)) throw new KeywardError('InvalidArgument', 'a counter-mode label is non-empty and holds no NUL byte');
+  const counter = Buffer.alloc(4);
+  counter.writeUInt32BE(i);
+  const bits = Buffer.alloc(4);
+  bits.writeUInt32BE(lengthBits);
+  return Buffer.concat([counter, labelBytes, Buffer.of(0), context, bits]);
 }
