@@ -1,14 +1,15 @@
-// What the provider reads from the HSM for a mount: rings by name, keys derived for a workload,
-// sealed secrets opened, public keys. Ring states come from one listing of the token, refreshed
-// at most every `ringRefreshMs` (default 2 s) while mounts arrive, so a rotation reaches the next
-// mount within that time and ring lookups cost no HSM call per mount. Derived keys and opened
-// secrets are kept in memory for `materialTtlMs` (default 5 min, never longer), so a workload
-// that remounts every minute costs the HSM about one call per object per TTL; public keys,
-// which are not secret and never change for a version, are kept as long as the version lives.
+// What the provider reads from the HSM for a mount: rings by name, keys derived for a workload
+// (data keys, and volume keys for fscrypt), sealed secrets opened, public keys. Ring states come
+// from one listing of the token, refreshed at most every `ringRefreshMs` (default 2 s) while
+// mounts arrive, so a rotation reaches the next mount within that time and ring lookups cost no
+// HSM call per mount. Derived keys and opened secrets are kept in memory for `materialTtlMs`
+// (default 5 min, never longer), so a workload that remounts every minute costs the HSM about one
+// call per object per TTL; public keys, which are not secret and never change for a version, are
+// kept as long as the version lives.
 import { createHash } from 'node:crypto';
 import { KeywardError } from '../../core/errors.js';
-import { deriveKey } from '../../core/hsm/hmacDerivation.js';
-import { pkcs11Code, type HsmToken } from '../../core/hsm/hsmToken.js';
+import { counterModeKey, deriveKey, derivedKeyBytes } from '../../core/hsm/hmacDerivation.js';
+import { pkcs11Code, type Handle, type HsmToken } from '../../core/hsm/hsmToken.js';
 import { resolveName } from '../../core/hsm/ringLifecycle.js';
 import type { RingStore } from '../../core/hsm/ringStore.js';
 import type { RingState, RingVersion } from '../../core/hsm/ringState.js';
@@ -32,6 +33,20 @@ export interface HsmCallCount {
 /** Bytes of a data key: the first 256 bits of the HMAC-SHA-384 output, an AES-256 key. */
 export const dataKeyBytes = 32;
 const dataKeyDomain = 'keyward.dev/csi/data-key/v1';
+/** Bytes of a volume key: fscrypt v2's AES-256-XTS takes two 256-bit keys. */
+export const volumeKeyBytes = 64;
+/**
+ * The SP 800-108 label of volume keys. Every HMAC input of a volume key starts with its block
+ * counter (00 00 00 01 or 02) and every data key's with its domain's length (00 00 00 1b), so no
+ * volume key is computed from the same input as any data key, of any workload or name.
+ */
+export const volumeKeyLabel = 'keyward.dev/csi/volume-key/v1';
+/** Whose key it is: every pod of a namespace's ServiceAccount gets the same key for a name. */
+export interface Workload {
+  namespace: string;
+  serviceAccountName: string;
+  objectName: string;
+}
 /** A ring name that was not found triggers a fresh listing at most this often. */
 const missRefreshMs = 250;
 
@@ -98,17 +113,33 @@ export class KeyMaterial {
    * namespace, the ServiceAccount and the object: the same for every pod of that workload, and
    * unrelated for any other. The caller gets its own copy.
    */
-  async dataKey(ring: RingState, version: RingVersion, workload: { namespace: string; serviceAccountName: string; objectName: string }, calls: HsmCallCount): Promise<{ key: Buffer; hit: boolean }> {
+  async dataKey(ring: RingState, version: RingVersion, workload: Workload, calls: HsmCallCount): Promise<{ key: Buffer; hit: boolean }> {
     const context = lengthPrefixed([dataKeyDomain, workload.namespace, workload.serviceAccountName, workload.objectName]);
-    const cacheKey = `dataKey/${ring.ringId}/${version.number}/${digest(context)}`;
-    const { value, hit } = await this.secrets.getOrLoad(cacheKey, async () => {
-      const handle = await this.keyHandle(ring, version, calls);
+    return this.derived(`dataKey/${ring.ringId}/${version.number}/${digest(context)}`, ring, version, calls, async (handle) => {
       calls.hsmCalls++;
       const derived = await this.guard(() => deriveKey(this.token, handle, context));
       const key = Buffer.from(derived.subarray(0, dataKeyBytes));
       derived.fill(0);
-      return { value: key };
+      return key;
     });
+  }
+
+  /**
+   * 64 bytes in SP 800-108 counter mode under `version` of a derivation ring (two HMAC-SHA-384
+   * calls in the HSM), with the volume-key label and a context naming the namespace, the
+   * ServiceAccount and the object: per workload like a data key, and unrelated to every data key.
+   */
+  async volumeKey(ring: RingState, version: RingVersion, workload: Workload, calls: HsmCallCount): Promise<{ key: Buffer; hit: boolean }> {
+    const context = lengthPrefixed([workload.namespace, workload.serviceAccountName, workload.objectName]);
+    return this.derived(`volumeKey/${ring.ringId}/${version.number}/${digest(context)}`, ring, version, calls, async (handle) => {
+      calls.hsmCalls += Math.ceil(volumeKeyBytes / derivedKeyBytes);
+      return this.guard(() => counterModeKey(this.token, handle, volumeKeyLabel, context, volumeKeyBytes));
+    });
+  }
+
+  /** A derived key from the secrets cache, or made with the version's key handle; the caller gets its own copy. */
+  private async derived(cacheKey: string, ring: RingState, version: RingVersion, calls: HsmCallCount, derive: (handle: Handle) => Promise<Buffer>): Promise<{ key: Buffer; hit: boolean }> {
+    const { value, hit } = await this.secrets.getOrLoad(cacheKey, async () => ({ value: await derive(await this.keyHandle(ring, version, calls)) }));
     return { key: Buffer.from(value), hit };
   }
 

@@ -27,7 +27,7 @@ const targetPath = fc.oneof(
     .map(([root, uid, tail]) => `${root}/pods/${uid}/volumes/kubernetes.io~csi/keys/mount${tail}`),
 );
 
-const scalar = fc.oneof(word, fc.constantFrom('dataKey', 'secret', 'publicKey', 'db-volume', 'volume-keys', 'luks/db.key', '"0400"', '0777', '"2"', '11', sealed, '[]', '{}', '&a x', '*a', '!!str x', '|', '>'));
+const scalar = fc.oneof(word, fc.constantFrom('dataKey', 'volumeKey', 'secret', 'publicKey', 'db-volume', 'volume-keys', 'luks/db.key', '"0400"', '0777', '"2"', '11', sealed, '[]', '{}', '&a x', '*a', '!!str x', '|', '>'));
 const objectField = fc.tuple(fc.constantFrom('type', 'name', 'keyRing', 'path', 'mode', 'versions', 'ciphertext', 'verions', '__proto__', ''), scalar);
 const objectsYaml = fc.oneof(
   fc.string({ maxLength: 200 }),

@@ -10,6 +10,7 @@ import {
   parseMountEnvelope,
   parseMountRequest,
   parsedObjectsBytes,
+  volumeKeyDefaultMode,
   type MountObject,
   type MountRefusalCode,
   type MountRequestInput,
@@ -125,6 +126,18 @@ describe('CSI MountRequest parsing', () => {
         { type: 'secret', name: 'db-password', keyRing: 'app-secrets', path: 'db/password', mode: 0o644, ciphertext: new Uint8Array(Buffer.from(sealed, 'base64')) },
         { type: 'publicKey', name: 'release-signing', keyRing: 'release', path: 'release.pub', mode: 0o644 },
       ]);
+    });
+
+    it('yields a volumeKey like a dataKey, with mode 0400 unless it names one: the driver asks for 0644', () => {
+      const yaml = '- {type: volumeKey, name: data, keyRing: volume-keys, path: fscrypt/data.key, versions: "3"}\n- {type: volumeKey, name: logs, keyRing: volume-keys, path: logs.key, mode: "0440"}';
+      assert.deepEqual(accepted(withObjects(yaml)).objects, [
+        { type: 'volumeKey', name: 'data', keyRing: 'volume-keys', path: 'fscrypt/data.key', mode: 0o400, previousVersions: 3 },
+        { type: 'volumeKey', name: 'logs', keyRing: 'volume-keys', path: 'logs.key', mode: 0o440, previousVersions: 0 },
+      ]);
+      assert.equal(volumeKeyDefaultMode, 0o400);
+      // Whatever the driver's default, a volumeKey without a mode stays 0400; other objects take the driver's.
+      const objects = accepted({ ...withObjects(`${yaml}\n- {type: publicKey, name: p, keyRing: r, path: p.pub}`), permission: '511' }).objects;
+      assert.deepEqual(objects.map((o) => o.mode), [0o400, 0o440, 0o777]);
     });
 
     it('keeps the token out of JSON and logs of the parsed request', () => {
@@ -340,7 +353,7 @@ describe('CSI MountRequest parsing', () => {
     });
 
     it('refuses an unknown object type', () => {
-      refused(oneObject({ type: 'privateKey' }), 'UnknownObjectType', /objects\[0\] \("db-password"\) has unknown type "privateKey"; the types are dataKey, secret, publicKey/);
+      refused(oneObject({ type: 'privateKey' }), 'UnknownObjectType', /objects\[0\] \("db-password"\) has unknown type "privateKey"; the types are dataKey, volumeKey, secret, publicKey/);
       refused(oneObject({ type: 'DataKey' }), 'UnknownObjectType', /unknown type "DataKey"/);
     });
 
@@ -366,7 +379,11 @@ describe('CSI MountRequest parsing', () => {
       for (const versions of ['11', '-1', '01', 'two', '1.5', '']) {
         refused(oneObject({ ...dataKey, versions }), 'InvalidObjects', /versions ".*" must be a whole number from 0 to 10/);
       }
-      refused(oneObject({ versions: '1' }), 'InvalidObjects', /has versions, which only dataKey objects take/);
+      for (const versions of ['11', '-1', '01']) {
+        refused(oneObject({ type: 'volumeKey', ciphertext: undefined, versions }), 'InvalidObjects', /versions ".*" must be a whole number from 0 to 10/);
+      }
+      refused(oneObject({ versions: '1' }), 'InvalidObjects', /has versions, which only dataKey and volumeKey objects take/);
+      refused(oneObject({ type: 'volumeKey' }), 'InvalidObjects', /has a ciphertext, which only secret objects take/);
       refused(oneObject({ type: 'publicKey' }), 'InvalidObjects', /has a ciphertext, which only secret objects take/);
       refused(oneObject({ ciphertext: 'not base64!' }), 'InvalidObjects', /ciphertext is not base64/);
       refused(oneObject({ ciphertext: 'abc' }), 'InvalidObjects', /ciphertext is not base64/);
@@ -410,12 +427,14 @@ describe('CSI MountRequest parsing', () => {
       refused(two('b keys/x.pub', 'a keys'), 'DuplicateObjectPath', /needs directory "keys", which objects\[1\] writes as a file/);
     });
 
-    it("refuses a path that a dataKey's previous versions need", () => {
-      const yaml = '- {type: dataKey, name: k, keyRing: r, path: data.key, versions: "1"}\n- {type: publicKey, name: p, keyRing: r, path: data.key.v3}';
-      refused(withObjects(yaml), 'DuplicateObjectPath', /objects\[1\] path "data\.key\.v3" is reserved: objects\[0\] \("k"\) asks for versions and writes "data\.key\.v<N>"/);
-      accepted(withObjects(yaml.replace('versions: "1"', 'versions: "0"')));
-      accepted(withObjects(yaml.replace('data.key.v3', 'data.key.v3.pub')));
-    });
+    for (const type of ['dataKey', 'volumeKey']) {
+      it(`refuses a path that a ${type}'s previous versions need`, () => {
+        const yaml = `- {type: ${type}, name: k, keyRing: r, path: data.key, versions: "1"}\n- {type: publicKey, name: p, keyRing: r, path: data.key.v3}`;
+        refused(withObjects(yaml), 'DuplicateObjectPath', /objects\[1\] path "data\.key\.v3" is reserved: objects\[0\] \("k"\) asks for versions and writes "data\.key\.v<N>"/);
+        accepted(withObjects(yaml.replace('versions: "1"', 'versions: "0"')));
+        accepted(withObjects(yaml.replace('data.key.v3', 'data.key.v3.pub')));
+      });
+    }
 
     it('refuses too many objects', () => {
       const many = Array.from({ length: mountRequestLimits.objects + 1 }, (_, i) => `- {type: publicKey, name: k${i}, keyRing: r, path: k${i}.pub}`).join('\n');

@@ -24,6 +24,11 @@
 //           path: luks/db.key        # file name, relative to the volume
 //           mode: "0400"             # optional, octal; default: the driver's permission (0644)
 //           versions: "2"            # optional: also the 2 previous versions (0-10, default 0)
+//         - type: volumeKey          # a 64-byte fscrypt key (AES-256-XTS) derived in the HSM
+//           name: data               # object id; part of the derivation context
+//           keyRing: volume-keys     # a derivation KeyRing in the pod's namespace
+//           path: fscrypt/data.key   # `keyward volume unlock` reads it
+//           versions: "1"            # optional, as for dataKey; mode defaults to 0400
 //         - type: secret             # a value sealed with `keyward encrypt --ring app-secrets`
 //           name: db-password
 //           keyRing: app-secrets
@@ -37,15 +42,19 @@
 //
 // Fields, all strings (the YAML is read with the failsafe schema: no numbers, booleans or nulls,
 // so `mode: 0440` means octal 0440 and never decimal 440, and nothing is coerced):
-//   type        dataKey | secret | publicKey
+//   type        dataKey | volumeKey | secret | publicKey
 //   name        1-63 letters, digits, '.', '_', '-', starting and ending with a letter or digit;
-//               unique in the list; the object's id in MountResponse.object_version
+//               unique in the list; the object's id in MountResponse.object_version; for a
+//               dataKey or volumeKey part of the derivation context
 //   keyRing     a KeyRing name (DNS subdomain) in the pod's own namespace; no "namespace/" prefix
 //   path        a relative file path: '/'-separated segments, none empty, '.' or containing "..",
 //               no backslash, NUL or control characters, at most 1024 bytes (255 per segment);
 //               unique, and no path may be a directory of another
-//   mode        optional, octal with a leading zero, "0000"-"0777"
-//   versions    dataKey only, optional, "0"-"10": previous versions delivered besides the primary.
+//   mode        optional, octal with a leading zero, "0000"-"0777". Default: the driver's permission,
+//               always 0644 (the driver's own constant, not the pod's choice), except for a
+//               volumeKey: 0400, since the driver's files are root's and 0644 would let every
+//               user in the pod read the key that opens the volume
+//   versions    dataKey and volumeKey only, optional, "0"-"10": previous versions delivered besides the primary.
 //               `path` holds the primary; with versions >= 1 the provider also writes
 //               `<path>.v<N>` for the primary and each delivered previous version N (the KeyRing
 //               version number), so no other object may use a path of that form
@@ -114,8 +123,13 @@ export const mountRequestLimits = {
   ciphertextBytes: maxSealedSecretBytes,
 } as const;
 
-export type MountObjectType = 'dataKey' | 'secret' | 'publicKey';
-export const mountObjectTypes: readonly MountObjectType[] = ['dataKey', 'secret', 'publicKey'];
+export type MountObjectType = 'dataKey' | 'volumeKey' | 'secret' | 'publicKey';
+export const mountObjectTypes: readonly MountObjectType[] = ['dataKey', 'volumeKey', 'secret', 'publicKey'];
+/**
+ * A volumeKey's mode when the object names none. The driver's files are root's, with the mode the
+ * provider gives; its default permission is a fixed 0644, readable by every user in the pod.
+ */
+export const volumeKeyDefaultMode = 0o400;
 
 interface MountObjectCommon {
   /** Unique in the request; MountResponse.object_version id. */
@@ -132,6 +146,12 @@ export interface DataKeyObject extends MountObjectCommon {
   /** How many previous versions to deliver besides the primary (0 = primary only). */
   previousVersions: number;
 }
+/** A 64-byte key for fscrypt v2 (AES-256-XTS), derived like a data key but unrelated to any. */
+export interface VolumeKeyObject extends MountObjectCommon {
+  type: 'volumeKey';
+  /** How many previous versions to deliver besides the primary (0 = primary only). */
+  previousVersions: number;
+}
 export interface SecretObject extends MountObjectCommon {
   type: 'secret';
   /** The sealed value, base64-decoded; opened later, only for a pod allowed to decrypt. */
@@ -140,7 +160,10 @@ export interface SecretObject extends MountObjectCommon {
 export interface PublicKeyObject extends MountObjectCommon {
   type: 'publicKey';
 }
-export type MountObject = DataKeyObject | SecretObject | PublicKeyObject;
+export type MountObject = DataKeyObject | VolumeKeyObject | SecretObject | PublicKeyObject;
+/** The objects derived from a derivation ring, with previous versions as `<path>.v<N>`. */
+export type DerivedKeyObject = DataKeyObject | VolumeKeyObject;
+export const isDerivedKey = (object: MountObject): object is DerivedKeyObject => object.type === 'dataKey' || object.type === 'volumeKey';
 
 /** Who the attributes say the pod is. A claim, until the token review confirms it. */
 export interface ClaimedPod {
@@ -556,7 +579,7 @@ function parseObject(item: unknown, index: number, defaultMode: number): MountOb
   const pathProblem = objectPathProblem(path);
   if (pathProblem !== undefined) refuse('InvalidObjectPath', `${label} path ${quote(path)} ${pathProblem}`);
 
-  let mode = defaultMode;
+  let mode = type === 'volumeKey' ? volumeKeyDefaultMode : defaultMode;
   const modeField = fields.get('mode');
   if (modeField !== undefined) {
     if (!octalMode.test(modeField)) refuse('InvalidObjects', `${label} mode ${quote(modeField)} must be octal with a leading zero, "0000" to "0777" (e.g. "0440")`);
@@ -564,23 +587,25 @@ function parseObject(item: unknown, index: number, defaultMode: number): MountOb
   }
 
   const versions = fields.get('versions');
-  if (versions !== undefined && type !== 'dataKey') refuse('InvalidObjects', `${label} has versions, which only dataKey objects take`);
+  const derived = type === 'dataKey' || type === 'volumeKey';
+  if (versions !== undefined && !derived) refuse('InvalidObjects', `${label} has versions, which only dataKey and volumeKey objects take`);
   const ciphertext = fields.get('ciphertext');
   if (ciphertext !== undefined && type !== 'secret') refuse('InvalidObjects', `${label} has a ciphertext, which only secret objects take`);
 
   const common = { name, keyRing, path, mode };
-  switch (type as MountObjectType) {
-    case 'dataKey': {
-      let previousVersions = 0;
-      if (versions !== undefined) {
-        const max = mountRequestLimits.previousVersions;
-        if (!decimalCount.test(versions) || Number(versions) > max) {
-          refuse('InvalidObjects', `${label} versions ${quote(versions)} must be a whole number from 0 to ${max}: how many previous versions to deliver`);
-        }
-        previousVersions = Number(versions);
-      }
-      return { type: 'dataKey', ...common, previousVersions };
+  let previousVersions = 0;
+  if (versions !== undefined) {
+    const max = mountRequestLimits.previousVersions;
+    if (!decimalCount.test(versions) || Number(versions) > max) {
+      refuse('InvalidObjects', `${label} versions ${quote(versions)} must be a whole number from 0 to ${max}: how many previous versions to deliver`);
     }
+    previousVersions = Number(versions);
+  }
+  switch (type as MountObjectType) {
+    case 'dataKey':
+      return { type: 'dataKey', ...common, previousVersions };
+    case 'volumeKey':
+      return { type: 'volumeKey', ...common, previousVersions };
     case 'secret':
       return { type: 'secret', ...common, ciphertext: decodeCiphertext(required('ciphertext'), label) };
     case 'publicKey':
@@ -620,7 +645,7 @@ export function objectPathProblem(path: string): string | undefined {
   return undefined;
 }
 
-/** Names and paths unique; no file where another object needs a directory; dataKey version files reserved. */
+/** Names and paths unique; no file where another object needs a directory; derived keys' version files reserved. */
 function checkUnique(objects: readonly MountObject[]): void {
   const names = new Map<string, number>();
   const files = new Map<string, number>();
@@ -646,7 +671,7 @@ function checkUnique(objects: readonly MountObject[]): void {
         );
       }
     }
-    if (object.type === 'dataKey' && object.previousVersions > 0) {
+    if (isDerivedKey(object) && object.previousVersions > 0) {
       const prefix = `${object.path}.v`;
       for (const [path, other] of files) {
         if (path.startsWith(prefix) && /^[0-9]+$/.test(path.slice(prefix.length))) {

@@ -103,8 +103,11 @@ export const objectRefusalCodes = [
 ] as const;
 type ObjectRefusalCode = (typeof objectRefusalCodes)[number];
 
-/** The operation each object type needs on its ring. */
-export const operationOf: Record<MountObjectType, Operation> = { dataKey: 'deriveKey', secret: 'decrypt', publicKey: 'getPublicKey' };
+/**
+ * The operation each object type needs on its ring. A volumeKey is deriveKey too: what a grant
+ * yields is still only the ServiceAccount's own keys of that ring, whatever their type.
+ */
+export const operationOf: Record<MountObjectType, Operation> = { dataKey: 'deriveKey', volumeKey: 'deriveKey', secret: 'decrypt', publicKey: 'getPublicKey' };
 
 /**
  * The driver's guidance; gRPC's own limit is 4 MiB. The request limits (mountRequest.ts) already
@@ -272,13 +275,15 @@ async function serveObject(
   const cacheHit = (hit: boolean): void => deps.metrics.cache.inc({ cache: 'material', outcome: hit ? 'hit' : 'miss' });
 
   switch (object.type) {
-    case 'dataKey': {
+    case 'dataKey':
+    case 'volumeKey': {
       requirePurpose(ring, 'derivation', object, record);
       const versions = [usablePrimary(ring, record), ...previousVersions(ring, object.previousVersions)];
+      const workload = { namespace: pod.namespace, serviceAccountName: pod.serviceAccountName, objectName: object.name };
+      const derive = (version: RingVersion) => (object.type === 'dataKey' ? material.dataKey(ring, version, workload, calls) : material.volumeKey(ring, version, workload, calls));
       const files: ServedFile[] = [];
       for (const [i, version] of versions.entries()) {
-        const workload = { namespace: pod.namespace, serviceAccountName: pod.serviceAccountName, objectName: object.name };
-        const { key, hit } = await hsm(() => material.dataKey(ring, version, workload, calls), record);
+        const { key, hit } = await hsm(() => derive(version), record);
         cacheHit(hit);
         if (i === 0) files.push({ path: object.path, mode: object.mode, contents: key });
         if (object.previousVersions > 0) files.push({ path: `${object.path}.v${version.number}`, mode: object.mode, contents: i === 0 ? Buffer.from(key) : key });

@@ -47,6 +47,9 @@ describe('CSI object versions', () => {
     ];
     for (const [what, after] of changed) assert.notEqual(after, before, what);
     assert.notEqual(version(scope, { ...dataKey, previousVersions: 2 }, keyFiles), version(scope, dataKey, keyFiles), 'previousVersions');
+    const volumeKey: MountObject = { ...dataKey, type: 'volumeKey' };
+    assert.notEqual(version(scope, volumeKey, keyFiles), version(scope, dataKey, keyFiles), 'type volumeKey');
+    assert.notEqual(version(scope, { ...volumeKey, previousVersions: 2 }, keyFiles), version(scope, volumeKey, keyFiles), 'a volumeKey\'s previousVersions');
   });
 
   it('keeps field boundaries: moving bytes between fields changes the version', () => {

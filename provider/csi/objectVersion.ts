@@ -13,7 +13,7 @@
 // The cost of a per-process key: after a provider restart every version changes once, and the
 // driver rewrites files whose contents are identical. A key kept in the HSM would avoid that.
 import { createHmac, randomBytes } from 'node:crypto';
-import type { MountObject } from './mountRequest.js';
+import { isDerivedKey, type MountObject } from './mountRequest.js';
 
 /** One file an object delivers, as it goes into MountResponse.files. */
 export interface ServedFile {
@@ -53,7 +53,7 @@ export function createObjectVersioner(key: Uint8Array = randomBytes(minKeyBytes)
     field(object.keyRing);
     field(object.path);
     field(String(object.mode));
-    field(object.type === 'dataKey' ? String(object.previousVersions) : '');
+    field(isDerivedKey(object) ? String(object.previousVersions) : '');
     field(object.type === 'secret' ? object.ciphertext : new Uint8Array());
     const sorted = [...files].sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
     field(String(sorted.length));
