@@ -174,7 +174,7 @@ export class RingPersistence {
           const [keyClass, label] = this.token.pkcs11.C_GetAttributeValue(session, handle, [{ type: pkcs11js.CKA_CLASS }, { type: pkcs11js.CKA_LABEL }]);
           return halfOfClass.has(keyClass?.value?.readUInt32LE(0) ?? -1) ? [label?.value?.toString('utf8') ?? ''] : [];
         } catch (err) {
-          if (isStaleHandle(err)) return []; // destroyed since the search
+          if (isStaleHandle(err) || isHalfWritten(err)) return []; // destroyed since the search, or never finished
           throw err;
         }
       }),
@@ -306,7 +306,7 @@ export class RingPersistence {
       const [ckaId, keyClass] = this.token.pkcs11.C_GetAttributeValue(session, handle, [{ type: pkcs11js.CKA_ID }, { type: pkcs11js.CKA_CLASS }]);
       return ckaId?.value?.equals(id) === true && halfOfClass.get(keyClass?.value?.readUInt32LE(0) ?? -1) === half;
     } catch (err) {
-      if (isStaleHandle(err)) return false;
+      if (isStaleHandle(err) || isHalfWritten(err)) return false;
       throw err;
     }
   }
@@ -317,7 +317,7 @@ export class RingPersistence {
       const [keyClass] = this.token.pkcs11.C_GetAttributeValue(session, handle, [{ type: pkcs11js.CKA_CLASS }]);
       return halfOfClass.get(keyClass?.value?.readUInt32LE(0) ?? -1);
     } catch (err) {
-      if (isStaleHandle(err)) return undefined;
+      if (isStaleHandle(err) || isHalfWritten(err)) return undefined;
       throw err;
     }
   }
@@ -331,6 +331,14 @@ export class RingPersistence {
 function isStaleHandle(err: unknown): boolean {
   const code = pkcs11Code(err);
   return code === pkcs11js.CKR_OBJECT_HANDLE_INVALID || code === pkcs11js.CKR_ATTRIBUTE_TYPE_INVALID || code === pkcs11js.CKR_ATTRIBUTE_SENSITIVE;
+}
+
+/**
+ * A key object SoftHSM2 left half-written when its creator was killed inside C_GenerateKey: its
+ * attributes do not read. Keyward never finished it, so it is none of its keys.
+ */
+function isHalfWritten(err: unknown): boolean {
+  return pkcs11Code(err) === pkcs11js.CKR_ATTRIBUTE_VALUE_INVALID;
 }
 
 /** The ring id a state object's label names (the whole label when it is not of Keyward's form, for the message). */

@@ -32,8 +32,12 @@ const leaseSeconds = 2;
 const kills = 20;
 const minRunMs = 50;
 const maxRunMs = 1500;
-/** Rounds of rotate → disable → schedule destruction per KeyRing, at most. */
-const maxRounds = 8;
+/**
+ * Rounds of rotate → disable → schedule destruction per KeyRing, at most: only a safety bound,
+ * since the KeyRings that are never deleted go on until the kill loop ends, so that every kill
+ * has work to land in.
+ */
+const maxRounds = 40;
 const stepTimeoutMs = 120_000;
 const hour = 3600_000;
 
