@@ -31,9 +31,11 @@ export default tseslint.config(
   },
   // The layers: core/ is shared by everything above it and imports none of it; the operator and the
   // node side (provider/) import core/ and never each other. Tests may reach the test bed.
-  ...layer('core', ['operator', 'provider', 'cli', 'e2e', 'testbed', 'bench']),
-  ...layer('operator', ['provider', 'cli', 'e2e', 'testbed', 'bench']),
-  ...layer('provider', ['operator', 'cli', 'e2e', 'testbed', 'bench']),
+  // volume/ (the in-pod `keyward volume` commands) likewise imports core/ only.
+  ...layer('core', ['operator', 'provider', 'volume', 'cli', 'e2e', 'testbed', 'bench']),
+  ...layer('operator', ['provider', 'volume', 'cli', 'e2e', 'testbed', 'bench']),
+  ...layer('provider', ['operator', 'volume', 'cli', 'e2e', 'testbed', 'bench']),
+  ...layer('volume', ['operator', 'provider', 'cli', 'e2e', 'testbed', 'bench']),
   {
     files: ['eslint.config.js'],
     extends: [tseslint.configs.disableTypeChecked],

@@ -36,6 +36,13 @@ commands:
   kms-plugin --socket PATH --ring NAME     serve the KMS v2 API on a unix socket
   csi-provider                             serve the Secrets Store CSI provider API on <socket-dir>/keyward.sock
   operator                                 reconcile KeyRings into HSM keys (leader-elected)
+  volume unlock --dir DIR --key FILE       in a pod: encrypt DIR (fscrypt v2) on first use, else unlock it with the
+                                           delivered key whose identifier its policy names (FILE.v<N> siblings too)
+  volume hold --dir DIR                    native sidecar: on SIGTERM drop this user's claim on DIR's key (lock)
+  volume lock --dir DIR                    drop this user's claim on DIR's key now
+  volume status --dir DIR [-o json]        encrypted?, key identifier, key version, key present?
+  volume rekey --dir DIR --from-key OLD --to-key NEW --to-version N
+                                           copy DIR under the new key and swap it in (resumable after a crash)
 
 HSM options (hsm check, ring, encrypt, kms-plugin, csi-provider, operator):
   --pkcs11-module PATH   PKCS#11 library (default: SoftHSM2)
@@ -58,6 +65,13 @@ csi-provider options (the apiserver from KUBECONFIG, or in-cluster):
   --material-ttl SECONDS how long a derived key or opened secret is kept in memory (default 300)
   --ring-refresh SECONDS how often rings are re-read from the HSM while mounts arrive (default 2)
   --max-in-flight-mib MIB  request bytes handled at once; past it a Mount is refused as Overloaded (default 2)
+
+volume options (unlock, hold, lock, rekey; refusals exit 1 naming NotEncryptable, NotEmpty,
+NotEncrypted, ForeignKey, KeyUnreadable or RekeyInconsistent, and change nothing):
+  --key-version N        unlock: the primary's version when no FILE.v<N> sibling says it
+  --audit-log PATH       audit records (default: standard output)
+  --pod-name, --pod-namespace, --service-account  the workload, for the audit record
+                         (default: $POD_NAME, $POD_NAMESPACE, $SERVICE_ACCOUNT from the downward API)
 
 operator options (the apiserver from KUBECONFIG, or in-cluster):
   --metrics-address H:P  /metrics, /healthz, /livez listener (default 127.0.0.1:9465)
@@ -387,6 +401,70 @@ async function encrypt(args: string[]): Promise<void> {
   }
 }
 
+/** A --flag holding a key version: a positive whole number. */
+function versionOption(value: string | undefined, flag: string): number | undefined {
+  if (value === undefined) return undefined;
+  const version = Number(value);
+  if (!Number.isInteger(version) || version < 1) throw new KeywardError('InvalidArgument', `--${flag} must be a key version (a positive whole number)`);
+  return version;
+}
+
+async function volume([verb, ...args]: string[]): Promise<void> {
+  const { values, positionals } = parse(args, {
+    dir: { type: 'string' },
+    key: { type: 'string' },
+    'key-version': { type: 'string' },
+    'from-key': { type: 'string' },
+    'to-key': { type: 'string' },
+    'to-version': { type: 'string' },
+    output: { type: 'string', short: 'o', default: 'text' },
+    'audit-log': { type: 'string', default: '-' },
+    'pod-name': { type: 'string', default: process.env.POD_NAME ?? '' },
+    'pod-namespace': { type: 'string', default: process.env.POD_NAMESPACE ?? '' },
+    'service-account': { type: 'string', default: process.env.SERVICE_ACCOUNT ?? '' },
+  });
+  if (positionals.length > 0) throw new KeywardError('InvalidArgument', `volume ${verb ?? ''} takes no arguments`);
+  if (!values.dir) throw new KeywardError('InvalidArgument', `volume ${verb ?? ''} needs --dir DIR`);
+  const dir = resolve(values.dir);
+  // Loaded here: only volume commands need the fscrypt addon.
+  const volumes = await import('../volume/volumeCommands.js');
+  if (verb === 'status') {
+    if (values.output !== 'text' && values.output !== 'json') throw new KeywardError('InvalidArgument', '-o must be text or json');
+    process.stdout.write(volumes.formatStatus(volumes.volumeStatus(dir), values.output));
+    return;
+  }
+  const audit = createAuditLog('volume', values['audit-log']);
+  const workload = { podName: values['pod-name'] || undefined, podNamespace: values['pod-namespace'] || undefined, serviceAccount: values['service-account'] || undefined };
+  let outcome;
+  switch (verb) {
+    case 'unlock':
+      if (!values.key) throw new KeywardError('InvalidArgument', 'volume unlock needs --key FILE (the delivered primary key)');
+      outcome = await volumes.audited(audit, 'volumeUnlock', dir, workload, () =>
+        volumes.unlockVolume({ dir, keyFile: resolve(values.key!), keyVersion: versionOption(values['key-version'], 'key-version') }),
+      );
+      break;
+    case 'lock':
+      outcome = await volumes.audited(audit, 'volumeLock', dir, workload, () => volumes.lockVolume(dir));
+      break;
+    case 'hold': {
+      const stop = new Promise((resolveStop) => ['SIGTERM', 'SIGINT'].forEach((signal) => process.once(signal, resolveStop)));
+      process.stderr.write(`keyward volume hold: holding ${dir}; its key is dropped on SIGTERM\n`);
+      outcome = await volumes.audited(audit, 'volumeLock', dir, workload, () => volumes.holdVolume(dir, stop));
+      break;
+    }
+    case 'rekey': {
+      const toVersion = versionOption(values['to-version'], 'to-version');
+      if (!values['from-key'] || !values['to-key'] || toVersion === undefined) throw new KeywardError('InvalidArgument', 'volume rekey needs --from-key FILE, --to-key FILE and --to-version N');
+      const options = { dir, fromKeyFile: resolve(values['from-key']), toKeyFile: resolve(values['to-key']), toVersion };
+      outcome = await volumes.audited(audit, 'volumeRekey', dir, workload, () => volumes.rekeyVolume(options));
+      break;
+    }
+    default:
+      throw new KeywardError('InvalidArgument', `unknown volume command '${verb ?? ''}' (unlock, hold, lock, status, rekey)`);
+  }
+  process.stderr.write(`keyward volume ${verb}: ${outcome.code}: ${outcome.message}\n`);
+}
+
 const commands: Record<string, (args: string[]) => Promise<void>> = {
   hsm: ([verb, ...rest]) =>
     Promise.resolve().then(() => {
@@ -399,6 +477,7 @@ const commands: Record<string, (args: string[]) => Promise<void>> = {
   'kms-plugin': kmsPlugin,
   'csi-provider': csiProvider,
   operator,
+  volume,
 };
 
 const [command, ...rest] = process.argv.slice(2);

@@ -28,6 +28,10 @@ export interface AuditRecord {
   /** The KeyPolicy rule that decided, as namespace/policy#rule. */
   rule?: string;
   reason?: string;
+  /** Volume commands: the encrypted directory. */
+  volume?: string;
+  /** Volume commands: the fscrypt key identifier (hex) of the directory's policy; public. */
+  keyIdentifier?: string;
   /** Allowed through a BreakGlassAdministrator grant. */
   breakGlass?: boolean;
   /** A dry-run request: authorised, but nothing was done. */
