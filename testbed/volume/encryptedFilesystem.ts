@@ -4,7 +4,7 @@
 // our loop device (only ours: the one recorded at attach whose backing file is our image) and
 // removes the directory. It also undoes itself if the process exits or is interrupted.
 import { execFileSync, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { setupError } from '../../core/errors.js';
@@ -46,6 +46,8 @@ export function createEncryptedFilesystem(options: EncryptedFilesystemOptions = 
   const reason = nodeUnsupportedReason();
   if (reason) throw setupError(`cannot make an encryptable filesystem here: ${reason}`);
   const dir = mkdtempSync(join(tmpdir(), 'keyward-fscrypt-'));
+  // Reachable by other users: tests run the volume commands as an unprivileged uid too.
+  chmodSync(dir, 0o755);
   const image = join(dir, 'disk.ext4');
   const mountPoint = join(dir, 'mnt');
   let loopDevice = '';
