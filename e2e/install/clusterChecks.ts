@@ -158,17 +158,17 @@ export async function waitPodRunning(cluster: Cluster, pod: string, timeoutMs = 
 }
 
 /** The messages of the pod's FailedMount Events (the driver reports the provider's refusal code there). */
-export async function failedMountMessages(cluster: Cluster, pod: string): Promise<string[]> {
+export async function failedMountMessages(cluster: Cluster, pod: string, namespace = shop.namespace): Promise<string[]> {
   // By uid: Events of an earlier pod of the same name do not count.
-  const uid = (await cluster.kubectl(['-n', shop.namespace, 'get', 'pod', pod, '-o', 'jsonpath={.metadata.uid}'])).trim();
-  const out = await cluster.kubectl(['-n', shop.namespace, 'get', 'events', '--field-selector', `involvedObject.uid=${uid},reason=FailedMount`, '-o', 'jsonpath={range .items[*]}{.message}{"\\n"}{end}']);
+  const uid = (await cluster.kubectl(['-n', namespace, 'get', 'pod', pod, '-o', 'jsonpath={.metadata.uid}'])).trim();
+  const out = await cluster.kubectl(['-n', namespace, 'get', 'events', '--field-selector', `involvedObject.uid=${uid},reason=FailedMount`, '-o', 'jsonpath={range .items[*]}{.message}{"\\n"}{end}']);
   return out.split('\n').filter(Boolean);
 }
 
 /** Waits for a FailedMount Event naming `code`, and checks the pod is still not running. */
-export async function expectMountRefused(cluster: Cluster, pod: string, code: string, timeoutMs = 60_000): Promise<string> {
-  const message = await eventually(`a FailedMount Event naming ${code} for pod ${pod}`, timeoutMs, async () => (await failedMountMessages(cluster, pod)).find((m) => m.includes(code)), 1000);
-  const phase = await cluster.kubectl(['-n', shop.namespace, 'get', 'pod', pod, '-o', 'jsonpath={.status.phase}']);
+export async function expectMountRefused(cluster: Cluster, pod: string, code: string, timeoutMs = 60_000, namespace = shop.namespace): Promise<string> {
+  const message = await eventually(`a FailedMount Event naming ${code} for pod ${pod}`, timeoutMs, async () => (await failedMountMessages(cluster, pod, namespace)).find((m) => m.includes(code)), 1000);
+  const phase = await cluster.kubectl(['-n', namespace, 'get', 'pod', pod, '-o', 'jsonpath={.status.phase}']);
   if (phase !== 'Pending') throw new Error(`pod ${pod} is ${phase}, though its volume was refused`);
   return message;
 }
