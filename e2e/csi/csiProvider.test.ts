@@ -61,6 +61,8 @@ describe('CSI provider: HSM-backed objects in pod volumes, end to end', function
   const dataKeyObject = (extra = ''): string => `- type: dataKey\n  name: db-volume\n  keyRing: volume-keys\n  path: luks/db.key\n  mode: "0400"\n${extra}`;
   const secretObject = (ciphertext = sealed, ring = 'app-secrets'): string => `- type: secret\n  name: db-password\n  keyRing: ${ring}\n  path: db/password\n  ciphertext: ${ciphertext}\n`;
   const publicKeyObject = '- type: publicKey\n  name: release-signing\n  keyRing: release\n  path: release.pub\n';
+  /** Named like the data key, so the two can be compared: same workload, ring and name. */
+  const volumeKeyObject = (extra = ''): string => `- type: volumeKey\n  name: db-volume\n  keyRing: volume-keys\n  path: fscrypt/db.key\n${extra}`;
 
   const mount = (pod: TestPod, token: PodTokenEntry, objectsYaml: string, options: Partial<Parameters<typeof driverMountRequest>[1]> = {}): Promise<MountResponse> =>
     client.mount(driverMountRequest(pod, { objects: objectsYaml, tokens: { [audience]: token }, ...options }));
@@ -223,6 +225,91 @@ describe('CSI provider: HSM-backed objects in pod volumes, end to end', function
     assert.notDeepEqual(renamed, first);
   });
 
+  describe('volumeKey: a 64-byte fscrypt key per workload', () => {
+    it('serves 64 bytes with mode 0400 by default, the same on every mount and pod of the workload, another for another ServiceAccount, namespace or name', async () => {
+      const response = await mount(web, webToken, volumeKeyObject());
+      assert.deepEqual(
+        response.files.map((f) => [f.path, f.mode]),
+        [['fscrypt/db.key', 0o400]],
+        'not world-readable although the driver asks for 0644',
+      );
+      const key = file(response, 'fscrypt/db.key');
+      assert.equal(key.length, 64);
+      assert.deepEqual(file(await mount(web, webToken, volumeKeyObject('  mode: "0440"\n')), 'fscrypt/db.key'), key, 'a mode of its own changes only the mode');
+      assert.equal((await mount(web, webToken, volumeKeyObject('  mode: "0440"\n'))).files[0]?.mode, 0o440);
+      assert.deepEqual(file(await mount(web, webToken, volumeKeyObject()), 'fscrypt/db.key'), key);
+      const web2 = pods.get('shop/web-2') ?? assert.fail();
+      assert.deepEqual(file(await mount(web2.pod, web2.token, volumeKeyObject()), 'fscrypt/db.key'), key, 'another pod of the workload');
+      const batch = pods.get('shop/batch') ?? assert.fail();
+      const otherNs = pods.get('other/web') ?? assert.fail();
+      const others = {
+        'another ServiceAccount': file(await mount(batch.pod, batch.token, volumeKeyObject()), 'fscrypt/db.key'),
+        'another namespace': file(await mount(otherNs.pod, otherNs.token, volumeKeyObject()), 'fscrypt/db.key'),
+        'another name': file(await mount(web, webToken, volumeKeyObject().replace('name: db-volume', 'name: db-volume-2')), 'fscrypt/db.key'),
+      };
+      for (const [what, other] of Object.entries(others)) {
+        assert.equal(other.length, 64, what);
+        assert.ok(!other.subarray(0, 32).equals(key.subarray(0, 32)) && !other.subarray(32).equals(key.subarray(32)), what);
+      }
+      const metrics = await (await fetch(`http://${provider.metricsAddress}/metrics`)).text();
+      assert.match(metrics, /keyward_csi_objects_total\{type="volumeKey",result="served"\} [1-9]/);
+    });
+
+    it('is unrelated to the data key of the same workload and name: not equal, no common prefix', async () => {
+      const response = await mount(web, webToken, dataKeyObject() + volumeKeyObject().replace('name: db-volume', 'name: db-volume-fs'));
+      const dataKey = file(response, 'luks/db.key');
+      const sameName = file(await mount(web, webToken, volumeKeyObject()), 'fscrypt/db.key');
+      assert.equal(dataKey.length, 32);
+      assert.ok(!sameName.subarray(0, 32).equals(dataKey) && !sameName.subarray(32).equals(dataKey), 'neither half is the data key');
+      assert.notDeepEqual(sameName.subarray(0, 4), dataKey.subarray(0, 4), 'not even 4 leading bytes in common');
+      const lines = await auditLines();
+      const served = lines.findLast((l) => l.object === 'db-volume' && l.code === 'Served' && l.operation === 'deriveKey');
+      assert.equal(served?.ring, 'shop/volume-keys');
+      assert.ok(!readFileSync(auditFile, 'utf8').includes(sameName.toString('base64')) && !readFileSync(auditFile, 'utf8').includes(sameName.toString('hex')), 'no key in the audit');
+    });
+
+    it('delivers previous versions as <path>.v<N>: after a rotation, the primary and the key served before it', async () => {
+      const before = file(await mount(web, webToken, volumeKeyObject()), 'fscrypt/db.key');
+      const rotated = await store.rotate({ namespace: 'shop', name: 'volume-keys' });
+      const after = await eventually('the rotation reaches the provider', 10_000, async () => {
+        const response = await mount(web, webToken, volumeKeyObject('  versions: "1"\n'));
+        return file(response, 'fscrypt/db.key').equals(before) ? undefined : response;
+      });
+      assert.deepEqual(
+        after.files.map((f) => [f.path, f.mode, f.contents.length]),
+        [
+          ['fscrypt/db.key', 0o400, 64],
+          [`fscrypt/db.key.v${rotated.primary}`, 0o400, 64],
+          [`fscrypt/db.key.v${rotated.primary - 1}`, 0o400, 64],
+        ],
+      );
+      assert.deepEqual(file(after, `fscrypt/db.key.v${rotated.primary}`), file(after, 'fscrypt/db.key'));
+      assert.deepEqual(file(after, `fscrypt/db.key.v${rotated.primary - 1}`), before, 'the previous version, to re-key with');
+      // The version files are reserved for it.
+      const clash = await mount(web, webToken, volumeKeyObject('  versions: "1"\n') + publicKeyObject.replace('path: release.pub', `path: fscrypt/db.key.v${rotated.primary}`));
+      assert.equal(clash.error?.code, 'DuplicateObjectPath');
+    });
+
+    it('is refused to a ServiceAccount granted other operations on the ring but not deriveKey', async () => {
+      await setPolicy('shop', 'workloads', [{ ...workloadRule('shop', ['app', 'batch']), operations: ['decrypt', 'getPublicKey'] }]);
+      try {
+        const refused = await eventually('the grant without deriveKey is enforced', 5_000, async () => {
+          const response = await mount(web, webToken, volumeKeyObject());
+          return response.error ? response : undefined;
+        });
+        assert.equal(refused.error?.code, 'NotAuthorized');
+        assert.equal(refused.files.length, 0);
+        assert.equal((await mount(web, webToken, secretObject())).error, undefined, 'decrypt is still granted');
+        const line = (await auditLines()).findLast((l) => l.object === 'db-volume');
+        assert.equal(line?.operation, 'deriveKey');
+        assert.equal(line?.code, 'NotAuthorized');
+      } finally {
+        await setPolicy('shop', 'workloads', [workloadRule('shop', ['app', 'batch'])]);
+        await eventually('the grant restored', 5_000, async () => ((await mount(web, webToken, volumeKeyObject())).error ? undefined : true));
+      }
+    });
+  });
+
   it('after a rotation serves the new key with a new object_version, and the previous one when asked', async () => {
     const before = await mount(web, webToken, dataKeyObject('  versions: "1"\n') + secretObject());
     const oldKey = file(before, 'luks/db.key');
@@ -306,6 +393,9 @@ describe('CSI provider: HSM-backed objects in pod volumes, end to end', function
       ['a ring the policy does not name', 'NotAuthorized', () => mount(web, webToken, dataKeyObject().replace('keyRing: volume-keys', 'keyRing: payroll'))],
       ['a granted ring that does not exist', 'KeyRingNotFound', () => mountMissingRing()],
       ['a data key from an encryption ring', 'WrongRingPurpose', () => mount(web, webToken, dataKeyObject().replace('keyRing: volume-keys', 'keyRing: app-secrets'))],
+      ['a volume key for a ServiceAccount without a grant', 'NotAuthorized', () => mount(pods.get('shop/intruder')!.pod, pods.get('shop/intruder')!.token, volumeKeyObject())],
+      ['a volume key from an encryption ring', 'WrongRingPurpose', () => mount(web, webToken, volumeKeyObject().replace('keyRing: volume-keys', 'keyRing: app-secrets'))],
+      ['a volume key from a signing ring', 'WrongRingPurpose', () => mount(web, webToken, volumeKeyObject().replace('keyRing: volume-keys', 'keyRing: release'))],
       ['a public key of a ring without one', 'WrongRingPurpose', () => mount(web, webToken, publicKeyObject.replace('keyRing: release', 'keyRing: app-secrets'))],
       ['a secret sealed under another ring', 'SealedForAnotherRing', () => mount(web, webToken, secretObject(otherRingSecret))],
       ['a tampered secret', 'SealedSecretTampered', () => mount(web, webToken, secretObject(tamper(sealed)))],
