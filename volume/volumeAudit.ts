@@ -1,7 +1,6 @@
 // One audit record per volume command (unlock, lock, rekey, and each refusal): the directory, the
 // key version and identifier, the workload when the pod spec passes it (downward API), the outcome.
 import { randomUUID } from 'node:crypto';
-import { userInfo } from 'node:os';
 import type { AuditLog, AuditRecord } from '../core/audit/auditLog.js';
 import { KeywardError } from '../core/errors.js';
 import type { VolumeOutcome } from './volumeOutcome.js';
@@ -22,7 +21,8 @@ export function workloadFromEnv(env: NodeJS.ProcessEnv = process.env): Workload 
 
 function actorOf(workload: Workload): string {
   if (workload.serviceAccount && workload.podNamespace) return `system:serviceaccount:${workload.podNamespace}:${workload.serviceAccount}`;
-  return `os-user:${userInfo().uid}`;
+  // By uid: a pod's user often has no passwd entry, so no name to look up.
+  return `os-user:${process.getuid?.() ?? 'unknown'}`;
 }
 
 /** Runs the command and records its outcome: allowed, denied (a refusal) or failed; then rethrows. */
