@@ -8,7 +8,7 @@ export type OperationKind = 'use' | 'read' | 'management' | 'audit';
 export const operations = {
   encrypt: { kind: 'use', doc: 'Encrypt with the primary version (KMS plugin Encrypt, `keyward encrypt`).' },
   decrypt: { kind: 'use', doc: 'Decrypt data sealed under any Enabled version (KMS plugin Decrypt, CSI secret objects).' },
-  deriveKey: { kind: 'use', doc: 'Derive a workload key from a derivation ring (CSI dataKey objects).' },
+  deriveKey: { kind: 'use', doc: 'Derive a workload key from a derivation ring (CSI dataKey and volumeKey objects).' },
   sign: { kind: 'use', doc: 'Sign with the primary version of a signing ring.' },
   verify: { kind: 'read', doc: 'Verify a signature with a signing ring; needs only public material.' },
   getPublicKey: { kind: 'read', doc: 'Read the public half of a signing ring (CSI publicKey objects).' },

@@ -54,7 +54,8 @@
 //               always 0644 (the driver's own constant, not the pod's choice), except for a
 //               volumeKey: 0400, since the driver's files are root's and 0644 would let every
 //               user in the pod read the key that opens the volume
-//   versions    dataKey and volumeKey only, optional, "0"-"10": previous versions delivered besides the primary.
+//   versions    dataKey and volumeKey only, optional, "0"-"10": previous versions delivered
+//               besides the primary.
 //               `path` holds the primary; with versions >= 1 the provider also writes
 //               `<path>.v<N>` for the primary and each delivered previous version N (the KeyRing
 //               version number), so no other object may use a path of that form
