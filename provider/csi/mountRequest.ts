@@ -55,10 +55,9 @@
 //               volumeKey: 0400, since the driver's files are root's and 0644 would let every
 //               user in the pod read the key that opens the volume
 //   versions    dataKey and volumeKey only, optional, "0"-"10": previous versions delivered
-//               besides the primary.
-//               `path` holds the primary; with versions >= 1 the provider also writes
-//               `<path>.v<N>` for the primary and each delivered previous version N (the KeyRing
-//               version number), so no other object may use a path of that form
+//               besides the primary. `path` holds the primary; with versions >= 1 the provider
+//               also writes `<path>.v<N>` for the primary and each delivered previous version N
+//               (the KeyRing version number), so no other object may use a path of that form
 //   ciphertext  secret only, required: base64 of the sealed value (up to 64 KiB of plaintext sealed)
 // Unknown fields are refused (a typo such as `verions` must not silently mean 0).
 import { createHash } from 'node:crypto';
@@ -588,8 +587,7 @@ function parseObject(item: unknown, index: number, defaultMode: number): MountOb
   }
 
   const versions = fields.get('versions');
-  const derived = type === 'dataKey' || type === 'volumeKey';
-  if (versions !== undefined && !derived) refuse('InvalidObjects', `${label} has versions, which only dataKey and volumeKey objects take`);
+  if (versions !== undefined && type !== 'dataKey' && type !== 'volumeKey') refuse('InvalidObjects', `${label} has versions, which only dataKey and volumeKey objects take`);
   const ciphertext = fields.get('ciphertext');
   if (ciphertext !== undefined && type !== 'secret') refuse('InvalidObjects', `${label} has a ciphertext, which only secret objects take`);
 
