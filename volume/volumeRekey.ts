@@ -168,7 +168,7 @@ class Rekey {
   }
 }
 
-/** Directories, regular files and symbolic links, with modes, times and (as root) owners; each flushed. */
+/** Directories, regular files and symbolic links, with modes, times (to the microsecond) and (as root) owners; each flushed. */
 function copyEntries(from: string, to: string): void {
   for (const name of readdirSync(from)) {
     const source = join(from, name);
@@ -208,5 +208,6 @@ function copyFileContents(source: string, target: string): void {
 function copyMetadata(target: string, stat: Stats): void {
   if (process.geteuid?.() === 0) lchownSync(target, stat.uid, stat.gid);
   if (!stat.isSymbolicLink()) chmodSync(target, stat.mode & 0o7777);
-  lutimesSync(target, stat.atime, stat.mtime);
+  // Seconds as a float: a Date would drop everything below the millisecond.
+  lutimesSync(target, stat.atimeMs / 1000, stat.mtimeMs / 1000);
 }
