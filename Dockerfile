@@ -18,7 +18,7 @@ ARG NPM_SHA256=9f58bff01604cb1b14008fef14dceb14d836a49225e45c6c2e37de3be3e707f0
 
 FROM ${BASE_IMAGE} AS toolchain
 ARG NPM_REGISTRY NODE_VERSION NODE_SHA256 NPM_VERSION NPM_SHA256
-# python3, make and g++ compile pkcs11js's N-API addon.
+# python3, make and g++ compile pkcs11js's N-API addon and Keyward's own (native/).
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates curl python3 make g++ \
  && rm -rf /var/lib/apt/lists/*
@@ -51,11 +51,16 @@ COPY package.json package-lock.json ./
 RUN --mount=type=secret,id=build-ca \
     if [ -s /run/secrets/build-ca ]; then export npm_config_cafile=/run/secrets/build-ca; fi; \
     npm ci
+# Keyward's own addon (fscrypt ioctls for `keyward volume`), before the TypeScript: it changes rarely.
+COPY native/binding.gyp native/fscrypt.c native/
+RUN npm run native:build \
+ && mv native/build/Release/fscrypt.node /tmp/ && rm -rf native/build && mkdir -p native/build/Release && mv /tmp/fscrypt.node native/build/Release/
 COPY tsconfig.json ./
 COPY cli cli
 COPY core core
 COPY operator operator
 COPY provider provider
+COPY volume volume
 COPY proto proto
 # Runtime needs no type declarations, source maps or docs (about 40 of 86 MB in node_modules).
 RUN npm run build \
@@ -83,6 +88,7 @@ COPY --from=toolchain /usr/local/bin/node /usr/local/bin/node
 COPY --from=build /src/package.json /app/package.json
 COPY --from=build /src/node_modules /app/node_modules
 COPY --from=build /src/dist /app/dist
+COPY --from=build /src/native/build/Release/fscrypt.node /app/native/build/Release/fscrypt.node
 WORKDIR /app
 USER 65532:65532
 ENTRYPOINT ["node", "/app/dist/cli/keyward.js"]

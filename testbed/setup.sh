@@ -12,7 +12,9 @@ packages=(softhsm2 openssl
   containerd runc containernetworking-plugins iptables conntrack socat ethtool ebtables kmod
   busybox-static umoci skopeo mmdebstrap buildah jq
   # a PKCS#11 module that reaches its token over a socket (testbed/hsm)
-  p11-kit p11-kit-modules)
+  p11-kit p11-kit-modules
+  # encrypted volumes: mkfs.ext4 -O encrypt for the fscrypt fixture (testbed/volume)
+  e2fsprogs)
 missing=()
 for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -32,6 +34,17 @@ if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modu
 fi
 if [ ! -f node_modules/pkcs11js/build/Release/pkcs11.node ]; then
   say "pkcs11js has no native addon: its install script did not run (check allowScripts in package.json)"
+  exit 1
+fi
+
+# Keyward's own addon (fscrypt, for `keyward volume`): built when missing or older than its source.
+addon=native/build/Release/fscrypt.node
+if [ ! -f "$addon" ] || [ native/fscrypt.c -nt "$addon" ] || [ native/binding.gyp -nt "$addon" ]; then
+  say "building the fscrypt addon (npm run native:build)"
+  npm run --silent native:build >/dev/null || true
+fi
+if [ ! -f "$addon" ]; then
+  say "the fscrypt addon did not build: run npm run native:build and read its errors (it needs python3, make, a C compiler and Node's headers)"
   exit 1
 fi
 
