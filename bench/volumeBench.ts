@@ -59,7 +59,7 @@ function readThroughput(path: string): number {
 
 const median = (values: number[]): number => percentile([...values].sort((a, b) => a - b), 50);
 
-async function main(): Promise<void> {
+function main(): void {
   const reason = nodeUnsupportedReason();
   if (reason) throw new Error(`bench:volume cannot run here: ${reason}`);
   warnIfBusy(progress);
@@ -105,7 +105,9 @@ async function main(): Promise<void> {
   }
 }
 
-main().catch((err: unknown) => {
+try {
+  main();
+} catch (err) {
   console.error(err);
   process.exitCode = 1;
-});
+}
