@@ -13,7 +13,8 @@ export interface Workload {
   serviceAccount?: string;
 }
 
-export type VolumeOperation = 'volumeUnlock' | 'volumeLock' | 'volumeRekey' | 'volumeHold';
+/** hold records its final removal as volumeLock. */
+export type VolumeOperation = 'volumeUnlock' | 'volumeLock' | 'volumeRekey';
 
 export function workloadFromEnv(env: NodeJS.ProcessEnv = process.env): Workload {
   return { podName: env.POD_NAME || undefined, podNamespace: env.POD_NAMESPACE || undefined, serviceAccount: env.SERVICE_ACCOUNT || undefined };
