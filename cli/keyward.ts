@@ -41,8 +41,10 @@ commands:
   volume hold --dir DIR                    native sidecar: on SIGTERM drop this user's claim on DIR's key (lock)
   volume lock --dir DIR                    drop this user's claim on DIR's key now
   volume status --dir DIR [-o json]        encrypted?, key identifier, key version, key present?
+  volume rekey --dir DIR --key FILE        copy DIR from the delivered version it is under to the primary
+                                           (FILE, versioned by its FILE.v<N> sibling) and swap it in; resumable
   volume rekey --dir DIR --from-key OLD --to-key NEW --to-version N
-                                           copy DIR under the new key and swap it in (resumable after a crash)
+                                           the same with the two keys named
 
 HSM options (hsm check, ring, encrypt, kms-plugin, csi-provider, operator):
   --pkcs11-module PATH   PKCS#11 library (default: SoftHSM2)
@@ -453,8 +455,14 @@ async function volume([verb, ...args]: string[]): Promise<void> {
       break;
     }
     case 'rekey': {
+      if (values.key) {
+        if (values['from-key'] || values['to-key'] || values['to-version']) throw new KeywardError('InvalidArgument', 'volume rekey takes either --key FILE or --from-key, --to-key and --to-version');
+        const options = { dir, keyFile: resolve(values.key) };
+        outcome = await volumes.audited(audit, 'volumeRekey', dir, workload, () => volumes.rekeyToPrimary(options));
+        break;
+      }
       const toVersion = versionOption(values['to-version'], 'to-version');
-      if (!values['from-key'] || !values['to-key'] || toVersion === undefined) throw new KeywardError('InvalidArgument', 'volume rekey needs --from-key FILE, --to-key FILE and --to-version N');
+      if (!values['from-key'] || !values['to-key'] || toVersion === undefined) throw new KeywardError('InvalidArgument', 'volume rekey needs --key FILE, or --from-key FILE, --to-key FILE and --to-version N');
       const options = { dir, fromKeyFile: resolve(values['from-key']), toKeyFile: resolve(values['to-key']), toVersion };
       outcome = await volumes.audited(audit, 'volumeRekey', dir, workload, () => volumes.rekeyVolume(options));
       break;

@@ -4,7 +4,7 @@ export { unlockVolume, type UnlockOptions } from './volumeUnlock.js';
 export { lockVolume } from './volumeLock.js';
 export { holdVolume } from './volumeHold.js';
 export { volumeStatus, formatStatus, type VolumeStatus } from './volumeStatus.js';
-export { rekeyVolume, type RekeyOptions, type RekeyStep } from './volumeRekey.js';
+export { rekeyToPrimary, rekeyVolume, type RekeyOptions, type RekeyStep, type RekeyToPrimaryOptions } from './volumeRekey.js';
 export { audited, workloadFromEnv, type VolumeOperation, type Workload } from './volumeAudit.js';
 export { keyVersionAttribute } from './volumeDirectory.js';
 export type { VolumeOutcome } from './volumeOutcome.js';

@@ -7,7 +7,7 @@ import { fileURLToPath } from 'node:url';
 import { createEncryptedFilesystem, nodeUnsupportedReason, type EncryptedFilesystem } from '../testbed/volume/encryptedFilesystem.js';
 import { volumeKeyFiles, type VolumeKeyFiles } from '../testbed/volume/volumeKeys.js';
 import { keyIdentifier } from './fscrypt.js';
-import { rekeyVolume, unlockVolume, volumeStatus, VolumeRefusal, type RekeyStep } from './volumeCommands.js';
+import { rekeyToPrimary, rekeyVolume, unlockVolume, volumeStatus, VolumeRefusal, type RekeyStep } from './volumeCommands.js';
 
 const cli = fileURLToPath(new URL('../cli/keyward.js', import.meta.url));
 
@@ -68,6 +68,30 @@ describe('keyward volume rekey', function () {
     populate(dir);
     return { dir, before: snapshot(dir) };
   }
+
+  it('--key: from the delivered version the directory is under to the primary, however many rotations since; then AlreadyRekeyed', () => {
+    const { dir, before } = volumeUnderVersion1('to-primary');
+    // Two rotations later the provider delivers version 3 as the primary, and 3 and 1 as files.
+    keys.deliver(3, [3, 1]);
+    const outcome = rekeyToPrimary({ dir, keyFile: keys.primary });
+    assert.equal(outcome.code, 'Rekeyed');
+    assert.equal(outcome.keyVersion, 3);
+    assert.deepEqual(snapshot(dir), before);
+    assert.equal(volumeStatus(dir).keyIdentifier, keyIdentifier(keys.keys.get(3)!).toString('hex'));
+    assert.equal(rekeyToPrimary({ dir, keyFile: keys.primary }).code, 'AlreadyRekeyed');
+  });
+
+  it('--key refuses a directory under a version not delivered, and a delivery without version files, changing nothing', () => {
+    const { dir, before } = volumeUnderVersion1('to-primary-refused');
+    keys.deliver(3, [3, 2]);
+    assert.throws(() => rekeyToPrimary({ dir, keyFile: keys.primary }), (err: unknown) => err instanceof VolumeRefusal && err.refusal === 'ForeignKey' && /key version 1/.test(err.message));
+    keys.deliver(3);
+    assert.throws(() => rekeyToPrimary({ dir, keyFile: keys.primary }), (err: unknown) => err instanceof VolumeRefusal && err.refusal === 'KeyUnreadable');
+    keys.deliver(1, [1]);
+    unlockVolume({ dir, keyFile: keys.primary });
+    assert.deepEqual(snapshot(dir), before);
+    assert.equal(volumeStatus(dir).keyVersion, 1);
+  });
 
   it('moves every file, with its content, mode and times, under the new key; the old key no longer unlocks', () => {
     const { dir, before } = volumeUnderVersion1('round-trip');

@@ -15,7 +15,7 @@ import { type Stats, closeSync, fsyncSync, lstatSync, lchownSync, lutimesSync, m
 import { basename, dirname, join } from 'node:path';
 import { KeywardError } from '../core/errors.js';
 import { addKey, type FscryptError, removeKey, setPolicy, withDirectory } from './fscrypt.js';
-import { readKeyFile, type DeliveredKey } from './deliveredKeys.js';
+import { readDeliveredKeys, readKeyFile, type DeliveredKey } from './deliveredKeys.js';
 import { fsyncDirectory, inspectVolume, keyHandlePath, recordKeyVersion, type VolumeDirectory } from './volumeDirectory.js';
 import type { VolumeOutcome } from './volumeOutcome.js';
 import { VolumeRefusal } from './volumeRefusal.js';
@@ -43,6 +43,43 @@ export function rekeyVolume(options: RekeyOptions): VolumeOutcome {
   } finally {
     from.key.fill(0);
     to?.key.fill(0);
+  }
+}
+
+export interface RekeyToPrimaryOptions {
+  dir: string;
+  /** The primary key file as the CSI provider delivers it, with its PATH.v<N> siblings (versions >= 1). */
+  keyFile: string;
+  afterStep?: (step: RekeyStep) => void;
+}
+
+/**
+ * `rekey --key FILE`: from whichever delivered version DIR (or, after a crash, DIR.old) is under,
+ * to the primary. The same Job works after every rotation: no version numbers to edit.
+ */
+export function rekeyToPrimary(options: RekeyToPrimaryOptions): VolumeOutcome {
+  const keys = readDeliveredKeys(options.keyFile);
+  try {
+    const to = keys.primary;
+    if (to.version === undefined) {
+      throw new VolumeRefusal('KeyUnreadable', `no ${basename(options.keyFile)}.v<N> file beside ${options.keyFile} names its version: deliver the volumeKey with versions "1" or more`);
+    }
+    const from = [inspectVolume(options.dir), inspectVolume(`${options.dir}.old`)]
+      .map((volume) => (volume.policy ? keys.find(volume.policy.identifier) : undefined))
+      .find((key) => key !== undefined && key !== to);
+    if (from) return new Rekey({ dir: options.dir, fromKeyFile: from.path, toKeyFile: to.path, toVersion: to.version, afterStep: options.afterStep }, from, to).run();
+    const current = inspectVolume(options.dir);
+    if (current.policy?.identifier.equals(to.identifier)) {
+      return { code: 'AlreadyRekeyed', message: `${options.dir} is encrypted under key version ${to.version} (already)`, keyVersion: to.version, keyIdentifier: to.identifier.toString('hex') };
+    }
+    if (!current.policy) throw new VolumeRefusal('NotEncrypted', `${options.dir} is not encrypted by Keyward`);
+    const recorded = current.keyVersion !== undefined ? `key version ${current.keyVersion}` : `key ${current.policy.identifier.toString('hex')}`;
+    throw new VolumeRefusal('ForeignKey', `${options.dir} is locked by ${recorded}, which was not delivered: it may be disabled or destroyed`, {
+      keyVersion: current.keyVersion,
+      keyIdentifier: current.policy.identifier.toString('hex'),
+    });
+  } finally {
+    keys.wipe();
   }
 }
 
