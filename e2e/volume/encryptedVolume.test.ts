@@ -14,13 +14,11 @@ import { nodeUnsupportedReason, startTestNode, type TestNode } from '../../testb
 import { createEncryptedFilesystem, nodeUnsupportedReason as encryptionUnsupportedReason, type EncryptedFilesystem } from '../../testbed/volume/encryptedFilesystem.js';
 import { createNodeToken, installKeyward } from '../install/keywardOnNode.js';
 import { expectMountRefused, primaryVersion, waitKeyRingReady } from '../install/clusterChecks.js';
+import { applyEncryptedLocalStorage, encryptedVolumeExample, forNode, rekeyJobExample } from './encryptedVolumeOnNode.js';
 
 const ns = 'records';
 const pod = 'ledger-0';
 const dataDir = '/data/ledger';
-const examples = new URL('../../../examples/', import.meta.url);
-const example = readFileSync(new URL('encrypted-volume.yaml', examples), 'utf8');
-const rekeyJob = readFileSync(new URL('encrypted-volume-rekey.yaml', examples), 'utf8');
 /** Record contents and file names: neither may appear in the disk image. */
 const recordText = (i: number): string => `keyward-ledger-record-${i}-plaintext`;
 const recordName = (i: number): string => `ledger-entry-${i}.txt`;
@@ -34,12 +32,6 @@ describe('workload volumes encrypted at rest under a Keyward key (real node, fsc
   let node: TestNode;
   let fs: EncryptedFilesystem;
 
-  /** A manifest of examples/ with this node's images, imported into containerd, never pulled. */
-  const forNode = (manifest: string): string =>
-    manifest
-      .replaceAll('ghcr.io/keyward/keyward:0.1.0', image.ref)
-      .replaceAll('busybox:1.36', node.images.busybox.ref)
-      .replace(/^( *)image: (\S+)$/gm, '$1image: $2\n$1imagePullPolicy: Never');
   const kubectl = (args: string[], input?: string): Promise<string> => node.kubectl(['-n', ns, ...args], input);
   const exec = (container: string, script: string): Promise<string> => kubectl(['exec', pod, '-c', container, '--', 'sh', '-c', script]);
   const scale = async (replicas: number): Promise<void> => {
@@ -62,26 +54,7 @@ describe('workload volumes encrypted at rest under a Keyward key (real node, fsc
     const token = createNodeToken(join(node.dir, 'softhsm'));
     await installKeyward(node, image.ref, token, join(dir, 'helm'));
     fs = createEncryptedFilesystem({ sizeMiB: 64 });
-    // The node's storage: a StorageClass and a local PersistentVolume on the encryptable ext4.
-    await node.kubectl(['apply', '-f', '-'], `apiVersion: storage.k8s.io/v1
-kind: StorageClass
-metadata: { name: encrypted-local }
-provisioner: kubernetes.io/no-provisioner
-volumeBindingMode: WaitForFirstConsumer
----
-apiVersion: v1
-kind: PersistentVolume
-metadata: { name: encrypted-local-0 }
-spec:
-  capacity: { storage: 64Mi }
-  accessModes: [ReadWriteOnce]
-  persistentVolumeReclaimPolicy: Retain
-  storageClassName: encrypted-local
-  local: { path: ${fs.mountPoint} }
-  nodeAffinity:
-    required:
-      nodeSelectorTerms: [{ matchExpressions: [{ key: kubernetes.io/hostname, operator: In, values: [${node.name}] }] }]
-`);
+    await applyEncryptedLocalStorage(node, fs, 64);
   });
 
   after(async () => {
@@ -91,7 +64,7 @@ spec:
   });
 
   it('the example StatefulSet starts with its directory encrypted, and its records are ciphertext on disk, names included', async () => {
-    await node.kubectl(['apply', '-f', '-'], forNode(example));
+    await node.kubectl(['apply', '-f', '-'], forNode(encryptedVolumeExample, node, image.ref));
     await waitKeyRingReady(node, ns, 'volume-keys');
     // Rotations below are the platform team's, granted to the admin user kubectl runs as.
     await kubectl(['apply', '-f', '-'], `apiVersion: keyward.dev/v1alpha1
@@ -201,7 +174,7 @@ ${withKey ? '    - { name: key, csi: { driver: secrets-store.csi.k8s.io, readOnl
     await kubectl(['delete', 'pod', pod, '--wait=false']);
     await scale(1);
     await scale(0);
-    await node.kubectl(['apply', '-f', '-'], forNode(rekeyJob));
+    await node.kubectl(['apply', '-f', '-'], forNode(rekeyJobExample, node, image.ref));
     await kubectl(['wait', '--for=condition=Complete', 'job/ledger-rekey', '--timeout=120s']);
     assert.match(await kubectl(['logs', 'job/ledger-rekey']), /"operation":"volumeRekey"/);
 
