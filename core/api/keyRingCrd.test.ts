@@ -235,7 +235,7 @@ describe('KeyRing admission by a real kube-apiserver', function () {
     assert.match(message, /spec\.purpose: Unsupported value: "storage": supported values: "encryption", "derivation", "signing"/);
   });
 
-  it('refuses an algorithm outside CNSA 1.0, naming spec.algorithm and the supported values', async () => {
+  it('refuses an algorithm outside CNSA 1.0, naming spec.algorithm and the supported values [practice:cnsa]', async () => {
     const message = await invalid(unknownAlgorithmSpec);
     assert.match(message, /spec\.algorithm: Unsupported value: "RSA-2048": supported values: "AES-256-GCM", "HMAC-SHA-384", "ECDSA-P384"/);
   });
@@ -269,7 +269,7 @@ describe('KeyRing admission by a real kube-apiserver', function () {
     }
   });
 
-  it('refuses a destroyScheduledDuration under 24h or over 2880h and accepts both limits', async () => {
+  it('refuses a destroyScheduledDuration under 24h or over 2880h and accepts both limits [practice:soft-delete]', async () => {
     assert.match(
       await invalid({ purpose: 'encryption', destroyScheduledDuration: '23h' }),
       /spec\.destroyScheduledDuration: Invalid value: .*must be between 24h and 2880h \(1 to 120 days\), not 23h/,
@@ -285,7 +285,7 @@ describe('KeyRing admission by a real kube-apiserver', function () {
     }
   });
 
-  it('refuses a change of destroyScheduledDuration, also by removing it, but allows other updates', async () => {
+  it('refuses a change of destroyScheduledDuration, also by removing it, but allows other updates [practice:soft-delete]', async () => {
     const created = await create({ purpose: 'encryption', destroyScheduledDuration: '48h' });
     const changed = { ...created, spec: { ...created.spec, destroyScheduledDuration: '96h' } };
     const { code, message } = await apiRefusal(replace(changed));

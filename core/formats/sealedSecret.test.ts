@@ -50,7 +50,7 @@ describe('Sealed secrets in a real SoftHSM2 token', () => {
     });
   };
 
-  it('seals under the primary and opens again, in format 2 with the key id in the header', async () => {
+  it('seals under the primary and opens again, in format 2 with the key id in the header [practice:cnsa]', async () => {
     const ring = await newRing();
     const plaintext = secret();
     const sealed = await sealSecret(token, store, ring, plaintext);
@@ -97,7 +97,7 @@ describe('Sealed secrets in a real SoftHSM2 token', () => {
     assert.deepEqual(await openSealedSecret(token, store, ring, object.ciphertext), plaintext);
   });
 
-  it('opens a secret sealed before a rotation and seals new ones under the new primary', async () => {
+  it('opens a secret sealed before a rotation and seals new ones under the new primary [practice:rotation]', async () => {
     const ring = await newRing();
     const old = secret();
     const sealedOld = await sealSecret(token, store, ring, old);

@@ -117,7 +117,7 @@ describe('gRPC server over HTTP/2 with prior knowledge', function () {
     rmSync(dir, { recursive: true, force: true });
   });
 
-  it('listens on a 0600 socket and answers a unary call with its message and status 0', async () => {
+  it('listens on a 0600 socket and answers a unary call with its message and status 0 [practice:secure-transport]', async () => {
     assert.equal(statSync(join(dir, 'test.sock')).mode & 0o777, 0o600);
     const answer = await call(session, grpcHeaders(encryptPath), [encrypt('ok')]);
     assert.equal(answer.grpcStatus, 0);

@@ -10,7 +10,7 @@ describe('AES-256-GCM in a real SoftHSM2 token', () => {
   let token: HsmToken;
   before(() => (token = hsm.token));
 
-  it('generates a sensitive, non-extractable key, round-trips through the HSM, and never reveals the key', async () => {
+  it('generates a sensitive, non-extractable key, round-trips through the HSM, and never reveals the key [practice:no-plaintext-export]', async () => {
     const key = await generateAesKey(token, { label: 'k-test', id: randomBytes(16) });
     const attrs = await token.withSession((s) =>
       token.pkcs11.C_GetAttributeValue(s, key, [

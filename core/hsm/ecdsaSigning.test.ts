@@ -18,7 +18,7 @@ describe('ECDSA P-384 signing keys in a real SoftHSM2 token', () => {
     err instanceof KeywardError && err.code === code && pattern.test(err.message);
   const sha384 = (data: Buffer): Buffer => createHash('sha384').update(data).digest();
 
-  it('generates a private key for signing only, sensitive and non-extractable, and a public key with the same label and id', async () => {
+  it('generates a private key for signing only, sensitive and non-extractable, and a public key with the same label and id [practice:no-plaintext-export] [practice:approved-generation]', async () => {
     const id = randomBytes(16);
     const { privateKey, publicKey } = await generateEcdsaKeyPair(token, { label: 'k-ec', id });
     assert.equal((await attribute(privateKey, pkcs11js.CKA_CLASS))?.readUInt32LE(0), pkcs11js.CKO_PRIVATE_KEY);
@@ -68,7 +68,7 @@ describe('ECDSA P-384 signing keys in a real SoftHSM2 token', () => {
     assert.equal(verify('sha384', message, { key: otherKey, dsaEncoding: 'ieee-p1363' }, signature), false, 'another key');
   });
 
-  it('refuses what is not a P-384 key or not a SHA-384 digest, naming it, and the session stays usable', async () => {
+  it('refuses what is not a P-384 key or not a SHA-384 digest, naming it, and the session stays usable [practice:cnsa]', async () => {
     const aes = await generateAesKey(token, { label: 'k-aes', id: randomBytes(16) });
     const { privateKey, publicKey } = await generateEcdsaKeyPair(token, { label: 'k-ec-misuse', id: randomBytes(16) });
     await assert.rejects(publicKeyDer(token, aes), refused('FailedPrecondition', /not an ECDSA P-384 public key/));

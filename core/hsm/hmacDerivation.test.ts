@@ -16,7 +16,7 @@ describe('HMAC-SHA-384 derivation keys in a real SoftHSM2 token', () => {
   const attribute = (key: Handle, type: number): Promise<Buffer | undefined> => keyAttribute(token, key, type);
   const flag = (key: Handle, type: number): Promise<boolean> => keyFlag(token, key, type);
 
-  it('generates a 48-byte generic secret token key for signing only, sensitive and non-extractable', async () => {
+  it('generates a 48-byte generic secret token key for signing only, sensitive and non-extractable [practice:no-plaintext-export] [practice:approved-generation]', async () => {
     const id = randomBytes(16);
     const key = await generateHmacKey(token, { label: 'k-hmac', id });
     assert.equal((await attribute(key, pkcs11js.CKA_KEY_TYPE))?.readUInt32LE(0), pkcs11js.CKK_GENERIC_SECRET);

@@ -75,7 +75,7 @@ describe('Ring lifecycle rules', () => {
   });
 
   describe('rotation', () => {
-    it('adds the next version pending, and makes it primary only once enabled', () => {
+    it('adds the next version pending, and makes it primary only once enabled [practice:rotation]', () => {
       const ring = enabledRing(1);
       const rotating = startRotation(ring, undefined, t1);
       assert.deepEqual(states(rotating), [[1, 'Enabled'], [2, 'PendingGeneration']]);
@@ -91,7 +91,7 @@ describe('Ring lifecycle rules', () => {
       assert.deepEqual(states(startRotation(destroyed, undefined, t2)).at(-1), [3, 'PendingGeneration']);
     });
 
-    it('carries out an on-demand request once, and keeps the last request over a plain rotation', () => {
+    it('carries out an on-demand request once, and keeps the last request over a plain rotation [practice:rotation]', () => {
       const rotated = enablePending(startRotation(enabledRing(1), 'r-1', t1), t1);
       assert.equal(rotated.lastRotationRequest, 'r-1');
       assert.equal(startRotation(rotated, 'r-1', t2), rotated, 'the same request again: the same ring');
@@ -125,7 +125,7 @@ describe('Ring lifecycle rules', () => {
       assert.throws(() => changeVersionState(destroyed, { ref, number: 1, state: 'Disabled' }, t2), refusedWith('FailedPrecondition', /Destroyed; it cannot become Disabled/));
     });
 
-    it('needs the time destruction may happen to schedule it, and clears it when cancelled', () => {
+    it('needs the time destruction may happen to schedule it, and clears it when cancelled [practice:soft-delete]', () => {
       const disabled = changeVersionState(enabledRing(), { ref, number: 1, state: 'Disabled' }, t0);
       assert.throws(() => changeVersionState(disabled, { ref, number: 1, state: 'DestroyScheduled' }, t1), refusedWith('InvalidArgument', /needs the time/));
       const scheduled = changeVersionState(disabled, { ref, number: 1, state: 'DestroyScheduled', destroyAt: t2 }, t1);
@@ -154,14 +154,14 @@ describe('Ring lifecycle rules', () => {
       assert.equal(scheduleDestruction(ring, t1, t0), ring, 'all scheduled already: the same ring');
     });
 
-    it('finds versions due only once their time has come', () => {
+    it('finds versions due only once their time has come [practice:soft-delete]', () => {
       const ring = scheduledRing(t1);
       assert.deepEqual(dueForDestruction(ring, t0), []);
       assert.deepEqual(dueForDestruction(ring, t1).map((v) => v.number), [1]);
       assert.deepEqual(dueForDestruction(enabledRing(), t2), [], 'only DestroyScheduled versions');
     });
 
-    it('records destroyed versions with when it happened, and no material left', () => {
+    it('records destroyed versions with when it happened, and no material left [practice:soft-delete]', () => {
       const ring = scheduledRing(t1);
       const destroyed = recordDestroyed(ring, dueForDestruction(ring, t2), t2);
       assert.deepEqual(destroyed.versions.map((v) => [v.number, v.state, v.destroyAt]), [[1, 'Destroyed', t2.toISOString()], [2, 'Enabled', undefined]]);

@@ -44,7 +44,7 @@ describe('Ring lifecycle in a real SoftHSM2 token', () => {
     await assert.rejects(store.create({ name: 'orders', namespace: 'shop' }), /already exists/);
   });
 
-  it('rotates once per request and reuses a key an interrupted rotation left behind', async () => {
+  it('rotates once per request and reuses a key an interrupted rotation left behind [practice:rotation]', async () => {
     const ring = await store.create({ name: 'payments', ringId: randomUUID() });
     // As if a rotation died after generating version 2's key but before recording it.
     await generateAesKey(token, { label: keyObjectLabel(ring.ringId, 2), id: keyObjectId(ring.ringId, 2) });
@@ -57,7 +57,7 @@ describe('Ring lifecycle in a real SoftHSM2 token', () => {
     assert.equal((await store.rotate({ ringId: ring.ringId })).primary, 4);
   });
 
-  it('moves versions only along the lifecycle and destroys material only when the time has come', async () => {
+  it('moves versions only along the lifecycle and destroys material only when the time has come [practice:soft-delete]', async () => {
     const { ringId } = await store.create({ name: 'audit', ringId: randomUUID() });
     const ref = { ringId };
     await store.rotate(ref);
@@ -86,7 +86,7 @@ describe('Ring lifecycle in a real SoftHSM2 token', () => {
     await assert.rejects(store.setVersionState(ref, 1, 'Enabled'), /Destroyed; it cannot become Enabled/);
   });
 
-  it('schedules every version of a deleted ring, the primary included, without destroying any yet', async () => {
+  it('schedules every version of a deleted ring, the primary included, without destroying any yet [practice:soft-delete]', async () => {
     const { ringId } = await store.create({ name: 'gone', ringId: randomUUID() });
     await store.rotate({ ringId });
     const at = new Date(Date.now() + 3_600_000);

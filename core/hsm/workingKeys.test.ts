@@ -13,7 +13,7 @@ describe('Working copies of HSM keys', () => {
 
   const attribute = (key: Handle, type: number): Promise<Buffer | undefined> => keyAttribute(token, key, type);
 
-  it('computes like the token key, stays sensitive and non-extractable, and is never revealed', async () => {
+  it('computes like the token key, stays sensitive and non-extractable, and is never revealed [practice:no-plaintext-export]', async () => {
     const tokenKey = await generateAesKey(token, { label: 'k-copy', id: randomBytes(16) });
     const keys = new WorkingKeys(token);
     const copy = await keys.get(tokenKey);

@@ -17,7 +17,7 @@ const policy = (name: string, rules: PolicyRule[], namespace = 'shop'): PolicyDo
 });
 
 describe('KeyPolicy evaluation', () => {
-  it('denies everything on a ring no policy names, and anyone a policy does not name', () => {
+  it('denies everything on a ring no policy names, and anyone a policy does not name [practice:implicit-deny]', () => {
     const set = new PolicySet([policy('p', [{ subjects: [{ kind: 'User', name: 'alice' }], keyRings: ['orders'], roles: ['Administrator'] }])]);
     assert.equal(set.decide(alice, 'shop', 'payments', 'rotate', now).reason, 'NoPolicy');
     assert.equal(set.decide(bob, 'shop', 'orders', 'rotate', now).reason, 'NotGranted');
@@ -27,7 +27,7 @@ describe('KeyPolicy evaluation', () => {
     assert.equal(set.decide(alice, 'shop', 'orders', 'encrypt', now).reason, 'NotGranted', 'Administrator cannot use the key');
   });
 
-  it('gives each role exactly its operations', () => {
+  it('gives each role exactly its operations [practice:roles]', () => {
     for (const role of roleNames) {
       const rule: PolicyRule = { subjects: [{ kind: 'User', name: 'alice' }], keyRings: ['orders'], roles: [role], expiresAt: new Date(now.getTime() + hour).toISOString() };
       const set = new PolicySet([policy(`role-${role}`, [rule])]);
@@ -51,7 +51,7 @@ describe('KeyPolicy evaluation', () => {
     assert.ok(!set.decide({ username: 'system:serviceaccount:shop:api', groups: [] }, 'shop', 'payments', 'getMetadata', now).allowed);
   });
 
-  it('stops an expiring grant at its expiry, and flags break-glass use', () => {
+  it('stops an expiring grant at its expiry, and flags break-glass use [practice:least-privilege] [practice:roles]', () => {
     const expiresAt = new Date(now.getTime() + hour).toISOString();
     const set = new PolicySet([policy('bg', [{ subjects: [{ kind: 'User', name: 'alice' }], keyRings: ['orders'], roles: ['BreakGlassAdministrator'], expiresAt }])]);
     const before = set.decide(alice, 'shop', 'orders', 'rotate', now);
@@ -70,7 +70,7 @@ describe('KeyPolicy evaluation', () => {
     assert.deepEqual(set.decide(alice, 'shop', 'orders', 'disableVersion', now).breakGlass, true);
   });
 
-  it('does not enforce a later policy that gives one subject use and management of a ring', () => {
+  it('does not enforce a later policy that gives one subject use and management of a ring [practice:separation-of-duties]', () => {
     const admin = policy('admin', [{ subjects: [{ kind: 'User', name: 'alice' }], keyRings: ['orders'], roles: ['Administrator'] }]);
     const user = policy('user', [{ subjects: [{ kind: 'User', name: 'alice' }], keyRings: ['orders', 'payments'], roles: ['EncryptDecrypt'] }]);
     const set = new PolicySet([user, admin]);
@@ -82,7 +82,7 @@ describe('KeyPolicy evaluation', () => {
     assert.ok(set.decide(alice, 'shop', 'orders', 'rotate', now).allowed);
   });
 
-  it('refuses a policy whose own rules mix use and management for one subject', () => {
+  it('refuses a policy whose own rules mix use and management for one subject [practice:separation-of-duties]', () => {
     const set = new PolicySet([
       policy('mixed', [
         { subjects: [{ kind: 'Group', name: 'ops' }], keyRings: ['orders'], operations: ['rotate'] },
@@ -92,7 +92,7 @@ describe('KeyPolicy evaluation', () => {
     assert.equal(set.verdict('shop', 'mixed')?.enforced, false);
   });
 
-  it('refuses at decision time a user who holds use and management through different subjects', () => {
+  it('refuses at decision time a user who holds use and management through different subjects [practice:separation-of-duties]', () => {
     const set = new PolicySet([
       policy('p', [
         { subjects: [{ kind: 'User', name: 'bob' }], keyRings: ['orders'], roles: ['Administrator'] },
