@@ -69,7 +69,7 @@ describe('keyward volume rekey', function () {
     return { dir, before: snapshot(dir) };
   }
 
-  it('--key: from the delivered version the directory is under to the primary, however many rotations since; then AlreadyRekeyed', () => {
+  it('--key: from the delivered version the directory is under to the primary, however many rotations since; then AlreadyRekeyed [practice:rotation]', () => {
     const { dir, before } = volumeUnderVersion1('to-primary');
     // Two rotations later the provider delivers version 3 as the primary, and 3 and 1 as files.
     keys.deliver(3, [3, 1]);

@@ -113,7 +113,7 @@ describe('keyward volume unlock, lock and status', function () {
     }
   });
 
-  it('through the CLI: one audit line per command, refusals exit 1 with one line, no key bytes anywhere', () => {
+  it('through the CLI: one audit line per command, refusals exit 1 with one line, no key bytes anywhere [practice:audit]', () => {
     const dir = join(fs.mountPoint, 'cli');
     keys.deliver(1, [1]);
     const env = { ...process.env, POD_NAME: 'app-0', POD_NAMESPACE: 'shop', SERVICE_ACCOUNT: 'app' };

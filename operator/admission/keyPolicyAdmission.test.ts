@@ -13,7 +13,7 @@ const keyPolicy = (name: string, rules: KeyPolicyRule[], creationTimestamp?: str
 const breakGlass = (expiresAt: string): KeyPolicyRule => ({ subjects: [{ kind: 'User', name: 'carol' }], keyRings: ['orders'], roles: ['BreakGlassAdministrator'], expiresAt });
 
 describe('KeyPolicy admission', () => {
-  it('takes a break-glass grant up to 24h ahead and refuses one further or already past', () => {
+  it('takes a break-glass grant up to 24h ahead and refuses one further or already past [practice:least-privilege] [practice:roles]', () => {
     assert.equal(admitKeyPolicy({ object: keyPolicy('bg', [breakGlass(hours(23.9))]), admitted: [], now }), undefined);
     assert.match(admitKeyPolicy({ object: keyPolicy('bg', [breakGlass(hours(25))]), admitted: [], now }) ?? '', /spec.rules\[0\].expiresAt .* is 25.0h ahead; BreakGlassAdministrator grants may run at most 24h/);
     assert.match(admitKeyPolicy({ object: keyPolicy('bg', [breakGlass(hours(-1))]), admitted: [], now }) ?? '', /is already past/);
@@ -25,7 +25,7 @@ describe('KeyPolicy admission', () => {
     assert.equal(admitKeyPolicy({ object: edited, oldObject: old, admitted: [old], now }), undefined);
   });
 
-  it('does not let an expiry admitted for an ordinary grant carry a break-glass one past 24h', () => {
+  it('does not let an expiry admitted for an ordinary grant carry a break-glass one past 24h [practice:least-privilege]', () => {
     const auditor: KeyPolicyRule = { subjects: [{ kind: 'User', name: 'carol' }], keyRings: ['orders'], roles: ['Auditor'], expiresAt: hours(240) };
     const old = keyPolicy('bg', [auditor], '2026-11-22T00:00:00Z');
     const raised = keyPolicy('bg', [breakGlass(hours(240))], '2026-11-22T00:00:00Z');
@@ -34,7 +34,7 @@ describe('KeyPolicy admission', () => {
     assert.equal(admitKeyPolicy({ object: keyPolicy('bg', [{ ...auditor, expiresAt: hours(-1) }]), oldObject: keyPolicy('bg', [breakGlass(hours(-1))]), admitted: [], now }), undefined);
   });
 
-  it('refuses a policy that would give an administrator of another policy use of the same ring', () => {
+  it('refuses a policy that would give an administrator of another policy use of the same ring [practice:separation-of-duties]', () => {
     const admins = keyPolicy('admins', [{ subjects: [{ kind: 'User', name: 'alice' }], keyRings: ['orders'], roles: ['Administrator'] }], '2026-11-01T00:00:00Z');
     const users = keyPolicy('users', [{ subjects: [{ kind: 'User', name: 'alice' }], keyRings: ['orders'], operations: ['decrypt'] }]);
     assert.match(admitKeyPolicy({ object: users, admitted: [admins], now }) ?? '', /separation of duties: User alice would both use and manage KeyRing orders/);
@@ -42,7 +42,7 @@ describe('KeyPolicy admission', () => {
     assert.equal(admitKeyPolicy({ object: otherRing, admitted: [admins], now }), undefined);
   });
 
-  it('refuses an update of an older policy that would unseat a newer one', () => {
+  it('refuses an update of an older policy that would unseat a newer one [practice:separation-of-duties]', () => {
     const users = keyPolicy('users', [{ subjects: [{ kind: 'User', name: 'alice' }], keyRings: ['orders'], operations: ['decrypt'] }], '2026-11-02T00:00:00Z');
     const oldAdmins = keyPolicy('admins', [{ subjects: [{ kind: 'User', name: 'bob' }], keyRings: ['orders'], roles: ['Administrator'] }], '2026-11-01T00:00:00Z');
     const newAdmins = keyPolicy('admins', [{ subjects: [{ kind: 'User', name: 'alice' }], keyRings: ['orders'], roles: ['Administrator'] }], '2026-11-01T00:00:00Z');

@@ -31,7 +31,7 @@ describe('KeyRing admission', () => {
     assert.deepEqual(verdict.spec, base);
   });
 
-  it('maps each spec change to its operation and refuses what is not granted', () => {
+  it('maps each spec change to its operation and refuses what is not granted [practice:operations-by-name]', () => {
     assert.deepEqual(update(alice, {}, { rotationRequest: 'x' }).acts?.map((a) => a.operation), ['rotate']);
     assert.deepEqual(update(alice, {}, { rotationPeriod: '720h' }).acts?.map((a) => a.operation), ['rotate']);
     assert.deepEqual(update(alice, {}, { versions: [{ number: 1, state: 'Disabled' }] }).acts?.map((a) => a.operation), ['disableVersion']);
@@ -41,7 +41,7 @@ describe('KeyRing admission', () => {
     assert.match(refused.message ?? '', /rotate on the KeyRing: carol is not granted rotate on KeyRing shop\/orders/);
   });
 
-  it('stamps a destruction request with the requester and refuses a request carrying its own approval', () => {
+  it('stamps a destruction request with the requester and refuses a request carrying its own approval [practice:two-person-integrity]', () => {
     const verdict = update(carol, { versions: [{ number: 1, state: 'Disabled' }] }, { versions: [{ number: 1, state: 'DestroyScheduled', destroyRequest: { requestedBy: 'mallory', requestedAt: '2020-01-01T00:00:00Z', approvedBy: 'eve', approvedAt: '2020-01-01T00:00:00Z' } }] });
     assert.equal(verdict.allowed, true);
     assert.deepEqual(verdict.spec?.versions?.[0]?.destroyRequest, { requestedBy: 'carol', requestedAt: now.toISOString() }, 'forged stamps replaced');
@@ -50,7 +50,7 @@ describe('KeyRing admission', () => {
     assert.match(selfApproved.message ?? '', /cannot carry its own approval/);
   });
 
-  it('takes an approval only from a second, authorised person within the window', () => {
+  it('takes an approval only from a second, authorised person within the window [practice:two-person-integrity]', () => {
     const requested = { versions: [{ number: 1, state: 'DestroyScheduled' as const, destroyRequest: { requestedBy: 'alice', requestedAt: now.toISOString() } }] };
     const approving = { versions: [{ ...requested.versions[0]!, approveDestroy: true }] };
     const own = update(alice, requested, approving);
@@ -79,7 +79,7 @@ describe('KeyRing admission', () => {
     assert.equal(verdict.allowed, false);
   });
 
-  it('restores stamps a later change tries to alter or drop', () => {
+  it('restores stamps a later change tries to alter or drop [practice:two-person-integrity]', () => {
     const stamp = { requestedBy: 'alice', requestedAt: now.toISOString(), approvedBy: 'bob', approvedAt: now.toISOString() };
     const old = { versions: [{ number: 1, state: 'DestroyScheduled' as const, approveDestroy: true, destroyRequest: stamp }] };
     const forged = update(carol, old, { versions: [{ number: 1, state: 'DestroyScheduled', approveDestroy: true, destroyRequest: { ...stamp, approvedBy: 'carol' } }] });
@@ -88,7 +88,7 @@ describe('KeyRing admission', () => {
     assert.deepEqual(dropped.spec?.versions?.[0]?.destroyRequest, stamp);
   });
 
-  it('needs cancelDestroy to leave DestroyScheduled, and clears the stamps', () => {
+  it('needs cancelDestroy to leave DestroyScheduled, and clears the stamps [practice:soft-delete]', () => {
     const old = { versions: [{ number: 1, state: 'DestroyScheduled' as const, destroyRequest: { requestedBy: 'alice', requestedAt: now.toISOString() } }] };
     assert.match(update(carol, old, { versions: [{ number: 1, state: 'Disabled' }] }).message ?? '', /cancelDestroy on version 1/);
     const cancelled = update(bob, old, { versions: [{ number: 1, state: 'Disabled' }] });
@@ -96,7 +96,7 @@ describe('KeyRing admission', () => {
     assert.deepEqual(cancelled.spec?.versions, [{ number: 1, state: 'Disabled' }]);
   });
 
-  it('treats deletionPolicy Destroy as a destruction request that needs a second person', () => {
+  it('treats deletionPolicy Destroy as a destruction request that needs a second person [practice:two-person-integrity]', () => {
     const requested = update(carol, {}, { deletionPolicy: 'Destroy' });
     assert.deepEqual(requested.spec?.deletionDestroyRequest, { requestedBy: 'carol', requestedAt: now.toISOString() });
     const approved = update(bob, { deletionPolicy: 'Destroy', deletionDestroyRequest: requested.spec?.deletionDestroyRequest }, { deletionPolicy: 'Destroy', approveDestroy: true });
@@ -104,7 +104,7 @@ describe('KeyRing admission', () => {
     assert.match(update(carol, { deletionPolicy: 'Destroy' }, { deletionPolicy: 'Retain' }).message ?? '', /cancelDestroy/);
   });
 
-  it('refuses everything on a KeyRing no policy names, even for a cluster administrator', () => {
+  it('refuses everything on a KeyRing no policy names, even for a cluster administrator [practice:implicit-deny]', () => {
     const admin = { username: 'kubernetes-admin', groups: ['system:masters'] };
     const verdict = admitKeyRing({ operation: 'UPDATE', requester: admin, namespace: 'shop', name: 'payments', object: keyRing({ rotationRequest: 'x' }), oldObject: keyRing({}), policies, now });
     assert.equal(verdict.allowed, false);

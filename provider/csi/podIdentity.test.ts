@@ -83,7 +83,7 @@ describe('CSI pod identity: TokenReview bound to the pod', () => {
     assert.equal(reviews, 0);
   });
 
-  it('reuses a review until its TTL, through an apiserver outage, and never past the TTL', async () => {
+  it('reuses a review until its TTL, through an apiserver outage, and never past the TTL [practice:continuity]', async () => {
     const id = identity(60_000);
     const t = token();
     assert.ok((await id.verify(t, pod)).ok);

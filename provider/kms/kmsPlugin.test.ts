@@ -73,7 +73,7 @@ describe('KMS v2 plugin over a real SoftHSM2 token', function () {
     if (dir) rmSync(dir, { recursive: true, force: true });
   });
 
-  it('serves on a 0600 unix socket and reports v2, ok and the primary key id', async () => {
+  it('serves on a 0600 unix socket and reports v2, ok and the primary key id [practice:secure-transport]', async () => {
     assert.equal(statSync(plugin.socketPath).mode & 0o777, 0o600);
     const s = await kms.status({});
     assert.deepEqual({ version: s.version, healthz: s.healthz, keyId: s.keyId }, { version: 'v2', healthz: 'ok', keyId: ring.versions[0]?.keyId });
@@ -122,7 +122,7 @@ describe('KMS v2 plugin over a real SoftHSM2 token', function () {
     assert.deepEqual(Buffer.from((await kms.decrypt(good)).plaintext), secrets.at(-1));
   });
 
-  it('picks up rotations without restart and keeps every enabled version decrypting', async () => {
+  it('picks up rotations without restart and keeps every enabled version decrypting [practice:rotation]', async () => {
     const before = await kms.encrypt({ plaintext: secret(), uid: 'r0' });
     const made = [{ enc: before, plaintext: secrets.at(-1)! }];
     for (let i = 0; i < 2; i++) {
@@ -166,7 +166,7 @@ describe('KMS v2 plugin over a real SoftHSM2 token', function () {
     assert.equal((await fetch(`http://${plugin.metricsAddress}/livez`)).status, 200);
   });
 
-  it('turns unhealthy with a reason during an HSM outage, keeps its key id, and recovers by itself', async () => {
+  it('turns unhealthy with a reason during an HSM outage, keeps its key id, and recovers by itself [practice:continuity]', async () => {
     const { keyId } = await kms.status({});
     const away = `${softhsm.tokenDir}.away`;
     renameSync(softhsm.tokenDir, away);
@@ -199,7 +199,7 @@ describe('KMS v2 plugin over a real SoftHSM2 token', function () {
     }
   });
 
-  it('audits every Encrypt and Decrypt, and writes no plaintext to its logs or audit', async () => {
+  it('audits every Encrypt and Decrypt, and writes no plaintext to its logs or audit [practice:audit]', async () => {
     await sleep(200);
     const audit = readFileSync(join(dir, 'audit.log'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
     assert.ok(audit.some((r) => r.operation === 'encrypt' && r.result === 'allowed' && r.code === 'OK' && r.keyVersion === 1 && r.ring === 'apps'));
