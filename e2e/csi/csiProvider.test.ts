@@ -164,7 +164,7 @@ describe('CSI provider: HSM-backed objects in pod volumes, end to end', function
     if (workDir) rmSync(workDir, { recursive: true, force: true });
   });
 
-  it('listens on <dir>/keyward.sock with mode 0600, answers Version and the gRPC health check', async () => {
+  it('listens on <dir>/keyward.sock with mode 0600, answers Version and the gRPC health check [practice:secure-transport]', async () => {
     assert.equal(provider.socketPath, join(workDir, 'providers', 'keyward.sock'));
     assert.equal(statSync(provider.socketPath).mode & 0o777, 0o600);
     const version = await client.version({ version: 'v1alpha1' });
@@ -290,7 +290,7 @@ describe('CSI provider: HSM-backed objects in pod volumes, end to end', function
       assert.equal(clash.error?.code, 'DuplicateObjectPath');
     });
 
-    it('is refused to a ServiceAccount granted other operations on the ring but not deriveKey', async () => {
+    it('is refused to a ServiceAccount granted other operations on the ring but not deriveKey [practice:operations-by-name]', async () => {
       await setPolicy('shop', 'workloads', [{ ...workloadRule('shop', ['app', 'batch']), operations: ['decrypt', 'getPublicKey'] }]);
       try {
         const refused = await eventually('the grant without deriveKey is enforced', 5_000, async () => {
@@ -328,7 +328,7 @@ describe('CSI provider: HSM-backed objects in pod volumes, end to end', function
     assert.equal(file(await mount(web, webToken, secretObject()), 'db/password').toString(), dbPassword);
   });
 
-  it('enforces a KeyPolicy change on the next mount', async () => {
+  it('enforces a KeyPolicy change on the next mount [practice:policy-lag]', async () => {
     await setPolicy('shop', 'workloads', [{ ...workloadRule('shop', ['app', 'batch']), operations: ['deriveKey', 'getPublicKey'] }]);
     const refused = await eventually('the revoked grant is enforced', 5_000, async () => {
       const response = await mount(web, webToken, secretObject());
@@ -340,7 +340,7 @@ describe('CSI provider: HSM-backed objects in pod volumes, end to end', function
     await eventually('the restored grant is enforced', 5_000, async () => ((await mount(web, webToken, secretObject())).error ? undefined : true));
   });
 
-  it('refuses the whole mount when one object is refused, and audits every object', async () => {
+  it('refuses the whole mount when one object is refused, and audits every object [practice:audit]', async () => {
     const response = await mount(web, webToken, dataKeyObject() + '- type: dataKey\n  name: not-granted\n  keyRing: ungranted-ring\n  path: x.key\n');
     assert.equal(response.error?.code, 'NotAuthorized');
     assert.equal(response.files.length, 0);
@@ -584,7 +584,7 @@ describe('CSI provider: HSM-backed objects in pod volumes, end to end', function
     });
   });
 
-  it('serves cached pods through an apiserver outage, refuses unreviewed tokens, and follows policy changes after it', async () => {
+  it('serves cached pods through an apiserver outage, refuses unreviewed tokens, and follows policy changes after it [practice:continuity] [practice:policy-lag]', async () => {
     assert.equal((await mount(web, webToken, secretObject())).error, undefined, 'the review of this token is cached');
     const web2 = pods.get('shop/web-2') ?? assert.fail();
     const unreviewed = await podToken(core, web2.pod, audience);

@@ -417,7 +417,7 @@ describe('Helm chart charts/keyward', function () {
       }
     });
 
-    it('grants exactly the RBAC the operator uses: no wildcard, nothing cluster-wide but KeyRings, KeyPolicies and Events', () => {
+    it('grants exactly the RBAC the operator uses: no wildcard, nothing cluster-wide but KeyRings, KeyPolicies and Events [practice:least-privilege]', () => {
       for (const objects of [defaults, plugin]) {
         const clusterRole = only<KubernetesObject & { rules: V1PolicyRule[] }>(objects, 'ClusterRole');
         const role = only<KubernetesObject & { rules: V1PolicyRule[] }>(objects, 'Role');
@@ -542,7 +542,7 @@ describe('Helm chart charts/keyward', function () {
       assert.equal(spec?.volumes?.find((v) => v.name === 'softhsm-tokens')?.persistentVolumeClaim?.claimName, 'keyward-softhsm-tokens');
     });
 
-    it("registers both webhooks through the webhook Service, failing closed, with a caBundle that verifies the Secret's certificate for the Service's name", () => {
+    it("registers both webhooks through the webhook Service, failing closed, with a caBundle that verifies the Secret's certificate for the Service's name [practice:secure-transport]", () => {
       const deployment = only<V1Deployment>(defaults, 'Deployment');
       const service = named<V1Service>(defaults, 'Service', webhookService);
       assert.equal(service.metadata?.namespace, releaseNamespace);
@@ -735,7 +735,7 @@ describe('Helm chart charts/keyward', function () {
       }
     });
 
-    it('grants the CSI provider exactly tokenreviews create, keypolicies list, watch and pods list, watch, bound to its own ServiceAccount', () => {
+    it('grants the CSI provider exactly tokenreviews create, keypolicies list, watch and pods list, watch, bound to its own ServiceAccount [practice:least-privilege]', () => {
       const clusterRole = named<KubernetesObject & { rules: V1PolicyRule[] }>(csi, 'ClusterRole', csiProviderName);
       assert.deepEqual(clusterRole.rules, expectedCsiProviderRules);
       const binding = named<KubernetesObject & { roleRef: unknown; subjects: unknown[] }>(csi, 'ClusterRoleBinding', csiProviderName);
@@ -898,7 +898,7 @@ describe('Helm chart charts/keyward', function () {
       token.remove();
     });
 
-    it("tests the release with a hook Pod: locked down, no API access, the CA alone; its own command passes against the chart's certificate and fails against another CA", async () => {
+    it("tests the release with a hook Pod: locked down, no API access, the CA alone; its own command passes against the chart's certificate and fails against another CA [practice:secure-transport]", async () => {
       const pod = only<V1Pod>(defaults, 'Pod');
       assert.equal(pod.metadata?.name, testPodName);
       assert.deepEqual(pod.metadata?.annotations, { 'helm.sh/hook': 'test', 'helm.sh/hook-delete-policy': 'before-hook-creation,hook-succeeded', 'helm.sh/hook-output-log-policy': 'hook-failed' });
@@ -1212,7 +1212,7 @@ describe('Helm chart charts/keyward', function () {
       assert.equal(authorized, 'authorized');
     });
 
-    it("passes helm test: the test Pod reaches the webhook Service over TLS with the chart's CA, and the metrics Service; then it is removed", async () => {
+    it("passes helm test: the test Pod reaches the webhook Service over TLS with the chart's CA, and the metrics Service; then it is removed [practice:secure-transport]", async () => {
       const webhooks = await installedWebhooks();
       const caFile = join(dir, 'helm-test-ca.crt');
       writeFileSync(caFile, webhooks.ca);
@@ -1321,7 +1321,7 @@ describe('Helm chart charts/keyward', function () {
       assert.doesNotMatch(readFileSync(operator?.logFile ?? '', 'utf8'), /forbidden|\b403\b/i, 'no request of the operator was refused');
     });
 
-    it('lets the ServiceAccount do what the operator does, and nothing else', async () => {
+    it('lets the ServiceAccount do what the operator does, and nothing else [practice:least-privilege]', async () => {
       const keyrings = { group: 'keyward.dev', resource: 'keyrings' };
       const keypolicies = { group: 'keyward.dev', resource: 'keypolicies' };
       const leases = { group: 'coordination.k8s.io', resource: 'leases' };

@@ -101,7 +101,7 @@ describe('Keyward through a network HSM client module (p11-kit server exporting 
     assert.deepEqual(await store.orphanKeys(), []);
   });
 
-  it('keeps keys sensitive and non-extractable across the socket', async () => {
+  it('keeps keys sensitive and non-extractable across the socket [practice:no-plaintext-export]', async () => {
     const key = (await store.keyHandle(aes.ringId, 2))!;
     assert.equal(await keyFlag(token, key, pkcs11js.CKA_SENSITIVE), true);
     assert.equal(await keyFlag(token, key, pkcs11js.CKA_EXTRACTABLE), false);

@@ -144,7 +144,7 @@ describe('Keyward installed on a real node (helm, static KMS plugin, Secrets Sto
     assert.match(modes, /^440 .*password\n400 .*db\.key/);
   });
 
-  it('a pod whose ServiceAccount no KeyPolicy names stays ContainerCreating, with an Event naming NotAuthorized, and gets no files', async () => {
+  it('a pod whose ServiceAccount no KeyPolicy names stays ContainerCreating, with an Event naming NotAuthorized, and gets no files [practice:implicit-deny]', async () => {
     await node.kubectl(['apply', '-f', '-'], keywardPod('intruder', 'intruder', node.images.busybox.ref));
     const message = await expectMountRefused(node, 'intruder', 'NotAuthorized');
     assert.doesNotMatch(message, new RegExp(secretValue));
@@ -166,7 +166,7 @@ describe('Keyward installed on a real node (helm, static KMS plugin, Secrets Sto
     await node.kubectl(['-n', shop.namespace, 'delete', 'pod', 'synced', '--wait=true']);
   });
 
-  it('rotation: a new key version and a changed sealed value reach the running pod; a revoked grant stops further updates', async () => {
+  it('rotation: a new key version and a changed sealed value reach the running pod; a revoked grant stops further updates [practice:rotation]', async () => {
     const keyBefore = await readPodFile(node, 'web', 'luks/db.key');
     const before = await primaryVersion(node, shop.namespace, shop.volumeRing);
     await node.kubectl(['-n', shop.namespace, 'patch', 'keyring', shop.volumeRing, '--type=merge', '-p', `{"spec":{"rotationRequest":"node-test-${Date.now()}"}}`]);
@@ -185,7 +185,7 @@ describe('Keyward installed on a real node (helm, static KMS plugin, Secrets Sto
     assert.equal((await readPodFile(node, 'web', 'db/password')).toString(), 'changed-password');
   });
 
-  it('the KMS plugin container killed: kubelet restarts it, kube-apiserver recovers by itself, no Secret is lost', async () => {
+  it('the KMS plugin container killed: kubelet restarts it, kube-apiserver recovers by itself, no Secret is lost [practice:continuity]', async () => {
     await restoreWebGrant();
     const countSecrets = async (): Promise<number> => (JSON.parse(await node.kubectl(['get', 'secrets', '-A', '-o', 'json'])) as { items: unknown[] }).items.length;
     const before = await countSecrets();

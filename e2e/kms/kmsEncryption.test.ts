@@ -95,7 +95,7 @@ describe('Secrets encrypted in etcd by kube-apiserver through the KMS v2 plugin'
     await assertAllReadable();
   });
 
-  it('survives the plugin being killed mid-write: KMS unhealthy, clean failures, nothing lost', async () => {
+  it('survives the plugin being killed mid-write: KMS unhealthy, clean failures, nothing lost [practice:continuity]', async () => {
     let stop = false;
     const failures: string[] = [];
     let n = 0;
@@ -131,7 +131,7 @@ describe('Secrets encrypted in etcd by kube-apiserver through the KMS v2 plugin'
     assert.ok(written.size > 500, 'writes went on while the plugin was up');
   });
 
-  it('rotates: new writes carry the new key id, and every earlier Secret stays readable after two rotations', async () => {
+  it('rotates: new writes carry the new key id, and every earlier Secret stays readable after two rotations [practice:rotation]', async () => {
     const keyIds = new Set<string>([(await pluginStatus()).keyId]);
     for (let rotation = 1; rotation <= 2; rotation++) {
       keyward('ring', 'rotate', 'etcd-secrets');
@@ -156,7 +156,7 @@ describe('Secrets encrypted in etcd by kube-apiserver through the KMS v2 plugin'
     await assertAllReadable();
   });
 
-  it('reports an HSM outage within 10 s, keeps its key id, and recovers by itself within 10 s', async () => {
+  it('reports an HSM outage within 10 s, keeps its key id, and recovers by itself within 10 s [practice:continuity]', async () => {
     const before = await pluginStatus();
     const away = `${hsm.tokenDir}.away`;
     renameSync(hsm.tokenDir, away);

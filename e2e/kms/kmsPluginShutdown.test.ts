@@ -36,7 +36,7 @@ describe('KMS plugin graceful shutdown', function () {
     if (dir) rmSync(dir, { recursive: true, force: true });
   });
 
-  it('drains in-flight calls on SIGTERM, audits every answered call, removes its socket and exits 0', async () => {
+  it('drains in-flight calls on SIGTERM, audits every answered call, removes its socket and exits 0 [practice:audit]', async () => {
     const kms = grpcClient(KeyManagementService, `unix:${plugin.socketPath}`);
     const outcomes: string[] = [];
     let exited = false;

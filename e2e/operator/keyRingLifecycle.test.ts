@@ -116,7 +116,7 @@ describe('KeyRing operator: HSM keys through their lifecycle', function () {
     return events.items.map((e) => e.reason ?? '');
   };
 
-  it('creates version 1 in the HSM, sensitive and non-extractable, and reports where it is kept', async () => {
+  it('creates version 1 in the HSM, sensitive and non-extractable, and reports where it is kept [practice:key-location] [practice:no-plaintext-export]', async () => {
     const created = await createKeyRing('orders');
     const kr = await statusWhen('orders', 'Ready', ready);
     const uid = created.metadata.uid ?? '';
@@ -135,7 +135,7 @@ describe('KeyRing operator: HSM keys through their lifecycle', function () {
     assert.deepEqual([ring.name, ring.namespace, ring.primary], ['orders', namespace, 1], 'the ring in the HSM the KMS plugin reads');
   });
 
-  it('cannot be asked for an algorithm it does not generate: the apiserver refuses RSA at creation, and nothing reaches the HSM', async () => {
+  it('cannot be asked for an algorithm it does not generate: the apiserver refuses RSA at creation, and nothing reaches the HSM [practice:cnsa]', async () => {
     // Admission, not a PurposeNotSupported condition later: the CRD offers only what the operator makes.
     await assert.rejects(
       createKeyRing('rsa-signer', { purpose: 'signing', algorithm: 'RSA-3072' as KeyRingSpec['algorithm'] }),
@@ -174,7 +174,7 @@ describe('KeyRing operator: HSM keys through their lifecycle', function () {
     assert.deepEqual(await keyAttributes(created.metadata.uid ?? '', 1), { extractable: false, sensitive: true });
   });
 
-  it('rotates on request exactly once per request value', async () => {
+  it('rotates on request exactly once per request value [practice:rotation]', async () => {
     await patchSpec('orders', { rotationRequest: 'first' });
     let kr = await statusWhen('orders', 'version 2 primary', (k) => k.status?.primaryVersion === 2 && ready(k));
     assert.equal(kr.status?.lastRotationRequest, 'first');
@@ -185,7 +185,7 @@ describe('KeyRing operator: HSM keys through their lifecycle', function () {
     assert.ok((await eventReasons('orders')).includes('Rotated'));
   });
 
-  it('rotates on schedule when the rotation period has passed', async () => {
+  it('rotates on schedule when the rotation period has passed [practice:rotation]', async () => {
     await patchSpec('orders', { rotationPeriod: '24h' });
     let kr = await statusWhen('orders', 'next rotation shown', (k) => k.status?.nextRotationTime !== undefined && ready(k));
     const primary = kr.status?.versions?.find((v) => v.number === 2);
@@ -209,7 +209,7 @@ describe('KeyRing operator: HSM keys through their lifecycle', function () {
     assert.ok(ready(kr), 'a refused request does not make the ring unready');
   });
 
-  it('schedules destruction only of a disabled version, cancels it, and destroys once the window has passed', async () => {
+  it('schedules destruction only of a disabled version, cancels it, and destroys once the window has passed [practice:soft-delete]', async () => {
     await patchSpec('orders', { versions: [{ number: 1, state: 'DestroyScheduled' }] });
     let kr = await statusWhen('orders', 'refusal for an Enabled version', (k) =>
       k.status?.conditions?.some((c) => c.type === 'VersionRequestsApplied' && /disable it first/.test(c.message)) ?? false,
@@ -260,7 +260,7 @@ describe('KeyRing operator: HSM keys through their lifecycle', function () {
     assert.ok(await keyAttributes(ring.ringId, 1));
   });
 
-  it('schedules every version of a KeyRing deleted with deletionPolicy Destroy, and destroys them only after the window', async () => {
+  it('schedules every version of a KeyRing deleted with deletionPolicy Destroy, and destroys them only after the window [practice:soft-delete]', async () => {
     const created = await createKeyRing('dropped', { deletionPolicy: 'Destroy', destroyScheduledDuration: '48h', deletionDestroyRequest: approvedDestruction(operatorNow()) });
     await statusWhen('dropped', 'Ready', ready);
     const uid = created.metadata.uid ?? '';
@@ -294,7 +294,7 @@ describe('KeyRing operator: HSM keys through their lifecycle', function () {
     assert.ok(await keyAttributes(stray, 1), 'never deleted');
   });
 
-  it('turns Ready=False with a reason while the HSM is unavailable, and Ready again by itself', async () => {
+  it('turns Ready=False with a reason while the HSM is unavailable, and Ready again by itself [practice:continuity]', async () => {
     await createKeyRing('outage');
     await statusWhen('outage', 'Ready', ready);
     renameSync(softhsm.tokenDir, `${softhsm.tokenDir}.away`);

@@ -89,14 +89,14 @@ describe('KeyRing to KMS plugin: rotations made through Kubernetes reach the plu
     await writesCarry(keyId, 'version 1');
   });
 
-  it('carries a rotation made through the KeyRing to the plugin and to new writes while the apiserver is up', async () => {
+  it('carries a rotation made through the KeyRing to the plugin and to new writes while the apiserver is up [practice:rotation]', async () => {
     await requestRotation('rotate-1');
     const keyId = await primaryAfter(2);
     await eventually('the plugin reporting version 2', 10_000, async () => ((await kmsStatus(join(dir, 'kms.sock'))).keyId === keyId ? true : undefined));
     await writesCarry(keyId, 'version 2');
   });
 
-  it('gives a plugin that starts while the apiserver is down the rotation from the HSM alone', async () => {
+  it('gives a plugin that starts while the apiserver is down the rotation from the HSM alone [practice:rotation] [practice:continuity]', async () => {
     await plugin?.process.stop();
     await requestRotation('rotate-2');
     const keyId = await primaryAfter(3);

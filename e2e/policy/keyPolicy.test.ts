@@ -315,7 +315,7 @@ describe('KeyPolicy: KeyRing management authorised by policy, for real users, en
     return `${role.toLowerCase()}-holder`;
   }
 
-  it('gives each role exactly its operations: expanded in status, and enforced for every management change', async () => {
+  it('gives each role exactly its operations: expanded in status, and enforced for every management change [practice:roles] [practice:operations-by-name]', async () => {
     assert.deepEqual(Object.keys(roleTable).sort(), [...roleNames].sort(), 'the table covers every role');
     assert.deepEqual([...Object.keys(enforcedChanges), ...grantOnlyOperations].sort(), [...operationNames].sort(), 'every operation is checked one way or the other');
     const holders = new Map<Role, { actor: Actor; subject: KeyPolicyRule['subjects'][number]; key: string }>(
@@ -395,7 +395,7 @@ describe('KeyPolicy: KeyRing management authorised by policy, for real users, en
     );
   });
 
-  it('refuses management to a user who would hold use through a group and management as a user (separation of duties)', async () => {
+  it('refuses management to a user who would hold use through a group and management as a user (separation of duties) [practice:separation-of-duties]', async () => {
     const dave = user('dave');
     await createRing('ledger');
     await createPolicy('ledger-admins', [{ name: 'admins', subjects: [{ kind: 'User', name: 'dave' }], keyRings: ['ledger'], roles: ['Administrator'] }]);
@@ -428,7 +428,7 @@ describe('KeyPolicy: KeyRing management authorised by policy, for real users, en
     });
   });
 
-  it('lets a break-glass grant work until its expiry, audited as break-glass, and stop at the expiry with nobody acting', async () => {
+  it('lets a break-glass grant work until its expiry, audited as break-glass, and stop at the expiry with nobody acting [practice:least-privilege] [practice:roles] [practice:audit]', async () => {
     const erin = user('erin');
     await createRing('emergency');
     const expiresAt = operatorNow(2 * hour).toISOString();
@@ -452,7 +452,7 @@ describe('KeyPolicy: KeyRing management authorised by policy, for real users, en
     assert.equal((await getRing('emergency')).status?.primaryVersion, 2, 'the refused rotation did not happen');
   });
 
-  it('destroys a version only on a request and an approval by two distinct authorised people, checked again by the operator', async () => {
+  it('destroys a version only on a request and an approval by two distinct authorised people, checked again by the operator [practice:two-person-integrity]', async () => {
     const [alice, bob, carol] = [user('alice'), user('bob'), user('carol')];
     for (const name of ['vault', 'doomed-a', 'doomed-b']) await createRing(name);
     await createPolicy('vault-custody', [
@@ -546,7 +546,7 @@ describe('KeyPolicy: KeyRing management authorised by policy, for real users, en
     assert.deepEqual(await hsmVersionStates(ringId), ['DestroyScheduled', 'Enabled', 'Enabled']);
   });
 
-  it('destroys on deletion (deletionPolicy Destroy) only with a second person\'s approval; keeps the keys without', async () => {
+  it('destroys on deletion (deletionPolicy Destroy) only with a second person\'s approval; keeps the keys without [practice:two-person-integrity]', async () => {
     const [alice, bob] = [user('alice'), user('bob')];
     const a = await ringWhen('doomed-a', 'Ready', settled);
     const b = await ringWhen('doomed-b', 'Ready', settled);
@@ -573,7 +573,7 @@ describe('KeyPolicy: KeyRing management authorised by policy, for real users, en
     assert.deepEqual(await hsmVersionStates(b.status?.ringId ?? ''), ['DestroyScheduled'], 'every version is scheduled for destruction');
   });
 
-  it('refuses management by identities no policy names, clearly, and audits every allowed and denied act without key material', async () => {
+  it('refuses management by identities no policy names, clearly, and audits every allowed and denied act without key material [practice:implicit-deny] [practice:audit]', async () => {
     const [mallory, intruder] = [user('mallory'), user('intruder')];
     // RBAC lets them in: they read KeyRings, and a change that manages nothing goes through.
     await mallory.objects.getNamespacedCustomObject({ ...keyRingResource, namespace, name: 'vault' });
@@ -663,12 +663,12 @@ describe('KeyPolicy: KeyRing management authorised by policy, for real users, en
     };
     const rule = (overrides: object): object => ({ subjects: [alice], keyRings: ['vault'], roles: ['Administrator'], ...overrides });
 
-    it('an unknown operation', () =>
+    it('an unknown operation [practice:operations-by-name]', () =>
       refusePolicy([rule({ roles: undefined, operations: ['exportKey'] })], 422, /spec\.rules\[0\]\.operations\[0\]: Unsupported value: "exportKey": supported values: "encrypt", "decrypt"/));
     it('an unknown role', () => refusePolicy([rule({ roles: ['KeyMaster'] })], 422, /spec\.rules\[0\]\.roles\[0\]: Unsupported value: "KeyMaster": supported values: "Administrator"/));
-    it('a wildcard operation', () => refusePolicy([rule({ roles: undefined, operations: ['*'] })], 422, /spec\.rules\[0\]\.operations\[0\]: Unsupported value: "\*"/));
-    it('a wildcard KeyRing', () => refusePolicy([rule({ keyRings: ['*'] })], 422, /spec\.rules\[0\]\.keyRings: Invalid value: .*wildcards are not allowed: name each KeyRing/));
-    it('a wildcard subject name', () =>
+    it('a wildcard operation [practice:operations-by-name]', () => refusePolicy([rule({ roles: undefined, operations: ['*'] })], 422, /spec\.rules\[0\]\.operations\[0\]: Unsupported value: "\*"/));
+    it('a wildcard KeyRing [practice:operations-by-name]', () => refusePolicy([rule({ keyRings: ['*'] })], 422, /spec\.rules\[0\]\.keyRings: Invalid value: .*wildcards are not allowed: name each KeyRing/));
+    it('a wildcard subject name [practice:operations-by-name]', () =>
       refusePolicy([rule({ subjects: [{ kind: 'User', name: '*' }] })], 422, /spec\.rules\[0\]\.subjects\[0\]\.name: .*wildcards are not allowed: name one ServiceAccount, User or Group/));
     it('a ServiceAccount without its namespace', () =>
       refusePolicy([rule({ subjects: [{ kind: 'ServiceAccount', name: 'app' }] })], 422, /spec\.rules\[0\]\.subjects\[0\]\.namespace: Required value: a ServiceAccount subject needs its namespace/));
@@ -676,13 +676,13 @@ describe('KeyPolicy: KeyRing management authorised by policy, for real users, en
       refusePolicy([rule({ subjects: [{ kind: 'User', name: 'alice', namespace }] })], 422, /spec\.rules\[0\]\.subjects\[0\]\.namespace: Forbidden: namespace belongs only to ServiceAccount subjects/));
     it('a ServiceAccount named as a User', () =>
       refusePolicy([rule({ subjects: [{ kind: 'User', name: `system:serviceaccount:${namespace}:app` }] })], 422, /subjects\[0\]\.name: .*name a ServiceAccount with kind ServiceAccount, namespace and name, not as a User/));
-    it('a group that stands for everyone', () =>
+    it('a group that stands for everyone [practice:operations-by-name]', () =>
       refusePolicy([rule({ subjects: [{ kind: 'Group', name: 'system:authenticated' }] })], 422, /subjects\[0\]\.name: .*groups that stand for everyone .* are wildcards and cannot be granted/));
     it('a KeyRing in another namespace', () =>
       refusePolicy([rule({ keyRings: ['other/ring'] })], 422, /spec\.rules\[0\]\.keyRings: Invalid value: .*a KeyPolicy grants only on KeyRings of its own namespace/));
-    it('BreakGlassAdministrator without expiresAt', () =>
+    it('BreakGlassAdministrator without expiresAt [practice:least-privilege]', () =>
       refusePolicy([rule({ roles: ['BreakGlassAdministrator'] })], 422, /spec\.rules\[0\]\.expiresAt: Required value: BreakGlassAdministrator grants must carry expiresAt, at most 24h ahead/));
-    it('BreakGlassAdministrator expiring more than 24h ahead', () =>
+    it('BreakGlassAdministrator expiring more than 24h ahead [practice:least-privilege]', () =>
       refusePolicy(
         [rule({ roles: ['BreakGlassAdministrator'], expiresAt: operatorNow(30 * hour).toISOString() })],
         403,
@@ -690,7 +690,7 @@ describe('KeyPolicy: KeyRing management authorised by policy, for real users, en
       ));
     it('an expiry already past', () =>
       refusePolicy([rule({ roles: ['Auditor'], expiresAt: operatorNow(-hour).toISOString() })], 403, /KeyPolicy shop\/bad: spec\.rules\[0\]\.expiresAt \S+ is already past/));
-    it('one rule granting both use and management', () =>
+    it('one rule granting both use and management [practice:separation-of-duties]', () =>
       refusePolicy([rule({ roles: ['Administrator'], operations: ['encrypt'] })], 422, /spec\.rules\[0\]: Invalid value: .*separation of duties: one rule cannot grant both use \(encrypt, decrypt, deriveKey, sign\) and management/));
 
     it('an expiry admitted for an ordinary grant, reused for a break-glass one', async () => {
@@ -703,7 +703,7 @@ describe('KeyPolicy: KeyRing management authorised by policy, for real users, en
       await objects.deleteNamespacedCustomObject({ ...keyPolicyResource, namespace, name: 'audit-contract' });
     });
 
-    it('a second policy that would give an administrator use of the same KeyRing', async () => {
+    it('a second policy that would give an administrator use of the same KeyRing [practice:separation-of-duties]', async () => {
       const quinn = { kind: 'User', name: 'quinn' } as const;
       await createPolicy('payments-admins', [{ name: 'admins', subjects: [quinn], keyRings: ['payments'], roles: ['Administrator'] }]);
       const body = policyBody('payments-users', [{ name: 'users', subjects: [quinn], keyRings: ['payments'], roles: ['EncryptDecrypt'] }]);
@@ -718,7 +718,7 @@ describe('KeyPolicy: KeyRing management authorised by policy, for real users, en
       await objects.createNamespacedCustomObject({ ...keyPolicyResource, namespace, body: other, dryRun: 'All' });
     });
 
-    it('audits the refusals the webhook makes, naming the policy and the requester', async () => {
+    it('audits the refusals the webhook makes, naming the policy and the requester [practice:audit]', async () => {
       const refused = (await readAudit()).filter((r) => r.operation === 'writeKeyPolicy');
       assert.ok(refused.length >= 2, `records: ${JSON.stringify(refused)}`);
       for (const record of refused) assert.deepEqual([record.result, record.code], ['denied', 'PolicyRefused']);
