@@ -193,3 +193,30 @@ sideEffects: None
 admissionReviewVersions: [v1]
 timeoutSeconds: {{ .root.Values.operator.webhook.timeoutSeconds }}
 {{- end }}
+
+{{/*
+How Prometheus scrapes a metrics endpoint: the settings ServiceMonitor endpoints and PodMonitor
+podMetricsEndpoints share. Call with monitoring.serviceMonitor or monitoring.podMonitor.
+honorLabels keeps the KeyRing metrics' own `namespace` label (the KeyRing's namespace), which
+would otherwise become `exported_namespace` beside the target's.
+*/}}
+{{- define "keyward.scrapeSettings" -}}
+interval: {{ .interval }}
+{{- with .scrapeTimeout }}
+scrapeTimeout: {{ . }}
+{{- end }}
+honorLabels: {{ .honorLabels }}
+scheme: {{ .scheme }}
+{{- with .tlsConfig }}
+tlsConfig:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .relabelings }}
+relabelings:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .metricRelabelings }}
+metricRelabelings:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
