@@ -53,6 +53,10 @@ HSM options (hsm check, ring, encrypt, kms-plugin, csi-provider, operator):
 
 kms-plugin options:
   --metrics-address H:P  /metrics, /healthz, /livez listener (default 127.0.0.1:9464)
+  --metrics-tls-address H:P  also serve /metrics here over HTTPS, only to clients with a certificate
+                         from --metrics-client-ca-file (for Prometheus on a static pod's node address)
+  --metrics-tls-cert-file PATH, --metrics-tls-key-file PATH  that listener's certificate and key
+  --metrics-client-ca-file PATH  the CA whose client certificates may scrape it
   --audit-log PATH       audit records (default: standard output)
   --refresh SECONDS      how often to re-read the ring from the HSM (default 2)
 
@@ -205,9 +209,18 @@ async function kmsPlugin(args: string[]): Promise<void> {
     socket: { type: 'string' },
     ring: { type: 'string' },
     'metrics-address': { type: 'string', default: '127.0.0.1:9464' },
+    'metrics-tls-address': { type: 'string' },
+    'metrics-tls-cert-file': { type: 'string' },
+    'metrics-tls-key-file': { type: 'string' },
+    'metrics-client-ca-file': { type: 'string' },
     'audit-log': { type: 'string', default: '-' },
     refresh: { type: 'string', default: '2' },
   });
+  const tlsAddress = values['metrics-tls-address'];
+  const tlsFiles = { certFile: values['metrics-tls-cert-file'], keyFile: values['metrics-tls-key-file'], clientCaFile: values['metrics-client-ca-file'] };
+  if (tlsAddress && !(tlsFiles.certFile && tlsFiles.keyFile && tlsFiles.clientCaFile)) {
+    throw new KeywardError('InvalidArgument', '--metrics-tls-address needs --metrics-tls-cert-file, --metrics-tls-key-file and --metrics-client-ca-file');
+  }
   if (!values.socket) throw new KeywardError('InvalidArgument', 'kms-plugin needs --socket PATH');
   if (!values.ring) throw new KeywardError('InvalidArgument', 'kms-plugin needs --ring NAME');
   const refreshSeconds = Number(values.refresh);
@@ -221,6 +234,10 @@ async function kmsPlugin(args: string[]): Promise<void> {
       pin: readPinFile(values['pin-file']),
       ring: { name: values.ring, namespace: values.namespace },
       metricsAddress: values['metrics-address'],
+      metricsTls:
+        tlsAddress && tlsFiles.certFile && tlsFiles.keyFile && tlsFiles.clientCaFile
+          ? { address: tlsAddress, certFile: tlsFiles.certFile, keyFile: tlsFiles.keyFile, clientCaFile: tlsFiles.clientCaFile }
+          : undefined,
       auditLog: values['audit-log'],
       refreshMs: refreshSeconds * 1000,
     },

@@ -11,6 +11,7 @@ import type { Logger } from '../core/observability/logger.js';
 import { keyPolicyResource, type KeyPolicy } from '../core/api/keyPolicy.js';
 import { keyRingResource, type KeyRing } from '../core/api/keyRing.js';
 import { startAdmissionServer, type AdmissionServer } from './admission/admissionServer.js';
+import { startHsmHealthCheck } from './hsmHealthCheck.js';
 import { startHsmJanitor } from './hsmJanitor.js';
 import { keyPolicyReconciler, policiesToReconcile } from './keyPolicy/keyPolicyReconciler.js';
 import { PolicyCache } from '../core/policy/policyCache.js';
@@ -33,6 +34,8 @@ export interface OperatorConfig {
   metricsAddress?: string;
   workers?: number;
   janitorIntervalMs?: number;
+  /** How often every replica checks the HSM for keyward_hsm_up (default 30 s). */
+  hsmCheckIntervalMs?: number;
   leaseDurationMs?: number;
   renewDeadlineMs?: number;
   retryPeriodMs?: number;
@@ -57,7 +60,7 @@ export interface Operator {
 
 export async function startOperator(config: OperatorConfig, log: Logger): Promise<Operator> {
   const identity = config.identity ?? `${hostname()}-${process.pid}`;
-  const metrics = new OperatorMetrics();
+  const metrics = new OperatorMetrics(config.now);
   // A wrong PIN or an absent token shows on the KeyRings as Ready=False, retried with backoff.
   const token = HsmToken.connectOnDemand({ modulePath: config.modulePath, tokenLabel: config.tokenLabel, pin: config.pin, poolSize: 4 });
   const store = new RingStore(token, config.now);
@@ -82,7 +85,7 @@ export async function startOperator(config: OperatorConfig, log: Logger): Promis
         ...config.admission,
         policies,
         audit: config.audit,
-        decisions: metrics.policyDecisions,
+        metrics,
         log,
         now,
         approvalWindowMs: config.approvalWindowMs,
@@ -95,6 +98,13 @@ export async function startOperator(config: OperatorConfig, log: Logger): Promis
     token.close();
     throw err;
   }
+  const hsmCheck = startHsmHealthCheck({
+    check: () => token.check(),
+    recover: () => token.recover(),
+    metrics,
+    log,
+    intervalMs: config.hsmCheckIntervalMs ?? 30_000,
+  });
   let policyQueue: WorkQueue | undefined;
   policies.onChange((policy) => {
     for (const key of policiesToReconcile(policies, policy)) policyQueue?.add(key);
@@ -102,6 +112,7 @@ export async function startOperator(config: OperatorConfig, log: Logger): Promis
 
   const lead = async (signal: AbortSignal): Promise<void> => {
     leading = true;
+    metrics.leader.set(1);
     log.info({ identity }, 'leading: starting the KeyRing controller');
     const informer = resourceInformer<KeyRing>(config.kubeConfig, keyRingResource, log);
     const queue = new WorkQueue({ name: 'keyrings', registry: metrics.registry });
@@ -153,6 +164,9 @@ export async function startOperator(config: OperatorConfig, log: Logger): Promis
     await loop.stop();
     await policyLoop.stop();
     policyQueue = undefined;
+    // A standby exports no KeyRing series: the next leader's are the current ones.
+    metrics.forgetKeyRings();
+    metrics.leader.set(0);
     leading = false;
   };
 
@@ -167,6 +181,8 @@ export async function startOperator(config: OperatorConfig, log: Logger): Promis
     logger: log,
     callbacks: {
       onStartedLeading: lead,
+      // The Lease is no longer ours, even while the controllers still drain.
+      onStoppedLeading: () => metrics.leader.set(0),
       onNewLeader: (leader) => log.info({ leader }, 'leader observed'),
     },
   });
@@ -175,6 +191,7 @@ export async function startOperator(config: OperatorConfig, log: Logger): Promis
   const stop = (): Promise<void> =>
     (stopping ??= (async () => {
       await elector.stop();
+      await hsmCheck.stop();
       await admission?.close();
       await policies.stop();
       await metricsServer.close();

@@ -35,6 +35,10 @@ const sessionLostCodes = new Set<number>([
   pkcs11js.CKR_SLOT_ID_INVALID,
 ]);
 
+/** CKS_RO_USER_FUNCTIONS and CKS_RW_USER_FUNCTIONS, which pkcs11js does not export. */
+const loggedInReadOnly = 1;
+const loggedInReadWrite = 3;
+
 /** A token label as set: PKCS#11 pads it to 32 bytes (with spaces, or NULs by some writers). */
 export function tokenLabel(pkcs11: Pkcs11, slot: Handle): string {
   return pkcs11.C_GetTokenInfo(slot).label.replace(/[\s\0]+$/, '');
@@ -48,6 +52,25 @@ export function pkcs11Code(err: unknown): number | undefined {
   if (err instanceof pkcs11js.Pkcs11Error) return err.code;
   const match = err instanceof Error ? /\bCKR_\w+:(\d+)/.exec(err.message) : null;
   return match ? Number(match[1]) : undefined;
+}
+
+/** pkcs11js's CKR_ constants by value, for metric labels and logs. */
+const ckrNames = new Map<number, string>(
+  Object.entries(pkcs11js)
+    .filter((entry): entry is [string, number] => entry[0].startsWith('CKR_') && typeof entry[1] === 'number')
+    .map(([name, value]) => [value, name]),
+);
+
+/**
+ * The PKCS#11 return code of a failure by name (`CKR_PIN_INCORRECT`), looking through causes; for
+ * a failure the module did not report (no token present, say), the KeywardError code.
+ */
+export function pkcs11CodeName(err: unknown): string {
+  for (let cause = err; cause instanceof Error; cause = cause.cause) {
+    const code = pkcs11Code(cause);
+    if (code !== undefined) return ckrNames.get(code) ?? `CKR_0x${code.toString(16).toUpperCase()}`;
+  }
+  return err instanceof KeywardError ? err.code : 'Unknown';
 }
 
 /**
@@ -157,6 +180,20 @@ export class HsmToken {
   }
 
   /**
+   * A cheap round trip to the token, for health checks: a pooled session answers and is logged in
+   * (connecting and logging in first if needed).
+   */
+  async check(): Promise<void> {
+    await this.withSession((session) => {
+      const { state } = this.pkcs11.C_GetSessionInfo(session);
+      if (state === loggedInReadOnly || state === loggedInReadWrite) return;
+      // The token forgot our login (it restarted, say): log in again on the next call.
+      this.dropSessions();
+      throw new KeywardError('Unavailable', `HSM token '${this.config.tokenLabel}' no longer has this process logged in`);
+    });
+  }
+
+  /**
    * The epoch object handles found now belong to; a handle from another epoch is void and may
    * even name a different object, so it must never be used.
    */
@@ -202,7 +239,7 @@ export class HsmToken {
       if (pkcs11Code(err) !== pkcs11js.CKR_USER_ALREADY_LOGGED_IN) {
         this.closeSession(session);
         if (pkcs11Code(err) === pkcs11js.CKR_PIN_INCORRECT) {
-          throw new KeywardError('PermissionDenied', `HSM login to token '${this.config.tokenLabel}' failed: wrong PIN`);
+          throw new KeywardError('PermissionDenied', `HSM login to token '${this.config.tokenLabel}' failed: wrong PIN`, { cause: err });
         }
         throw err;
       }

@@ -2,6 +2,7 @@
 // are authorised by KeyPolicy and stamped for two-person destruction, KeyPolicies are checked for
 // what CEL cannot see. It answers from informer caches, so a policy change counts as soon as the
 // watch delivers it. Any failure refuses: the webhooks are registered with failurePolicy Fail.
+import { X509Certificate } from 'node:crypto';
 import { readFileSync, statSync } from 'node:fs';
 import { createServer, type Server } from 'node:https';
 import type { AddressInfo } from 'node:net';
@@ -26,11 +27,19 @@ export interface AdmissionServerConfig {
   certDir: string;
   policies: PolicyCache;
   audit: AuditLog;
-  /** Counts each decision by operation and reason. */
-  decisions: { inc(labels: { operation: string; reason: string }): void };
+  /** Decisions, break-glass uses, reviews by result, the serving certificate's expiry. */
+  metrics: AdmissionMetrics;
   log: Logger;
   now: () => Date;
   approvalWindowMs?: number;
+}
+
+/** The operator metrics the webhook feeds (see OperatorMetrics). */
+export interface AdmissionMetrics {
+  policyDecisions: { inc(labels: { operation: string; reason: string }): void };
+  breakGlassUses: { inc(labels: { namespace: string; keyring: string; operation: string }): void };
+  admissionRequests: { inc(labels: { resource: string; result: 'allowed' | 'denied' | 'error' }): void };
+  admissionCertificateExpiry: { set(seconds: number): void };
 }
 
 export interface AdmissionServer {
@@ -45,7 +54,11 @@ export async function startAdmissionServer(config: AdmissionServerConfig): Promi
   const { log } = config;
   const certFile = join(config.certDir, 'tls.crt');
   const keyFile = join(config.certDir, 'tls.key');
-  const loadCert = (): { cert: Buffer; key: Buffer } => ({ cert: readFileSync(certFile), key: readFileSync(keyFile) });
+  const loadCert = (): { cert: Buffer; key: Buffer } => {
+    const loaded = { cert: readFileSync(certFile), key: readFileSync(keyFile) };
+    config.metrics.admissionCertificateExpiry.set(Date.parse(new X509Certificate(loaded.cert).validTo) / 1000);
+    return loaded;
+  };
   const server: Server = createServer({ ...loadCert(), minVersion: 'TLSv1.2' }, (req, res) => {
     const reply = (status: number, body: unknown): void => {
       res.writeHead(status, { 'content-type': 'application/json' }).end(JSON.stringify(body));
@@ -60,18 +73,22 @@ export async function startAdmissionServer(config: AdmissionServerConfig): Promi
       if (size > maxBodyBytes) req.destroy();
       else chunks.push(chunk);
     });
+    const resource = path === keyRingWebhookPath ? 'keyrings' : 'keypolicies';
     req.on('end', () => {
       let request: AdmissionRequest;
       try {
         request = parseReview(JSON.parse(Buffer.concat(chunks).toString('utf8')));
       } catch (err) {
+        config.metrics.admissionRequests.inc({ resource, result: 'error' });
         return reply(400, { error: (err as Error).message });
       }
       let verdict: Verdict;
       try {
         verdict = path === keyRingWebhookPath ? admitKeyRingRequest(config, request) : admitKeyPolicyRequest(config, request);
+        config.metrics.admissionRequests.inc({ resource, result: verdict.allowed ? 'allowed' : 'denied' });
       } catch (err) {
         log.error({ err: (err as Error).message, uid: request.uid }, 'admission failed; refusing');
+        config.metrics.admissionRequests.inc({ resource, result: 'error' });
         verdict = { allowed: false, message: `Keyward admission failed: ${(err as Error).message}` };
       }
       reply(200, respond(request, verdict));
@@ -126,7 +143,14 @@ function admitKeyRingRequest(config: AdmissionServerConfig, request: AdmissionRe
     approvalWindowMs: config.approvalWindowMs,
   });
   auditActs(config.audit, request, `${request.namespace ?? ''}/${request.name ?? ''}`, verdict.acts ?? []);
-  for (const act of verdict.acts ?? []) config.decisions.inc({ operation: act.operation, reason: act.decision.reason });
+  for (const act of verdict.acts ?? []) {
+    config.metrics.policyDecisions.inc({ operation: act.operation, reason: act.decision.reason });
+    // Granted by a break-glass rule only (decide prefers any other grant), in a request that goes
+    // ahead: a refused or dry-run request uses nothing.
+    if (verdict.allowed && act.decision.allowed && act.decision.breakGlass && !request.dryRun) {
+      config.metrics.breakGlassUses.inc({ namespace: request.namespace ?? '', keyring: request.name ?? object.metadata?.name ?? '', operation: act.operation });
+    }
+  }
   return verdict;
 }
 

@@ -45,6 +45,13 @@ export class WorkQueue {
     this.name = options.name;
     this.rateLimiter = options.rateLimiter ?? defaultControllerRateLimiter();
     this.metrics = options.registry ? workQueueMetrics(options.registry) : undefined;
+    this.metrics?.inProgress.add(this);
+  }
+
+  /** Seconds each key held by a worker has been processed so far (the in-progress metrics). */
+  runningSeconds(): number[] {
+    const now = performance.now();
+    return [...this.processing.values()].map((since) => (now - since) / 1000);
   }
 
   add(key: string): void {
@@ -103,7 +110,7 @@ export class WorkQueue {
     this.processing.delete(key);
     this.metrics?.workDuration.observe({ name: this.name }, (performance.now() - since) / 1000);
     if (this.dirty.has(key)) this.makeReady(key);
-    if (this.shuttingDown && this.processing.size === 0) for (const drained of this.drainWaiters.splice(0)) drained();
+    if (this.shuttingDown && this.processing.size === 0) this.drained();
   }
 
   /** Keys ready for a worker (not counting held or delayed ones). */
@@ -125,6 +132,7 @@ export class WorkQueue {
     this.dirty.clear();
     this.metrics?.depth.set({ name: this.name }, 0);
     for (const consumer of this.consumers.splice(0)) consumer(undefined);
+    if (this.processing.size === 0) this.drained();
   }
 
   /** shutDown(), then resolves once every held key has been released with done(). */
@@ -132,6 +140,12 @@ export class WorkQueue {
     this.shutDown();
     if (this.processing.size === 0) return Promise.resolve();
     return new Promise((resolve) => this.drainWaiters.push(resolve));
+  }
+
+  /** Shut down with nothing held: the queue leaves the metrics and wakes shutDownWithDrain(). */
+  private drained(): void {
+    this.metrics?.inProgress.delete(this);
+    for (const drained of this.drainWaiters.splice(0)) drained();
   }
 
   private makeReady(key: string): void {

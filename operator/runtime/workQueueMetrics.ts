@@ -1,5 +1,6 @@
 // Work queue metrics, labelled by queue name only. Several queues share one registry, so the
-// metrics are created once per registry and looked up afterwards.
+// metrics are created once per registry and looked up afterwards. The in-progress gauges are
+// computed at scrape time from the queues that registered, so stuck work shows while it is stuck.
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
 
 type Labels = 'name';
@@ -10,6 +11,15 @@ export interface WorkQueueMetrics {
   retries: Counter<Labels>;
   queueDuration: Histogram<Labels>;
   workDuration: Histogram<Labels>;
+  /** Queues whose keys in progress the scrape-time gauges read; a queue leaves once drained. */
+  inProgress: Set<InProgress>;
+}
+
+/** What a queue tells about the keys its workers hold. */
+export interface InProgress {
+  readonly name: string;
+  /** Seconds each held key has been processed so far. */
+  runningSeconds(): number[];
 }
 
 // Reconciles talk to the apiserver and the HSM: milliseconds to a minute.
@@ -22,6 +32,34 @@ export function workQueueMetrics(registry: Registry): WorkQueueMetrics {
   if (existing) return existing;
   const registers = [registry];
   const labelNames = ['name'] as const;
+  const inProgress = new Set<InProgress>();
+  /** Per queue name, the held keys' run times, from every registered queue of that name. */
+  const names = new Set<string>();
+  const running = (): Map<string, number[]> => {
+    // A name whose queues are gone (leadership ended) reads 0 rather than its last value.
+    for (const queue of inProgress) names.add(queue.name);
+    const byName = new Map<string, number[]>([...names].map((name) => [name, []]));
+    for (const queue of inProgress) byName.set(queue.name, [...(byName.get(queue.name) ?? []), ...queue.runningSeconds()]);
+    return byName;
+  };
+  const longest: Gauge<Labels> = new Gauge({
+    name: 'keyward_workqueue_longest_running_processor_seconds',
+    help: 'At scrape time: how long the oldest key in progress has been processed.',
+    labelNames,
+    registers,
+    collect: () => {
+      for (const [name, seconds] of running()) longest.set({ name }, Math.max(0, ...seconds));
+    },
+  });
+  const unfinished: Gauge<Labels> = new Gauge({
+    name: 'keyward_workqueue_unfinished_work_seconds',
+    help: 'At scrape time: the summed time the keys in progress have been processed so far.',
+    labelNames,
+    registers,
+    collect: () => {
+      for (const [name, seconds] of running()) unfinished.set({ name }, seconds.reduce((sum, s) => sum + s, 0));
+    },
+  });
   const metrics: WorkQueueMetrics = {
     depth: new Gauge({ name: 'keyward_workqueue_depth', help: 'Keys ready to be processed.', labelNames, registers }),
     adds: new Counter({ name: 'keyward_workqueue_adds_total', help: 'Keys added (not counting duplicates of waiting keys).', labelNames, registers }),
@@ -40,6 +78,7 @@ export function workQueueMetrics(registry: Registry): WorkQueueMetrics {
       buckets: secondsBuckets,
       registers,
     }),
+    inProgress,
   };
   registered.set(registry, metrics);
   return metrics;

@@ -69,6 +69,6 @@ export class CsiMetrics {
   });
 
   constructor() {
-    collectDefaultMetrics({ register: this.registry, prefix: 'keyward_csi_' });
+    collectDefaultMetrics({ register: this.registry, labels: { component: 'csi-provider' } });
   }
 }

@@ -4,7 +4,6 @@ import type { RingHealth, RingSnapshot } from './ringView.js';
 
 export class KmsMetrics {
   readonly registry = new Registry();
-  private primaryCreatedAt = 0;
 
   private readonly requests = new Counter({
     name: 'keyward_kms_requests_total',
@@ -33,13 +32,12 @@ export class KmsMetrics {
     registers: [this.registry],
   });
 
-  private readonly primaryAge = new Gauge({
-    name: 'keyward_kms_primary_key_age_seconds',
-    help: 'Age of the primary key version.',
+  // A point in time rather than an age: Prometheus computes the age (time() - x) and the value
+  // stays right between refreshes.
+  private readonly primaryCreated = new Gauge({
+    name: 'keyward_kms_primary_key_created_timestamp_seconds',
+    help: 'When the primary key version was created.',
     registers: [this.registry],
-    collect: () => {
-      if (this.primaryCreatedAt > 0) this.primaryAge.set((Date.now() - this.primaryCreatedAt) / 1000);
-    },
   });
 
   /** Label children by method and code: resolving labels on every call costs more than counting. */
@@ -58,14 +56,14 @@ export class KmsMetrics {
   }
 
   constructor() {
-    collectDefaultMetrics({ register: this.registry, prefix: 'keyward_kms_' });
+    collectDefaultMetrics({ register: this.registry, labels: { component: 'kms-plugin' } });
   }
 
   observeRing(snapshot: RingSnapshot | undefined, health: RingHealth): void {
     this.hsmUp.set(health.ok ? 1 : 0);
     if (snapshot) {
       this.primaryVersion.set(snapshot.primary.version.number);
-      this.primaryCreatedAt = Date.parse(snapshot.primary.version.createdAt);
+      this.primaryCreated.set(Date.parse(snapshot.primary.version.createdAt) / 1000);
     }
   }
 }

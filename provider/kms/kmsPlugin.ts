@@ -1,13 +1,13 @@
 // `keyward kms-plugin`: the KMS v2 gRPC server on a unix socket (mode 0600, stale socket removed,
 // path fixed), reading its ring from the HSM so it starts without the apiserver, with metrics and
-// health on a separate loopback listener. SIGTERM drains in-flight calls before exit.
+// health on a separate loopback listener (and optionally /metrics alone over mutual TLS). SIGTERM drains in-flight calls before exit.
 import { createAuditLog } from '../../core/audit/auditLog.js';
 import { startGrpcServer, unaryService } from '../../core/grpc/grpcServer.js';
 import { HsmToken } from '../../core/hsm/hsmToken.js';
 import type { RingRef } from '../../core/hsm/ringState.js';
 import { RingStore } from '../../core/hsm/ringStore.js';
 import { createLogger, type Logger } from '../../core/observability/logger.js';
-import { startMetricsServer } from '../../core/observability/metricsServer.js';
+import { startMetricsServer, startTlsMetricsServer, type TlsMetricsConfig } from '../../core/observability/metricsServer.js';
 import { Teardown } from '../../core/teardown.js';
 import { KeyManagementService } from '../../proto/gen/kms/v2/api_pb.js';
 import { KmsMetrics } from './kmsMetrics.js';
@@ -25,6 +25,8 @@ export interface KmsPluginConfig {
   ring: RingRef;
   /** host:port for /metrics, /healthz, /livez; loopback by default. */
   metricsAddress?: string;
+  /** Also /metrics over HTTPS to clients with a certificate from one CA (for the node address). */
+  metricsTls?: TlsMetricsConfig;
   /** File for audit records, or '-' for standard output. */
   auditLog?: string;
   refreshMs?: number;
@@ -36,6 +38,8 @@ export interface KmsPluginConfig {
 export interface KmsPlugin {
   readonly socketPath: string;
   readonly metricsAddress: string;
+  /** host:port of the HTTPS /metrics listener, when configured. */
+  readonly metricsTlsAddress: string | undefined;
   readonly view: RingView;
   stop(): Promise<void>;
 }
@@ -62,6 +66,8 @@ export async function startKmsPlugin(config: KmsPluginConfig, log: Logger = crea
     await view.start();
     const metricsServer = await startMetricsServer(config.metricsAddress ?? '127.0.0.1:0', metrics.registry, () => view.health());
     teardown.add(() => metricsServer.close());
+    const tlsMetricsServer = config.metricsTls ? await startTlsMetricsServer(config.metricsTls, metrics.registry) : undefined;
+    if (tlsMetricsServer) teardown.add(() => tlsMetricsServer.close());
     const server = await startGrpcServer({
       socketPath: config.socketPath,
       services: [unaryService(KeyManagementService, kmsHandlers({ token, view, audit, metrics }))],
@@ -72,10 +78,11 @@ export async function startKmsPlugin(config: KmsPluginConfig, log: Logger = crea
       log.info('draining in-flight calls');
       await server.stop(config.drainMs ?? 10_000);
     });
-    log.info({ socket: config.socketPath, metrics: metricsServer.address }, 'KMS v2 plugin serving');
+    log.info({ socket: config.socketPath, metrics: metricsServer.address, metricsTls: tlsMetricsServer?.address }, 'KMS v2 plugin serving');
     return {
       socketPath: config.socketPath,
       metricsAddress: metricsServer.address,
+      metricsTlsAddress: tlsMetricsServer?.address,
       view,
       stop: async () => {
         await teardown.run();
