@@ -14,7 +14,9 @@ packages=(softhsm2 openssl
   # a PKCS#11 module that reaches its token over a socket (testbed/hsm)
   p11-kit p11-kit-modules
   # encrypted volumes: mkfs.ext4 -O encrypt for the fscrypt fixture (testbed/volume)
-  e2fsprogs)
+  e2fsprogs
+  # promtool (check and unit-test the alerting rules) and a Prometheus the tests run themselves
+  prometheus)
 missing=()
 for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -23,8 +25,23 @@ if [ ${#missing[@]} -gt 0 ]; then
     exit 1
   fi
   say "installing Debian packages: ${missing[*]}"
+  # Packages install without starting their services (prometheus's postinst would start a
+  # daemon): invoke-rc.d obeys policy-rc.d, whose exit 101 forbids every start. A temporary one,
+  # only where the machine has none (Docker images ship one already).
+  policy=/usr/sbin/policy-rc.d made_policy=
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 0755 "$policy" && made_policy=1
+    trap 'rm -f "$policy"' EXIT
+  fi
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  if [ -n "$made_policy" ]; then rm -f "$policy"; trap - EXIT; fi
+  # Should a service have started anyway (a systemd that ignores policy-rc.d), stop exactly its
+  # processes: those of the prometheus system user (the Prometheus and node-exporter services).
+  for pid in $(pgrep -u prometheus 2>/dev/null || true); do
+    say "stopping a process the prometheus packages started: $(ps -o pid=,args= -p "$pid" || true)"
+    kill "$pid" || true
+  done
 fi
 
 # npm ci only when node_modules is missing or older than the lock file.
