@@ -36,6 +36,10 @@ commands:
   kms-plugin --socket PATH --ring NAME     serve the KMS v2 API on a unix socket
   csi-provider                             serve the Secrets Store CSI provider API on <socket-dir>/keyward.sock
   operator                                 reconcile KeyRings into HSM keys (leader-elected)
+  report [-o markdown|json|html] [--output-file PATH] [--kubeconfig PATH] [--context NAME]
+                                           the compliance report: each key-management practice, its verdict
+                                           (holds, partial, fails, not-built, unknown) and the evidence read
+                                           from the cluster (Markdown by default)
   volume unlock --dir DIR --key FILE       in a pod: encrypt DIR (fscrypt v2) on first use, else unlock it with the
                                            delivered key whose identifier its policy names (FILE.v<N> siblings too)
   volume hold --dir DIR                    native sidecar: on SIGTERM drop this user's claim on DIR's key (lock)
@@ -490,6 +494,19 @@ async function volume([verb, ...args]: string[]): Promise<void> {
   process.stderr.write(`keyward volume ${verb}: ${outcome.code}: ${outcome.message}\n`);
 }
 
+async function report(args: string[]): Promise<void> {
+  const { values, positionals } = parse(args, {
+    output: { type: 'string', short: 'o', default: 'markdown' },
+    'output-file': { type: 'string' },
+    kubeconfig: { type: 'string' },
+    context: { type: 'string' },
+  });
+  if (positionals.length > 0) throw new KeywardError('InvalidArgument', 'report takes no arguments');
+  // Loaded here: only the report needs it.
+  const { parseFormat, runReport } = await import('../report/reportCommand.js');
+  await runReport({ format: parseFormat(values.output), outputFile: values['output-file'], kubeconfig: values.kubeconfig, context: values.context });
+}
+
 const commands: Record<string, (args: string[]) => Promise<void>> = {
   hsm: ([verb, ...rest]) =>
     Promise.resolve().then(() => {
@@ -503,6 +520,7 @@ const commands: Record<string, (args: string[]) => Promise<void>> = {
   'csi-provider': csiProvider,
   operator,
   volume,
+  report,
 };
 
 const [command, ...rest] = process.argv.slice(2);
