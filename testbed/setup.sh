@@ -16,7 +16,9 @@ packages=(softhsm2 openssl
   # encrypted volumes: mkfs.ext4 -O encrypt for the fscrypt fixture (testbed/volume)
   e2fsprogs
   # promtool (check and unit-test the alerting rules) and a Prometheus the tests run themselves
-  prometheus)
+  prometheus
+  # a moved clock for one container (e2e/observability/liveAlerts: a rotation made overdue)
+  libfaketime)
 missing=()
 for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
