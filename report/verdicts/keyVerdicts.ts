@@ -136,13 +136,17 @@ export function noSensitiveMetadata(s: ClusterSnapshot): Assessment {
   return fromEvidence(evidence);
 }
 
+/** A label as key=value, its value withheld when it looks secret (no-sensitive-metadata reports it). */
+const labelText = (key: string, value: string): string =>
+  sensitiveContent(key) ? '(a label withheld)' : sensitiveContent(value) ? `${key}=(withheld)` : `${key}=${value}`;
+
 export function inventoryLabels(s: ClusterSnapshot): Assessment {
   const rings = ringsOf(s);
   if (!Array.isArray(rings)) return rings;
   const unlabelled = rings.filter((r) => Object.keys(r.metadata.labels ?? {}).length === 0);
   const evidence: Evidence[] = rings
     .filter((r) => !unlabelled.includes(r))
-    .map((r) => ok(`KeyRing ${name(r)}: ${Object.entries(r.metadata.labels ?? {}).map(([k, v]) => `${k}=${v}`).join(', ')}`));
+    .map((r) => ok(`KeyRing ${name(r)}: ${Object.entries(r.metadata.labels ?? {}).map(([k, v]) => labelText(k, v)).join(', ')}`));
   for (const ring of unlabelled) evidence.push(gap(`KeyRing ${name(ring)} has no labels: it shows in no inventory query`));
   return { verdict: unlabelled.length === 0 ? 'holds' : unlabelled.length === rings.length ? 'fails' : 'partial', evidence };
 }
