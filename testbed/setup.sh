@@ -18,7 +18,9 @@ packages=(softhsm2 openssl
   # promtool (check and unit-test the alerting rules) and a Prometheus the tests run themselves
   prometheus
   # a moved clock for one container (e2e/observability/liveAlerts: a rotation made overdue)
-  libfaketime)
+  libfaketime
+  # headless rendering of the compliance report's HTML page (e2e/observability/complianceReport)
+  chromium)
 missing=()
 for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
