@@ -63,6 +63,12 @@ describe('KeyRing operator with an HSM that refuses its PIN', function () {
     assert.match(ready.message, /wrong PIN/);
     assert.ok(!ready.message.includes(softhsm.pin), 'the PIN is never echoed');
 
+    // The health check names the PKCS#11 code: what an alert on a failing login keys on.
+    const metrics = await (await fetch(`http://${operator.metricsAddress}/metrics`)).text();
+    assert.match(metrics, /^keyward_hsm_up 0$/m);
+    assert.match(metrics, /^keyward_hsm_errors_total\{operation="check",code="CKR_PIN_INCORRECT"\} [1-9]/m);
+    assert.match(metrics, /^keyward_keyring_ready\{namespace="default",keyring="locked-out"\} 0$/m);
+
     const admin = HsmToken.open({ modulePath: softhsm.modulePath, tokenLabel: softhsm.label, pin: softhsm.pin });
     try {
       assert.deepEqual(await new RingStore(admin).list(), [], 'no ring was written');
