@@ -215,4 +215,27 @@ describe('WorkQueue', () => {
     assert.match(text, /keyward_workqueue_queue_duration_seconds_count\{name="keyrings"\} 1/);
     assert.doesNotMatch(text, /key="?a"?/, 'keys never become labels');
   });
+
+  it('reports at scrape time how long the keys in progress have run, and 0 once they are done', async () => {
+    const registry = new Registry();
+    queue = new WorkQueue({ name: 'keyrings', registry });
+    const read = async (metric: string): Promise<number> => Number(new RegExp(`^${metric}\\{name="keyrings"\\} (\\S+)$`, 'm').exec(await registry.metrics())?.[1]);
+    queue.add('a');
+    queue.add('b');
+    await queue.get();
+    await sleep(60);
+    await queue.get();
+    const longest = await read('keyward_workqueue_longest_running_processor_seconds');
+    const unfinished = await read('keyward_workqueue_unfinished_work_seconds');
+    assert.ok(longest >= 0.05, `the oldest key has run 60 ms: ${longest}`);
+    assert.ok(unfinished >= longest && unfinished < longest * 2, `the sum of both: ${unfinished}`);
+    await sleep(40);
+    assert.ok((await read('keyward_workqueue_longest_running_processor_seconds')) >= longest + 0.03, 'it grows between scrapes');
+    queue.done('a');
+    queue.done('b');
+    assert.equal(await read('keyward_workqueue_longest_running_processor_seconds'), 0);
+    assert.equal(await read('keyward_workqueue_unfinished_work_seconds'), 0);
+    queue.shutDown();
+    assert.equal(await read('keyward_workqueue_unfinished_work_seconds'), 0, 'a name whose queue is gone reads 0');
+  });
 });
