@@ -40,12 +40,12 @@ describe('Benchmark reporting: nearest-rank percentiles and JSON lines', () => {
 
   it('prints one JSON line per figure, rounded as asked', () => {
     const written: string[] = [];
-    const write = process.stdout.write;
-    process.stdout.write = ((chunk: string) => written.push(chunk) > 0) as typeof process.stdout.write;
+    const original = process.stdout.write.bind(process.stdout);
+    process.stdout.write = (chunk: string | Uint8Array): boolean => written.push(String(chunk)) > 0;
     try {
       emit({ bench: 'kms', op: 'encrypt', p50_ms: round(1.23456, 2), p99_ms: round(2.0049, 2) });
     } finally {
-      process.stdout.write = write;
+      process.stdout.write = original;
     }
     assert.deepEqual(written, ['{"bench":"kms","op":"encrypt","p50_ms":1.23,"p99_ms":2}\n']);
   });
