@@ -615,6 +615,7 @@ describe('CSI provider: HSM-backed objects in pod volumes, end to end', function
     assert.match(text, /keyward_csi_cache_lookups_total\{cache="material",outcome="hit"\} [1-9]/);
     assert.match(text, /keyward_csi_hsm_calls_per_mount_count [1-9]/);
     assert.match(text, /keyward_csi_token_reviews_total\{outcome="authenticated"\} [1-9]/);
+    assert.match(text, /^process_cpu_user_seconds_total\{component="csi-provider"\} /m, "Node's standard metrics, unprefixed");
   });
 });
 

@@ -2,7 +2,8 @@ import { status } from '@grpc/grpc-js';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdtempSync, readFileSync, renameSync, rmSync, statSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, statSync } from 'node:fs';
+import { get as httpsGet } from 'node:https';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -14,6 +15,7 @@ import { keyIdFor, type RingState } from '../../core/hsm/ringState.js';
 import { createSoftHsmToken, type SoftHsmToken } from '../../core/hsm/softHsmToken.js';
 import { KeyManagementService } from '../../proto/gen/kms/v2/api_pb.js';
 import { eventually } from '../../testbed/eventually.js';
+import { createPki, issueClientCertificate, issueServingCertificate } from '../../testbed/control-plane/pki.js';
 import { startKmsPlugin, type KmsPlugin } from './kmsPlugin.js';
 import { formatAnnotation } from './kmsService.js';
 
@@ -162,6 +164,10 @@ describe('KMS v2 plugin over a real SoftHSM2 token', function () {
     assert.match(metrics, /keyward_kms_hsm_up 1/);
     assert.match(metrics, /keyward_kms_primary_key_version 3/);
     assert.match(metrics, /keyward_kms_request_duration_seconds_bucket/);
+    const created = Date.parse((await store.require({ name: 'apps', namespace: 'kube-system' })).versions.find((v) => v.number === 3)?.createdAt ?? '');
+    assert.match(metrics, new RegExp(`^keyward_kms_primary_key_created_timestamp_seconds ${created / 1000}$`, 'm'));
+    assert.match(metrics, /^process_resident_memory_bytes\{component="kms-plugin"\} /m, "Node's standard metrics, unprefixed");
+    assert.doesNotMatch(metrics, /^keyward_kms_(process|nodejs)_/m);
     assert.equal((await fetch(`http://${plugin.metricsAddress}/healthz`)).status, 200);
     assert.equal((await fetch(`http://${plugin.metricsAddress}/livez`)).status, 200);
   });
@@ -176,6 +182,7 @@ describe('KMS v2 plugin over a real SoftHSM2 token', function () {
       assert.equal(during.keyId, keyId, 'the last good key id is kept');
       assert.match(during.healthz, /HSM/);
       assert.equal((await fetch(`http://${plugin.metricsAddress}/healthz`)).status, 503);
+      assert.match(await (await fetch(`http://${plugin.metricsAddress}/metrics`)).text(), /^keyward_kms_hsm_up 0$/m);
       await rejectsWith(kms.encrypt({ plaintext: secret(), uid: 'o1' }), status.UNAVAILABLE, /HSM|unavailable/i);
     } finally {
       renameSync(away, softhsm.tokenDir);
@@ -183,6 +190,42 @@ describe('KMS v2 plugin over a real SoftHSM2 token', function () {
     await eventually('recovery', 10_000, async () => ((await kms.status({})).healthz === 'ok' ? true : undefined));
     const enc = await kms.encrypt({ plaintext: secret(), uid: 'o2' });
     assert.equal(enc.keyId, keyId);
+  });
+
+  it('serves /metrics on a mutual-TLS listener as well when configured, health staying on the plain one', async () => {
+    const pkiDir = join(dir, 'pki');
+    mkdirSync(pkiDir);
+    const pki = createPki(pkiDir);
+    const serving = issueServingCertificate(pkiDir, 'metrics');
+    const prometheus = issueClientCertificate(pkiDir, 'prometheus', 'prometheus');
+    const withTls = await startKmsPlugin(
+      {
+        socketPath: join(dir, 'tls.sock'),
+        modulePath: softhsm.modulePath,
+        tokenLabel: softhsm.label,
+        pin: softhsm.pin,
+        ring: { name: 'apps', namespace: 'kube-system' },
+        auditLog: join(dir, 'tls-audit.log'),
+        metricsTls: { address: '127.0.0.1:0', certFile: serving.cert, keyFile: serving.key, clientCaFile: pki.caCert },
+      },
+      pino({ level: 'silent' }),
+    );
+    try {
+      assert.ok(withTls.metricsTlsAddress);
+      const port = Number(withTls.metricsTlsAddress.split(':')[1]);
+      const scrape = await new Promise<string>((resolve, reject) => {
+        const ca = readFileSync(pki.caCert);
+        httpsGet({ host: '127.0.0.1', port, path: '/metrics', ca, cert: readFileSync(prometheus.cert), key: readFileSync(prometheus.key) }, (res) => {
+          let text = '';
+          res.on('data', (chunk: Buffer) => (text += chunk.toString()));
+          res.on('end', () => resolve(text));
+        }).on('error', reject);
+      });
+      assert.match(scrape, /^keyward_kms_hsm_up 1$/m);
+      assert.equal((await fetch(`http://${withTls.metricsAddress}/healthz`)).status, 200, 'the probes keep the loopback listener');
+    } finally {
+      await withTls.stop();
+    }
   });
 
   it('refuses a ring that is not an encryption ring: unhealthy, naming its purpose', async () => {
