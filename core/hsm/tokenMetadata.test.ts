@@ -5,51 +5,15 @@
 // is how a name is resolved), which is not metadata an HSM inventory or its audit shows.
 import assert from 'node:assert/strict';
 import { createHash, randomUUID } from 'node:crypto';
-import pkcs11js from 'pkcs11js';
 import { sealSecret } from '../formats/sealedSecret.js';
 import { signDigest } from './ecdsaSigning.js';
 import { deriveKey } from './hmacDerivation.js';
-import type { Handle, HsmToken } from './hsmToken.js';
+import type { HsmToken } from './hsmToken.js';
 import { keyObjectId, keyObjectLabel, ringObjectLabel, type RingAlgorithm } from './ringState.js';
 import { RingStore } from './ringStore.js';
 import { WorkingKeys } from './workingKeys.js';
 import { useSoftHsmToken } from '../../testbed/hsm/softHsmFixture.js';
-
-interface ObjectMetadata {
-  label?: Buffer;
-  id?: Buffer;
-  application?: Buffer;
-  /** CKA_VALUE where the token gives it (data objects, public keys); never for a sensitive key. */
-  value?: Buffer;
-}
-
-/** One attribute, or undefined when the object has no such attribute or will not reveal it. */
-function attribute(token: HsmToken, session: Handle, object: Handle, type: number): Buffer | undefined {
-  try {
-    return token.pkcs11.C_GetAttributeValue(session, object, [{ type }])[0]?.value;
-  } catch {
-    return undefined;
-  }
-}
-
-/** Every object the logged-in user can see, token and session objects alike. */
-function everyObject(token: HsmToken): Promise<ObjectMetadata[]> {
-  return token.withSession((session) => {
-    token.pkcs11.C_FindObjectsInit(session, []);
-    const handles: Handle[] = [];
-    try {
-      for (let batch = token.pkcs11.C_FindObjects(session, 100); batch.length > 0; batch = token.pkcs11.C_FindObjects(session, 100)) handles.push(...batch);
-    } finally {
-      token.pkcs11.C_FindObjectsFinal(session);
-    }
-    return handles.map((h) => ({
-      label: attribute(token, session, h, pkcs11js.CKA_LABEL),
-      id: attribute(token, session, h, pkcs11js.CKA_ID),
-      application: attribute(token, session, h, pkcs11js.CKA_APPLICATION),
-      value: attribute(token, session, h, pkcs11js.CKA_VALUE),
-    }));
-  });
-}
+import { everyObject } from '../../testbed/hsm/tokenObjects.js';
 
 describe('HSM object metadata in a real SoftHSM2 token [practice:no-sensitive-metadata]', () => {
   const hsm = useSoftHsmToken();
