@@ -92,7 +92,7 @@ export function ensurePkcs11ModuleInitialized(modulePath: string): void {
     initialize(entry.pkcs11);
     entry.initialized = true;
   } catch (err) {
-    throw new KeywardError('Unavailable', `PKCS#11 module ${modulePath} cannot be initialised: ${(err as Error).message}`);
+    throw new KeywardError('Unavailable', `PKCS#11 module ${modulePath} cannot be initialised: ${(err as Error).message}`, { cause: err });
   }
 }
 

@@ -274,7 +274,7 @@ describe('KeyRing operator: HSM keys through their lifecycle', function () {
     assert.equal((await store.require({ ringId: uid })).versions[0]?.state, 'Destroyed');
   });
 
-  it('exposes rings and versions by state, next rotations, reconciles, HSM latency and orphan keys as metrics', async () => {
+  it('exposes rings and versions by state, rotation times, reconciles, HSM latency and orphan keys as metrics', async () => {
     const sample = async (): Promise<Map<string, number>> => {
       const text = await (await fetch(`http://${operator.metricsAddress}/metrics`)).text();
       return new Map(text.split('\n').filter((l) => l && !l.startsWith('#')).map((l) => [l.slice(0, l.lastIndexOf(' ')), Number(l.slice(l.lastIndexOf(' ') + 1))]));
@@ -284,7 +284,20 @@ describe('KeyRing operator: HSM keys through their lifecycle', function () {
     assert.ok((metrics.get('keyward_hsm_key_versions{state="Enabled"}') ?? 0) >= 3);
     assert.ok((metrics.get('keyward_operator_reconcile_duration_seconds_count{result="success"}') ?? 0) > 0);
     assert.ok((metrics.get('keyward_hsm_operation_duration_seconds_count{operation="rotate"}') ?? 0) >= 2);
-    assert.ok(metrics.has('keyward_keyring_next_rotation_seconds{namespace="default",name="orders"}'));
+    const orders = '{namespace="default",keyring="orders"}';
+    assert.equal(metrics.get(`keyward_keyring_ready${orders}`), 1);
+    assert.equal(metrics.get(`keyward_keyring_rotation_period_seconds${orders}`), 24 * 3600);
+    // The previous test moved the clock 49 h past orders' last rotation (period 24 h) and nothing
+    // has reconciled orders since: the scrape itself shows it 25 h overdue.
+    const overdue = metrics.get(`keyward_keyring_rotation_overdue_seconds${orders}`) ?? 0;
+    assert.ok(Math.abs(overdue - 25 * 3600) < 120, `overdue by 25 h: ${overdue} s`);
+    assert.ok((metrics.get(`keyward_keyring_last_rotation_timestamp_seconds${orders}`) ?? 0) > 0);
+    assert.equal(metrics.get(`keyward_keyring_versions{namespace="default",keyring="orders",state="Destroyed"}`), 1);
+    assert.equal(metrics.get(`keyward_keyring_destructions_scheduled_total${orders}`), 2, 'scheduled, cancelled, scheduled again');
+    assert.equal(metrics.get('keyward_keyring_destructions_scheduled_total{namespace="default",keyring="dropped"}'), 1, 'counted at deletion, kept after it');
+    assert.ok(![...metrics.keys()].some((series) => /^keyward_keyring_(ready|versions|rotation_\w+|last_rotation\w+)\{[^}]*keyring="(kept|dropped)"/.test(series)), 'deleted KeyRings have no gauges');
+    assert.equal(metrics.get('keyward_operator_leader'), 1);
+    assert.equal(metrics.get('keyward_hsm_up'), 1);
     assert.equal(metrics.get('keyward_hsm_orphan_keys'), 0);
 
     // A Keyward-labelled key no ring accounts for: reported by the janitor, left in place.

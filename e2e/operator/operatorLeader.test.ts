@@ -95,6 +95,9 @@ describe('KeyRing operator: leader election between two processes', function () 
       .map((line) => (JSON.parse(line) as { msg?: string }).msg ?? '');
   const startedControllers = (operator: OperatorProcess): number => logMessages(operator).filter((m) => m === 'leading: starting the KeyRing controller').length;
 
+  const scrape = async (operator: OperatorProcess): Promise<string> => (await fetch(`${operator.metricsUrl}/metrics`)).text();
+  const leaderGauge = async (operator: OperatorProcess): Promise<number> => Number(/^keyward_operator_leader (\d)$/m.exec(await scrape(operator))?.[1]);
+
   it('one of two processes holds the Lease, and only it reconciles', async () => {
     const [a, b] = await Promise.all([startOperator('a'), startOperator('b')]);
     const first = await eventually('a holder of the Lease', 30_000, async () => {
@@ -111,6 +114,9 @@ describe('KeyRing operator: leader election between two processes', function () 
     assert.equal(startedControllers(standby), 0, 'the standby does not');
     assert.ok(standby.process.running, 'the standby keeps campaigning');
     assert.equal(await holder(), leader.identity, 'the leader keeps renewing');
+    assert.equal(await leaderGauge(leader), 1);
+    assert.equal(await leaderGauge(standby), 0);
+    assert.doesNotMatch(await scrape(standby), /^keyward_keyring_ready\{/m, 'a standby exports no KeyRing series');
   });
 
   it('SIGKILL of the leader: the standby takes over once the Lease expires, and reconciles', async () => {
@@ -135,6 +141,7 @@ describe('KeyRing operator: leader election between two processes', function () 
     assert.equal(after.spec?.leaseTransitions, (before.spec?.leaseTransitions ?? 0) + 1, 'one transition recorded');
     assert.deepEqual(await reporters('second'), [standby.identity], 'the new leader reconciled the new KeyRing');
     assert.equal(startedControllers(standby), 1);
+    assert.equal(await leaderGauge(standby), 1, 'the gauge flips with the leadership');
     [leader, standby] = [standby, leader];
   });
 
