@@ -28,7 +28,8 @@ const namespace = 'default';
  * leads at once, as a restarted pod with a stable name would, instead of waiting out the lease.
  */
 const identity = 'crash-test';
-const leaseSeconds = 2;
+/** Long enough that a loaded machine's slow renewal (renew deadline: 2/3 of it) does not end a leadership on its own. */
+const leaseSeconds = 5;
 const kills = 20;
 const minRunMs = 50;
 const maxRunMs = 1500;
