@@ -1,4 +1,6 @@
 import assert from 'node:assert/strict';
+import { readdirSync, renameSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { createLogger } from '../core/observability/logger.js';
 import { useSoftHsmToken } from '../testbed/hsm/softHsmFixture.js';
@@ -37,5 +39,20 @@ describe('HSM health check', () => {
     } finally {
       await check.stop();
     }
+  });
+
+  it("fails while the token's storage is gone (a logged-in session still answers from memory) and passes again after a recover once it is back", async () => {
+    await hsm.token.check();
+    const [uuid] = readdirSync(hsm.softhsm.tokenDir);
+    const home = join(hsm.softhsm.tokenDir, uuid!);
+    const away = join(dirname(hsm.softhsm.tokenDir), `${uuid}.away`);
+    renameSync(home, away);
+    try {
+      await assert.rejects(hsm.token.check(), /CKR_/);
+    } finally {
+      renameSync(away, home);
+    }
+    hsm.token.recover();
+    await hsm.token.check();
   });
 });

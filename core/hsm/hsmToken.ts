@@ -185,7 +185,11 @@ export class HsmToken {
    */
   async check(): Promise<void> {
     await this.withSession((session) => {
-      const { state } = this.pkcs11.C_GetSessionInfo(session);
+      const { state, slotID } = this.pkcs11.C_GetSessionInfo(session);
+      // A live session alone is no proof: SoftHSM2 answers it from memory with its token's
+      // storage gone, and a network HSM's client library may too. The token's own information
+      // comes from the token (CKR_GENERAL_ERROR, CKR_DEVICE_ERROR or CKR_TOKEN_NOT_PRESENT).
+      this.pkcs11.C_GetTokenInfo(slotID);
       if (state === loggedInReadOnly || state === loggedInReadWrite) return;
       // The token forgot our login (it restarted, say): log in again on the next call.
       this.dropSessions();
