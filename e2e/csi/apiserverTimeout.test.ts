@@ -3,20 +3,15 @@
 // no cached review are refused with TokenReviewUnavailable within the provider's deadline, all of
 // them, and a watch that falls silent fails so the informer starts it again.
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { readFileSync } from 'node:fs';
 import { CoreV1Api } from '@kubernetes/client-node';
 import { ApiTimeoutError, loadApiConnection } from '../../core/kube/apiConnection.js';
 import { createSoftHsmToken, type SoftHsmToken } from '../../core/hsm/softHsmToken.js';
-import { createLogger } from '../../core/observability/logger.js';
-import { CSIDriverProvider } from '../../proto/gen/csi/v1alpha1/service_pb.js';
-import { startCsiProvider, type CsiProvider } from '../../provider/csi/csiProvider.js';
-import { grpcClient, type UnaryClient } from '../../testbed/grpcClient.js';
 import { eventually } from '../../testbed/eventually.js';
 import { startControlPlane, type ControlPlane } from '../../testbed/control-plane/controlPlane.js';
 import { installCrds } from '../operator/crds.js';
 import { createPod, driverMountRequest, podToken, type TestPod } from './driverRequest.js';
+import { startInProcessProvider, type InProcessProvider } from './inProcessProvider.js';
 
 const audience = 'keyward';
 const timeoutMs = 2000;
@@ -29,9 +24,8 @@ describe('CSI provider: a hung apiserver (kube-apiserver frozen with SIGSTOP)', 
   let cp: ControlPlane;
   let core: CoreV1Api;
   let softhsm: SoftHsmToken;
-  let provider: CsiProvider;
-  let client: UnaryClient<(typeof CSIDriverProvider)['method']>;
-  let workDir: string;
+  let inProcess: InProcessProvider;
+  let client: InProcessProvider['client'];
   let auditFile: string;
   let web: TestPod;
 
@@ -55,30 +49,14 @@ describe('CSI provider: a hung apiserver (kube-apiserver frozen with SIGSTOP)', 
     web = await createPod(core, 'shop', 'web', 'app');
     softhsm = createSoftHsmToken();
     process.env.SOFTHSM2_CONF = softhsm.configPath;
-    workDir = mkdtempSync(join(tmpdir(), 'keyward-csi-hung-'));
-    auditFile = join(workDir, 'audit.jsonl');
-    provider = await startCsiProvider(
-      {
-        socketDir: join(workDir, 'providers'),
-        modulePath: softhsm.modulePath,
-        tokenLabel: softhsm.label,
-        pin: softhsm.pin,
-        kubeconfigPath: cp.kubeconfigPath,
-        audience,
-        auditLog: auditFile,
-        apiserverTimeoutMs: timeoutMs,
-      },
-      createLogger('csi-provider', 'silent'),
-    );
-    client = grpcClient(CSIDriverProvider, `unix:${provider.socketPath}`);
+    inProcess = await startInProcessProvider(cp, softhsm, { workDirPrefix: 'keyward-csi-hung-', audience, apiserverTimeoutMs: timeoutMs });
+    ({ client, auditFile } = inProcess);
   });
 
   after(async () => {
-    client?.close();
-    await provider?.stop();
+    await inProcess?.stop();
     softhsm?.remove();
     await cp?.stop();
-    if (workDir) rmSync(workDir, { recursive: true, force: true });
   });
 
   it('refuses every Mount waiting on the hung TokenReview with TokenReviewUnavailable within the deadline, and reviews again once the apiserver answers', async () => {

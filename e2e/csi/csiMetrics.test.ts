@@ -3,27 +3,22 @@
 // carries what a Mount handled (a secret, a sealed secret, a key, a token). How fast Mounts are is
 // for `npm run bench:csi`, not for a test.
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { CoreV1Api, CustomObjectsApi } from '@kubernetes/client-node';
-import { keyPolicyResource } from '../../core/api/keyPolicy.js';
 import { sealSecret } from '../../core/formats/sealedSecret.js';
 import { HsmToken } from '../../core/hsm/hsmToken.js';
 import { RingStore } from '../../core/hsm/ringStore.js';
 import { createSoftHsmToken, type SoftHsmToken } from '../../core/hsm/softHsmToken.js';
-import { createLogger } from '../../core/observability/logger.js';
-import { CSIDriverProvider, type MountResponse } from '../../proto/gen/csi/v1alpha1/service_pb.js';
-import { startCsiProvider, type CsiProvider } from '../../provider/csi/csiProvider.js';
+import type { MountResponse } from '../../proto/gen/csi/v1alpha1/service_pb.js';
+import type { CsiProvider } from '../../provider/csi/csiProvider.js';
 import { mountRefusalCodes } from '../../provider/csi/mountRequest.js';
 import { admissionRefusalCodes, objectRefusalCodes } from '../../provider/csi/mountService.js';
 import { identityRefusalCodes } from '../../provider/csi/podIdentity.js';
 import { startControlPlane, type ControlPlane } from '../../testbed/control-plane/controlPlane.js';
 import { eventually } from '../../testbed/eventually.js';
-import { grpcClient, type UnaryClient } from '../../testbed/grpcClient.js';
 import { oneOf, scrape, secretsInLabels, total, unboundedLabels } from '../../testbed/metricsText.js';
 import { installCrds } from '../operator/crds.js';
 import { createPod, driverMountRequest, podToken, type PodTokenEntry, type TestPod } from './driverRequest.js';
+import { createKeyPolicy, startInProcessProvider, type InProcessProvider } from './inProcessProvider.js';
 
 const audience = 'keyward';
 const namespace = 'ledger-emea-f3';
@@ -34,9 +29,9 @@ describe('CSI provider metrics, end to end', function () {
   let cp: ControlPlane;
   let softhsm: SoftHsmToken;
   let hsm: HsmToken;
+  let inProcess: InProcessProvider;
   let provider: CsiProvider;
-  let client: UnaryClient<(typeof CSIDriverProvider)['method']>;
-  let workDir: string;
+  let client: InProcessProvider['client'];
   let sealed: string;
   let web: TestPod;
   let webToken: PodTokenEntry;
@@ -66,37 +61,21 @@ describe('CSI provider metrics, end to end', function () {
     webToken = await podToken(core, web, audience);
     intruder = await createPod(core, namespace, 'intruder', 'intruder');
     intruderToken = await podToken(core, intruder, audience);
-    const rules = [{ name: 'app', subjects: [{ kind: 'ServiceAccount', name: 'app', namespace }], keyRings: ['card-vault-q2', 'volume-keys-b7'], operations: ['decrypt', 'deriveKey'] }];
-    await cp.kubeConfig
-      .makeApiClient(CustomObjectsApi)
-      .createNamespacedCustomObject({ ...keyPolicyResource, namespace, body: { apiVersion: 'keyward.dev/v1alpha1', kind: 'KeyPolicy', metadata: { name: 'workloads' }, spec: { rules } } });
+    await createKeyPolicy(cp.kubeConfig.makeApiClient(CustomObjectsApi), namespace, 'workloads', [
+      { name: 'app', subjects: [{ kind: 'ServiceAccount', name: 'app', namespace }], keyRings: ['card-vault-q2', 'volume-keys-b7'], operations: ['decrypt', 'deriveKey'] },
+    ]);
 
-    workDir = mkdtempSync(join(tmpdir(), 'keyward-csi-metrics-'));
-    provider = await startCsiProvider(
-      {
-        socketDir: join(workDir, 'providers'),
-        modulePath: softhsm.modulePath,
-        tokenLabel: softhsm.label,
-        pin: softhsm.pin,
-        kubeconfigPath: cp.kubeconfigPath,
-        audience,
-        auditLog: join(workDir, 'audit.jsonl'),
-        ringRefreshMs: 100,
-      },
-      createLogger('csi-provider', 'silent'),
-    );
-    client = grpcClient(CSIDriverProvider, `unix:${provider.socketPath}`);
+    inProcess = await startInProcessProvider(cp, softhsm, { workDirPrefix: 'keyward-csi-metrics-', audience, ringRefreshMs: 100 });
+    ({ provider, client } = inProcess);
     // The informer's first list may predate the policy: wait until the provider serves.
     await eventually('the provider authorises the workload', 30_000, async () => ((await mount(web, webToken)).error ? undefined : true));
   });
 
   after(async () => {
-    client?.close();
-    await provider?.stop();
+    await inProcess?.stop();
     hsm?.close();
     softhsm?.remove();
     await cp?.stop();
-    if (workDir) rmSync(workDir, { recursive: true, force: true });
   });
 
   it('observes keyward_csi_mount_duration_seconds once per Mount, served or refused [practice:latency]', async () => {

@@ -4,8 +4,7 @@
 // shaped as the Secrets Store CSI driver sends it. One control plane and one provider for the file.
 import assert from 'node:assert/strict';
 import { createHash, createPublicKey, randomBytes, verify } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { mkdtempSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { CoreV1Api, CustomObjectsApi, PatchStrategy, setHeaderOptions } from '@kubernetes/client-node';
 import { signDigest } from '../../core/hsm/ecdsaSigning.js';
@@ -14,16 +13,16 @@ import { HsmToken } from '../../core/hsm/hsmToken.js';
 import { loadApiConnection } from '../../core/kube/apiConnection.js';
 import { RingStore } from '../../core/hsm/ringStore.js';
 import { createSoftHsmToken, type SoftHsmToken } from '../../core/hsm/softHsmToken.js';
-import { createLogger } from '../../core/observability/logger.js';
 import { sealSecret } from '../../core/formats/sealedSecret.js';
 import { keyPolicyResource, type KeyPolicyRule } from '../../core/api/keyPolicy.js';
 import { CSIDriverProvider, type MountResponse } from '../../proto/gen/csi/v1alpha1/service_pb.js';
 import { Health, HealthCheckResponse_ServingStatus } from '../../proto/gen/grpc/health/v1/health_pb.js';
-import { startCsiProvider, type CsiProvider } from '../../provider/csi/csiProvider.js';
+import type { CsiProvider } from '../../provider/csi/csiProvider.js';
 import { eventually } from '../../testbed/eventually.js';
 import { startControlPlane, type ControlPlane } from '../../testbed/control-plane/controlPlane.js';
 import { installCrds } from '../operator/crds.js';
 import { startCsiProviderProcess, type CsiProviderProcess } from './csiProviderProcess.js';
+import { createKeyPolicy, startInProcessProvider, type InProcessProvider } from './inProcessProvider.js';
 import { createPod, driverMountRequest, podToken, type PodTokenEntry, type TestPod } from './driverRequest.js';
 
 const audience = 'keyward';
@@ -47,6 +46,7 @@ describe('CSI provider: HSM-backed objects in pod volumes, end to end', function
   let softhsm: SoftHsmToken;
   let hsm: HsmToken;
   let store: RingStore;
+  let inProcess: InProcessProvider;
   let provider: CsiProvider;
   let client: UnaryClient<(typeof CSIDriverProvider)['method']>;
   let core: CoreV1Api;
@@ -83,9 +83,8 @@ describe('CSI provider: HSM-backed objects in pod volumes, end to end', function
   };
 
   async function setPolicy(namespace: string, name: string, rules: KeyPolicyRule[]): Promise<void> {
-    const body = { apiVersion: 'keyward.dev/v1alpha1', kind: 'KeyPolicy', metadata: { name, namespace }, spec: { rules } };
     try {
-      await objects.createNamespacedCustomObject({ ...keyPolicyResource, namespace, body });
+      await createKeyPolicy(objects, namespace, name, rules);
     } catch (err) {
       if ((err as { code?: number }).code !== 409) throw err;
       await objects.patchNamespacedCustomObject({ ...keyPolicyResource, namespace, name, body: { spec: { rules } } }, mergePatch);
@@ -133,35 +132,23 @@ describe('CSI provider: HSM-backed objects in pod volumes, end to end', function
     await setPolicy('shop', 'workloads', [workloadRule('shop', ['app', 'batch'])]);
     await setPolicy('other', 'workloads', [workloadRule('other', ['app'])]);
 
-    workDir = mkdtempSync(join(tmpdir(), 'keyward-csi-e2e-'));
-    auditFile = join(workDir, 'audit.jsonl');
-    provider = await startCsiProvider(
-      {
-        socketDir: join(workDir, 'providers'),
-        modulePath: softhsm.modulePath,
-        tokenLabel: softhsm.label,
-        pin: softhsm.pin,
-        kubeconfigPath: cp.kubeconfigPath,
-        audience,
-        auditLog: auditFile,
-        ringRefreshMs: 100,
-        // The request limits keep real responses far below 1 MiB; a lower limit reaches the guard.
-        maxResponseBytes: 128 * 1024,
-      },
-      createLogger('csi-provider', 'silent'),
-    );
-    client = grpcClient(CSIDriverProvider, `unix:${provider.socketPath}`);
+    inProcess = await startInProcessProvider(cp, softhsm, {
+      workDirPrefix: 'keyward-csi-e2e-',
+      audience,
+      ringRefreshMs: 100,
+      // The request limits keep real responses far below 1 MiB; a lower limit reaches the guard.
+      maxResponseBytes: 128 * 1024,
+    });
+    ({ provider, client, workDir, auditFile } = inProcess);
     // The informer's first list may predate the policies: wait until the provider serves.
     await eventually('the provider authorises the workload', 30_000, async () => ((await mount(web, webToken, dataKeyObject())).error ? undefined : true));
   });
 
   after(async () => {
-    client?.close();
-    await provider?.stop();
+    await inProcess?.stop();
     hsm?.close();
     softhsm?.remove();
     await cp?.stop();
-    if (workDir) rmSync(workDir, { recursive: true, force: true });
   });
 
   it('listens on <dir>/keyward.sock with mode 0600, answers Version and the gRPC health check [practice:secure-transport]', async () => {

@@ -3,23 +3,16 @@
 // deletion (not when the review's lifetime runs out), and so does the old token of a pod created
 // again under the same name. Real control plane, SoftHSM2 and TokenReview.
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { CoreV1Api, CustomObjectsApi } from '@kubernetes/client-node';
-import { keyPolicyResource } from '../../core/api/keyPolicy.js';
 import { HsmToken } from '../../core/hsm/hsmToken.js';
 import { RingStore } from '../../core/hsm/ringStore.js';
 import { createSoftHsmToken, type SoftHsmToken } from '../../core/hsm/softHsmToken.js';
-import { createLogger } from '../../core/observability/logger.js';
-import { CSIDriverProvider } from '../../proto/gen/csi/v1alpha1/service_pb.js';
-import { startCsiProvider, type CsiProvider } from '../../provider/csi/csiProvider.js';
 import { startControlPlane, type ControlPlane } from '../../testbed/control-plane/controlPlane.js';
 import { eventually } from '../../testbed/eventually.js';
-import { grpcClient, type UnaryClient } from '../../testbed/grpcClient.js';
 import { installCrds } from '../operator/crds.js';
 import { createPod, driverMountRequest, podToken, type PodTokenEntry, type TestPod } from './driverRequest.js';
+import { createKeyPolicy, startInProcessProvider, type InProcessProvider } from './inProcessProvider.js';
 
 const audience = 'keyward';
 const nodeName = 'node-a';
@@ -32,9 +25,8 @@ describe('CSI provider: a deleted pod’s token stops mounting', function () {
   let cp: ControlPlane;
   let core: CoreV1Api;
   let softhsm: SoftHsmToken;
-  let provider: CsiProvider;
-  let client: UnaryClient<(typeof CSIDriverProvider)['method']>;
-  let workDir: string;
+  let inProcess: InProcessProvider;
+  let client: InProcessProvider['client'];
 
   const mount = async (pod: TestPod, token: PodTokenEntry): Promise<string> =>
     (await client.mount(driverMountRequest(pod, { objects, tokens: { [audience]: token } }))).error?.code ?? '';
@@ -53,16 +45,9 @@ describe('CSI provider: a deleted pod’s token stops mounting', function () {
     await installCrds(cp.kubeConfig);
     core = cp.kubeConfig.makeApiClient(CoreV1Api);
     await core.createNamespace({ body: { metadata: { name: 'shop' } } });
-    await cp.kubeConfig.makeApiClient(CustomObjectsApi).createNamespacedCustomObject({
-      ...keyPolicyResource,
-      namespace: 'shop',
-      body: {
-        apiVersion: 'keyward.dev/v1alpha1',
-        kind: 'KeyPolicy',
-        metadata: { name: 'app' },
-        spec: { rules: [{ name: 'app', subjects: [{ kind: 'ServiceAccount', namespace: 'shop', name: 'app' }], keyRings: ['volume-keys'], operations: ['deriveKey'] }] },
-      },
-    });
+    await createKeyPolicy(cp.kubeConfig.makeApiClient(CustomObjectsApi), 'shop', 'app', [
+      { name: 'app', subjects: [{ kind: 'ServiceAccount', namespace: 'shop', name: 'app' }], keyRings: ['volume-keys'], operations: ['deriveKey'] },
+    ]);
     softhsm = createSoftHsmToken();
     process.env.SOFTHSM2_CONF = softhsm.configPath;
     const admin = HsmToken.open({ modulePath: softhsm.modulePath, tokenLabel: softhsm.label, pin: softhsm.pin });
@@ -71,29 +56,14 @@ describe('CSI provider: a deleted pod’s token stops mounting', function () {
     } finally {
       admin.close();
     }
-    workDir = mkdtempSync(join(tmpdir(), 'keyward-csi-pods-'));
-    provider = await startCsiProvider(
-      {
-        socketDir: join(workDir, 'providers'),
-        modulePath: softhsm.modulePath,
-        tokenLabel: softhsm.label,
-        pin: softhsm.pin,
-        kubeconfigPath: cp.kubeconfigPath,
-        audience,
-        nodeName,
-        auditLog: join(workDir, 'audit.jsonl'),
-      },
-      createLogger('csi-provider', 'silent'),
-    );
-    client = grpcClient(CSIDriverProvider, `unix:${provider.socketPath}`);
+    inProcess = await startInProcessProvider(cp, softhsm, { workDirPrefix: 'keyward-csi-pods-', audience, nodeName });
+    ({ client } = inProcess);
   });
 
   after(async () => {
-    client?.close();
-    await provider?.stop();
+    await inProcess?.stop();
     softhsm?.remove();
     await cp?.stop();
-    if (workDir) rmSync(workDir, { recursive: true, force: true });
   });
 
   it(`refuses a deleted pod's cached token with PodDeleted within ${refusedWithinMs} ms, and keeps serving the other pods`, async () => {
