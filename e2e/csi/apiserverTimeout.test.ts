@@ -77,8 +77,17 @@ describe('CSI provider: a hung apiserver (kube-apiserver frozen with SIGSTOP)', 
       assert.equal((await mount()).error?.code, 'TokenReviewUnavailable');
       assert.ok(Date.now() - again < timeoutMs + slackMs, `the later mount took ${Date.now() - again} ms`);
     });
-    const lines = readFileSync(auditFile, 'utf8').split('\n').filter(Boolean).map((line) => JSON.parse(line) as { result: string; code?: string; reason?: string });
-    const refusals = lines.filter((line) => line.code === 'TokenReviewUnavailable');
+    // Audit records are written once per event-loop turn, so the last may land just after its answer.
+    const auditedRefusals = (): { result: string; code?: string; reason?: string }[] =>
+      readFileSync(auditFile, 'utf8')
+        .split('\n')
+        .filter(Boolean)
+        .map((line) => JSON.parse(line) as { result: string; code?: string; reason?: string })
+        .filter((line) => line.code === 'TokenReviewUnavailable');
+    const refusals = await eventually('four audited refusals', 5_000, () => {
+      const found = auditedRefusals();
+      return found.length >= 4 ? found : undefined;
+    });
     assert.equal(refusals.length, 4);
     for (const refusal of refusals) {
       assert.equal(refusal.result, 'failed');
