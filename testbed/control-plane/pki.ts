@@ -69,10 +69,10 @@ export function issueClientCertificate(dir: string, file: string, user: string, 
   return { cert: join(dir, `${file}.crt`), key: join(dir, `${file}.key`) };
 }
 
-/** A serving certificate for 127.0.0.1 and the given DNS names (e.g. a webhook), signed by the CA. */
-export function issueServingCertificate(dir: string, file: string, dnsNames: readonly string[] = []): { cert: string; key: string } {
+/** A serving certificate for 127.0.0.1, the given DNS names (e.g. a webhook) and IP addresses (e.g. a node's), signed by the CA. */
+export function issueServingCertificate(dir: string, file: string, dnsNames: readonly string[] = [], ipAddresses: readonly string[] = []): { cert: string; key: string } {
   keyAndCsr(dir, file, `/CN=${dnsNames[0] ?? '127.0.0.1'}`);
-  const names = ['IP:127.0.0.1', ...dnsNames.map((n) => `DNS:${n}`)].join(',');
+  const names = ['IP:127.0.0.1', ...ipAddresses.map((ip) => `IP:${ip}`), ...dnsNames.map((n) => `DNS:${n}`)].join(',');
   sign(dir, file, `subjectAltName=${names}\nextendedKeyUsage=serverAuth\n`);
   return { cert: join(dir, `${file}.crt`), key: join(dir, `${file}.key`) };
 }
