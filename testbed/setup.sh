@@ -22,7 +22,9 @@ packages=(softhsm2 openssl
   # headless rendering of the compliance report's HTML page (e2e/observability/complianceReport)
   chromium)
 missing=()
-for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+# Installed means "install ok installed": a package removed without purging still answers dpkg -s.
+installed() { [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]; }
+for p in "${packages[@]}"; do installed "$p" || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     say "missing Debian packages: ${missing[*]}; install them with: sudo apt-get install ${missing[*]}"
