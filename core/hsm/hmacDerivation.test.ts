@@ -6,7 +6,7 @@ import { aesGcmDecrypt, aesGcmEncrypt, generateAesKey } from './aesGcm.js';
 import { counterModeInput, counterModeKey, derivedKeyBytes, deriveKey, generateHmacKey } from './hmacDerivation.js';
 import { pkcs11Code, type Handle, type HsmToken } from './hsmToken.js';
 import { WorkingKeys } from './workingKeys.js';
-import { keyAttribute, keyFlag, useSoftHsmToken } from '../../testbed/hsm/softHsmFixture.js';
+import { keyAttribute, keyFlag, knownHmacKey, useSoftHsmToken } from '../../testbed/hsm/softHsmFixture.js';
 
 describe('HMAC-SHA-384 derivation keys in a real SoftHSM2 token', () => {
   const hsm = useSoftHsmToken();
@@ -57,17 +57,7 @@ describe('HMAC-SHA-384 derivation keys in a real SoftHSM2 token', () => {
   });
 
   it('computes HMAC-SHA-384 of the context, as Node computes it with the same key', async () => {
-    // A throw-away session key with a known value: the only way to check the HSM's result.
-    const value = randomBytes(48);
-    const known = await token.withSession((s) =>
-      token.pkcs11.C_CreateObject(s, [
-        { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_SECRET_KEY },
-        { type: pkcs11js.CKA_KEY_TYPE, value: pkcs11js.CKK_GENERIC_SECRET },
-        { type: pkcs11js.CKA_TOKEN, value: false },
-        { type: pkcs11js.CKA_SIGN, value: true },
-        { type: pkcs11js.CKA_VALUE, value },
-      ]),
-    );
+    const { handle: known, value } = await knownHmacKey(token);
     for (const context of [Buffer.from('namespace/shop/serviceaccount/orders'), Buffer.from([0]), randomBytes(4096)]) {
       assert.deepEqual(await deriveKey(token, known, context), createHmac('sha384', value).update(context).digest());
     }
@@ -95,16 +85,7 @@ describe('HMAC-SHA-384 derivation keys in a real SoftHSM2 token', () => {
     });
 
     it('computes the blocks in the HSM as Node computes them with the same key, for 1, 2 and 3 blocks', async () => {
-      const value = randomBytes(48);
-      const known = await token.withSession((s) =>
-        token.pkcs11.C_CreateObject(s, [
-          { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_SECRET_KEY },
-          { type: pkcs11js.CKA_KEY_TYPE, value: pkcs11js.CKK_GENERIC_SECRET },
-          { type: pkcs11js.CKA_TOKEN, value: false },
-          { type: pkcs11js.CKA_SIGN, value: true },
-          { type: pkcs11js.CKA_VALUE, value },
-        ]),
-      );
+      const { handle: known, value } = await knownHmacKey(token);
       const context = Buffer.from('namespace/shop/serviceaccount/app');
       for (const length of [16, 48, 64, 100]) {
         const key = await counterModeKey(token, known, 'keyward.dev/test/v1', context, length);

@@ -1,10 +1,9 @@
 import assert from 'node:assert/strict';
-import { createHmac, randomBytes } from 'node:crypto';
-import pkcs11js from 'pkcs11js';
+import { createHmac } from 'node:crypto';
 import type { Handle, HsmToken } from '../../core/hsm/hsmToken.js';
 import type { RingStore } from '../../core/hsm/ringStore.js';
 import type { RingState, RingVersion } from '../../core/hsm/ringState.js';
-import { useSoftHsmToken } from '../../testbed/hsm/softHsmFixture.js';
+import { knownHmacKey, useSoftHsmToken } from '../../testbed/hsm/softHsmFixture.js';
 import { dataKeyBytes, KeyMaterial, volumeKeyBytes, volumeKeyLabel, type HsmCallCount, type Workload } from './keyMaterial.js';
 
 describe('CSI key material: keys derived for a workload, in a real SoftHSM2 token', () => {
@@ -22,17 +21,8 @@ describe('CSI key material: keys derived for a workload, in a real SoftHSM2 toke
   before(async () => {
     token = hsm.token;
     for (const number of [1, 2]) {
-      const value = randomBytes(48);
+      const { handle, value } = await knownHmacKey(token);
       values.set(number, value);
-      const handle = await token.withSession((s) =>
-        token.pkcs11.C_CreateObject(s, [
-          { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_SECRET_KEY },
-          { type: pkcs11js.CKA_KEY_TYPE, value: pkcs11js.CKK_GENERIC_SECRET },
-          { type: pkcs11js.CKA_TOKEN, value: false },
-          { type: pkcs11js.CKA_SIGN, value: true },
-          { type: pkcs11js.CKA_VALUE, value },
-        ]),
-      );
       handles.set(number, handle);
     }
   });
