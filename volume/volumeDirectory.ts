@@ -17,6 +17,18 @@ export interface VolumeDirectory {
   keyVersion?: number;
 }
 
+/** ForeignKey for a directory under a key the caller does not hold: `why` follows "locked by <key>, ". */
+export function foreignKeyRefusal(volume: VolumeDirectory, policy: EncryptionPolicy, why: string): VolumeRefusal {
+  const keyIdentifier = policy.identifier.toString('hex');
+  const lockedBy = volume.keyVersion !== undefined ? `key version ${volume.keyVersion}` : `key ${keyIdentifier}`;
+  return new VolumeRefusal('ForeignKey', `${volume.path} is locked by ${lockedBy}, ${why}`, { keyVersion: volume.keyVersion, keyIdentifier });
+}
+
+/** ForeignKey for a directory under none of the keys the CSI provider delivered. */
+export function undeliveredKeyRefusal(volume: VolumeDirectory, policy: EncryptionPolicy): VolumeRefusal {
+  return foreignKeyRefusal(volume, policy, volume.keyVersion !== undefined ? 'which was not delivered: it may be disabled or destroyed' : 'which none of the delivered versions gives');
+}
+
 /** Reads the directory's state; a filesystem without encryption support is refused as NotEncryptable. */
 export function inspectVolume(path: string): VolumeDirectory {
   if (!existsSync(path)) return { path, exists: false };

@@ -16,7 +16,7 @@ import { basename, dirname, join } from 'node:path';
 import { KeywardError } from '../core/errors.js';
 import { addKey, type FscryptError, removeKey, setPolicy, withDirectory } from './fscrypt.js';
 import { readDeliveredKeys, readKeyFile, type DeliveredKey } from './deliveredKeys.js';
-import { fsyncDirectory, inspectVolume, keyHandlePath, recordKeyVersion, type VolumeDirectory } from './volumeDirectory.js';
+import { foreignKeyRefusal, fsyncDirectory, inspectVolume, keyHandlePath, recordKeyVersion, undeliveredKeyRefusal, type VolumeDirectory } from './volumeDirectory.js';
 import type { VolumeOutcome } from './volumeOutcome.js';
 import { VolumeRefusal } from './volumeRefusal.js';
 
@@ -73,11 +73,7 @@ export function rekeyToPrimary(options: RekeyToPrimaryOptions): VolumeOutcome {
       return { code: 'AlreadyRekeyed', message: `${options.dir} is encrypted under key version ${to.version} (already)`, keyVersion: to.version, keyIdentifier: to.identifier.toString('hex') };
     }
     if (!current.policy) throw new VolumeRefusal('NotEncrypted', `${options.dir} is not encrypted by Keyward`);
-    const recorded = current.keyVersion !== undefined ? `key version ${current.keyVersion}` : `key ${current.policy.identifier.toString('hex')}`;
-    throw new VolumeRefusal('ForeignKey', `${options.dir} is locked by ${recorded}, which was not delivered: it may be disabled or destroyed`, {
-      keyVersion: current.keyVersion,
-      keyIdentifier: current.policy.identifier.toString('hex'),
-    });
+    throw undeliveredKeyRefusal(current, current.policy);
   } finally {
     keys.wipe();
   }
@@ -144,11 +140,7 @@ class Rekey {
   /** A directory under a key that is neither the old nor the new one is someone else's. */
   private refuseForeign(volume: VolumeDirectory): void {
     if (!volume.policy || this.isOld(volume) || this.isNew(volume)) return;
-    const recorded = volume.keyVersion !== undefined ? `key version ${volume.keyVersion}` : `key ${volume.policy.identifier.toString('hex')}`;
-    throw new VolumeRefusal('ForeignKey', `${volume.path} is locked by ${recorded}, not by the key in --from-key`, {
-      keyVersion: volume.keyVersion,
-      keyIdentifier: volume.policy.identifier.toString('hex'),
-    });
+    throw foreignKeyRefusal(volume, volume.policy, 'not by the key in --from-key');
   }
 
   private isOld(volume: VolumeDirectory): boolean {

@@ -6,7 +6,7 @@
 import { mkdirSync, rmdirSync } from 'node:fs';
 import { addKey, type EncryptionPolicy, removeKey, setPolicy, withDirectory } from './fscrypt.js';
 import { readDeliveredKeys, type DeliveredKey, type DeliveredKeys } from './deliveredKeys.js';
-import { inspectVolume, isEmptyDirectory, recordKeyVersion, requireEncryptableParent, type VolumeDirectory } from './volumeDirectory.js';
+import { inspectVolume, isEmptyDirectory, recordKeyVersion, requireEncryptableParent, undeliveredKeyRefusal, type VolumeDirectory } from './volumeDirectory.js';
 import type { VolumeOutcome } from './volumeOutcome.js';
 import { VolumeRefusal } from './volumeRefusal.js';
 
@@ -68,11 +68,7 @@ function unlockEncrypted(volume: VolumeDirectory, policy: EncryptionPolicy, keys
     throw new VolumeRefusal('ForeignKey', `${volume.path} is encrypted with an fscrypt v1 policy, which Keyward never sets`, { keyIdentifier });
   }
   const match = keys.find(policy.identifier);
-  if (!match) {
-    const recorded = volume.keyVersion;
-    const which = recorded !== undefined ? `locked by key version ${recorded}, which was not delivered: it may be disabled or destroyed` : `locked by key ${keyIdentifier}, which none of the delivered versions gives`;
-    throw new VolumeRefusal('ForeignKey', `${volume.path} is ${which}`, { keyVersion: recorded, keyIdentifier });
-  }
+  if (!match) throw undeliveredKeyRefusal(volume, policy);
   withDirectory(volume.path, (fd) => addKey(fd, match.key));
   // A directory initialised without a known version learns it now.
   const keyVersion = match.version ?? volume.keyVersion;
