@@ -80,6 +80,13 @@ static bool get_bytes(napi_env env, napi_value value, size_t size, const char *w
   return true;
 }
 
+// (fd, identifier: Buffer(16)): the arguments of every call that names a key.
+static bool get_fd_and_identifier(napi_env env, napi_callback_info info, int *fd, uint8_t **identifier) {
+  napi_value argv[2];
+  return get_args(env, info, 2, argv) && get_fd(env, argv[0], fd) &&
+         get_bytes(env, argv[1], FSCRYPT_KEY_IDENTIFIER_SIZE, "the key identifier", identifier);
+}
+
 static napi_value copy_to_buffer(napi_env env, const uint8_t *data, size_t size) {
   napi_value buffer;
   void *copy;
@@ -129,12 +136,9 @@ static napi_value add_key(napi_env env, napi_callback_info info) {
 
 // removeKey(fd, identifier) -> { removed, filesBusy, otherUsers }
 static napi_value remove_key(napi_env env, napi_callback_info info) {
-  napi_value argv[2];
   int fd;
   uint8_t *identifier;
-  if (!get_args(env, info, 2, argv) || !get_fd(env, argv[0], &fd) ||
-      !get_bytes(env, argv[1], FSCRYPT_KEY_IDENTIFIER_SIZE, "the key identifier", &identifier))
-    return NULL;
+  if (!get_fd_and_identifier(env, info, &fd, &identifier)) return NULL;
   struct fscrypt_remove_key_arg arg;
   memset(&arg, 0, sizeof arg);
   identifier_spec(&arg.key_spec, identifier);
@@ -158,12 +162,9 @@ static napi_value remove_key(napi_env env, napi_callback_info info) {
 
 // keyStatus(fd, identifier) -> { status: 'absent'|'present'|'incompletelyRemoved', userCount, addedBySelf }
 static napi_value key_status(napi_env env, napi_callback_info info) {
-  napi_value argv[2];
   int fd;
   uint8_t *identifier;
-  if (!get_args(env, info, 2, argv) || !get_fd(env, argv[0], &fd) ||
-      !get_bytes(env, argv[1], FSCRYPT_KEY_IDENTIFIER_SIZE, "the key identifier", &identifier))
-    return NULL;
+  if (!get_fd_and_identifier(env, info, &fd, &identifier)) return NULL;
   struct fscrypt_get_key_status_arg arg;
   memset(&arg, 0, sizeof arg);
   identifier_spec(&arg.key_spec, identifier);
@@ -231,12 +232,9 @@ static napi_value get_policy(napi_env env, napi_callback_info info) {
 // setPolicy(fd, identifier): v2, AES-256-XTS contents, AES-256-CTS names, names padded to 32 bytes
 // (hides name lengths best among the padding choices, at a few bytes per name).
 static napi_value set_policy(napi_env env, napi_callback_info info) {
-  napi_value argv[2];
   int fd;
   uint8_t *identifier;
-  if (!get_args(env, info, 2, argv) || !get_fd(env, argv[0], &fd) ||
-      !get_bytes(env, argv[1], FSCRYPT_KEY_IDENTIFIER_SIZE, "the key identifier", &identifier))
-    return NULL;
+  if (!get_fd_and_identifier(env, info, &fd, &identifier)) return NULL;
   struct fscrypt_policy_v2 policy;
   memset(&policy, 0, sizeof policy);
   policy.version = FSCRYPT_POLICY_V2;
