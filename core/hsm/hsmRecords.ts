@@ -4,7 +4,6 @@
 // may write (the PIN), so these need no other channel. Each record has one writer, named in its
 // label; a write adds the new object and then removes the older ones (SoftHSM2 cannot change a
 // data object's value in place), so a reader always finds at least one whole record.
-import { createHash } from 'node:crypto';
 import pkcs11js from 'pkcs11js';
 import { KeywardError } from '../errors.js';
 import { pkcs11Code, type Handle, type HsmToken } from './hsmToken.js';
@@ -30,10 +29,12 @@ interface Envelope {
   value: unknown;
 }
 
-const application = (kind: RecordKind): string => `keyward.dev/${kind}`;
+/**
+ * One CKA_APPLICATION per kind and ring, so a reader searches only its ring's records. (Not
+ * CKA_ID: PKCS#11 data objects have none, and SoftHSM2 refuses it with CKR_ATTRIBUTE_TYPE_INVALID.)
+ */
+const application = (kind: RecordKind, ringId: string): string => `keyward.dev/${kind}/${ringId}`;
 const recordLabel = (kind: RecordKind, ringId: string, writer: string): string => `keyward/${kind}/${ringId}/${writer}`;
-/** One CKA_ID per ring, so a reader searches only its ring's records. */
-const ringRecordId = (ringId: string): Buffer => createHash('sha256').update(`keyward.dev/records\0${ringId}`).digest().subarray(0, 16);
 
 export class HsmRecords {
   private sequence = 0;
@@ -53,8 +54,7 @@ export class HsmRecords {
         { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_DATA },
         { type: pkcs11js.CKA_TOKEN, value: true },
         { type: pkcs11js.CKA_PRIVATE, value: true },
-        { type: pkcs11js.CKA_APPLICATION, value: application(kind) },
-        { type: pkcs11js.CKA_ID, value: ringRecordId(ringId) },
+        { type: pkcs11js.CKA_APPLICATION, value: application(kind, ringId) },
         { type: pkcs11js.CKA_LABEL, value: label },
         { type: pkcs11js.CKA_VALUE, value: bytes },
       ]);
@@ -92,8 +92,9 @@ export class HsmRecords {
     const { pkcs11 } = this.token;
     pkcs11.C_FindObjectsInit(session, [
       { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_DATA },
-      { type: pkcs11js.CKA_APPLICATION, value: application(kind) },
-      { type: pkcs11js.CKA_ID, value: ringRecordId(ringId) },
+      // A public object needs no PIN to create, so it cannot pass for a record.
+      { type: pkcs11js.CKA_PRIVATE, value: true },
+      { type: pkcs11js.CKA_APPLICATION, value: application(kind, ringId) },
     ]);
     try {
       const handles: Handle[] = [];
@@ -119,9 +120,10 @@ export class HsmRecords {
       if (!value?.value || value.value.length > maxRecordBytes) return undefined;
       return { label: label?.value?.toString('utf8') ?? '', value: value.value };
     } catch (err) {
-      // Gone (its writer replaced it meanwhile) or an attribute this object lacks: not a record.
+      // Gone (its writer replaced it meanwhile), an attribute this object lacks, or half-written by
+      // a process killed inside C_CreateObject (see ringPersistence.ts): not a record.
       const code = pkcs11Code(err);
-      if (code === pkcs11js.CKR_OBJECT_HANDLE_INVALID || code === pkcs11js.CKR_ATTRIBUTE_TYPE_INVALID) return undefined;
+      if (code === pkcs11js.CKR_OBJECT_HANDLE_INVALID || code === pkcs11js.CKR_ATTRIBUTE_TYPE_INVALID || code === pkcs11js.CKR_ATTRIBUTE_VALUE_INVALID) return undefined;
       throw err;
     }
   }
