@@ -62,6 +62,7 @@ COPY operator operator
 COPY provider provider
 COPY volume volume
 COPY report report
+COPY scanner scanner
 COPY proto proto
 # Runtime needs no type declarations, source maps or docs (about 40 of 86 MB in node_modules).
 RUN npm run build \

@@ -32,12 +32,13 @@ export default tseslint.config(
   // The layers: core/ is shared by everything above it and imports none of it; the operator and the
   // node side (provider/) import core/ and never each other. Tests may reach the test bed.
   // volume/ (the in-pod `keyward volume` commands) and report/ (the compliance report) likewise
-  // import core/ only.
-  ...layer('core', ['operator', 'provider', 'volume', 'report', 'cli', 'e2e', 'testbed', 'bench']),
+  // import core/ only, as does scanner/ (the read-only etcd scanner).
+  ...layer('core', ['operator', 'provider', 'volume', 'report', 'scanner', 'cli', 'e2e', 'testbed', 'bench']),
   ...layer('operator', ['provider', 'volume', 'cli', 'e2e', 'testbed', 'bench']),
   ...layer('provider', ['operator', 'volume', 'cli', 'e2e', 'testbed', 'bench']),
   ...layer('volume', ['operator', 'provider', 'cli', 'e2e', 'testbed', 'bench']),
   ...layer('report', ['operator', 'provider', 'volume', 'cli', 'e2e', 'testbed', 'bench']),
+  ...layer('scanner', ['operator', 'provider', 'volume', 'report', 'cli', 'e2e', 'testbed', 'bench']),
   {
     files: ['eslint.config.js'],
     extends: [tseslint.configs.disableTypeChecked],

@@ -36,6 +36,8 @@ commands:
   kms-plugin --socket PATH --ring NAME     serve the KMS v2 API on a unix socket
   csi-provider                             serve the Secrets Store CSI provider API on <socket-dir>/keyward.sock
   operator                                 reconcile KeyRings into HSM keys (leader-elected)
+  etcd-scanner --ring NAME --provider-name NAME --etcd-endpoints URL[,URL]
+                                           read-only: count etcd objects per KMS key id, report them in the HSM
   report [-o markdown|json|html] [--output-file PATH] [--kubeconfig PATH] [--context NAME]
                                            the compliance report: each key-management practice, its verdict
                                            (holds, partial, fails, not-built, unknown) and the evidence read
@@ -50,7 +52,7 @@ commands:
   volume rekey --dir DIR --from-key OLD --to-key NEW --to-version N
                                            the same with the two keys named
 
-HSM options (hsm check, ring, encrypt, kms-plugin, csi-provider, operator):
+HSM options (hsm check, ring, encrypt, kms-plugin, csi-provider, operator, etcd-scanner):
   --pkcs11-module PATH   PKCS#11 library (default: SoftHSM2)
   --token-label LABEL    token to use (default: keyward)
   --pin-file PATH        file holding the user PIN (never pass a PIN on the command line)
@@ -63,6 +65,18 @@ kms-plugin options:
   --metrics-client-ca-file PATH  the CA whose client certificates may scrape it
   --audit-log PATH       audit records (default: standard output)
   --refresh SECONDS      how often to re-read the ring from the HSM (default 2)
+
+etcd-scanner options (never decrypts; reads keys and stored key ids only):
+  --provider-name NAME   the KMS provider's name in the EncryptionConfiguration (its envelopes are counted)
+  --etcd-endpoints URLS  comma-separated http(s)://host:port, tried in order
+  --etcd-cafile PATH, --etcd-certfile PATH, --etcd-keyfile PATH
+                         TLS to etcd (kubeadm: /etc/kubernetes/pki/etcd/ca.crt, apiserver-etcd-client.crt/.key)
+  --resources LIST       encrypted resources, as the EncryptionConfiguration names them (default secrets)
+  --interval SECONDS     time between scans (default 300); a scan request from the operator is answered within seconds
+  --page-size N          keys per etcd read (default 500; halved while a response is over 64 MiB)
+  --pages-per-second N   etcd reads per second at most (default 10)
+  --metrics-address H:P  /metrics, /healthz, /livez listener (default 127.0.0.1:9467)
+  --audit-log PATH       audit records (default: standard output)
 
 csi-provider options (the apiserver from KUBECONFIG, or in-cluster):
   --socket-dir DIR       the driver's provider directory (default /var/run/secrets-store-csi-providers)
@@ -248,6 +262,55 @@ async function kmsPlugin(args: string[]): Promise<void> {
     log,
   );
   stopOnSignal(log, () => plugin.stop());
+}
+
+async function etcdScanner(args: string[]): Promise<void> {
+  const { values, positionals } = parse(args, {
+    ...hsmOptions,
+    ring: { type: 'string' },
+    'provider-name': { type: 'string' },
+    'etcd-endpoints': { type: 'string' },
+    'etcd-cafile': { type: 'string' },
+    'etcd-certfile': { type: 'string' },
+    'etcd-keyfile': { type: 'string' },
+    resources: { type: 'string', default: 'secrets' },
+    interval: { type: 'string', default: '300' },
+    'page-size': { type: 'string', default: '500' },
+    'pages-per-second': { type: 'string', default: '10' },
+    'metrics-address': { type: 'string', default: '127.0.0.1:9467' },
+    'audit-log': { type: 'string', default: '-' },
+  });
+  if (positionals.length > 0) throw new KeywardError('InvalidArgument', 'etcd-scanner takes no arguments');
+  if (!values.ring) throw new KeywardError('InvalidArgument', 'etcd-scanner needs --ring NAME');
+  if (!values['provider-name']) throw new KeywardError('InvalidArgument', 'etcd-scanner needs --provider-name NAME (the KMS provider in the EncryptionConfiguration)');
+  const endpoints = (values['etcd-endpoints'] ?? '').split(',').map((e) => e.trim()).filter(Boolean);
+  if (endpoints.length === 0) throw new KeywardError('InvalidArgument', 'etcd-scanner needs --etcd-endpoints URL[,URL]');
+  if (Boolean(values['etcd-certfile']) !== Boolean(values['etcd-keyfile'])) throw new KeywardError('InvalidArgument', '--etcd-certfile and --etcd-keyfile go together');
+  const pageSize = Number(values['page-size']);
+  if (!(Number.isInteger(pageSize) && pageSize >= 1 && pageSize <= 10_000)) throw new KeywardError('InvalidArgument', '--page-size must be a whole number from 1 to 10000');
+  const pagesPerSecond = Number(values['pages-per-second']);
+  if (!(pagesPerSecond > 0 && pagesPerSecond <= 1000)) throw new KeywardError('InvalidArgument', '--pages-per-second must be above 0 and at most 1000');
+  const { startEtcdScanner } = await import('../scanner/etcdScanner.js');
+  const log = createLogger('etcd-scanner');
+  const scanner = await startEtcdScanner(
+    {
+      modulePath: values['pkcs11-module'] ?? findSoftHsmModule(),
+      tokenLabel: values['token-label'],
+      pin: readPinFile(values['pin-file']),
+      ring: { name: values.ring, namespace: values.namespace },
+      provider: values['provider-name'],
+      endpoints,
+      tls: { caFile: values['etcd-cafile'], certFile: values['etcd-certfile'], keyFile: values['etcd-keyfile'] },
+      resources: values.resources.split(',').map((r) => r.trim()).filter(Boolean),
+      intervalMs: secondsOption(values.interval, 'interval', 1, 7 * 24 * 3600),
+      pageSize,
+      pagesPerSecond,
+      metricsAddress: values['metrics-address'],
+      auditLog: values['audit-log'],
+    },
+    log,
+  );
+  stopOnSignal(log, () => scanner.stop());
 }
 
 /** SIGTERM or SIGINT stops the component (draining what is in flight), then the process exits. */
@@ -518,6 +581,7 @@ const commands: Record<string, (args: string[]) => Promise<void>> = {
   encrypt,
   'kms-plugin': kmsPlugin,
   'csi-provider': csiProvider,
+  'etcd-scanner': etcdScanner,
   operator,
   volume,
   report,

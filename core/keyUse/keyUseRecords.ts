@@ -13,6 +13,11 @@ export interface ResourceCount {
   byKeyId: Record<string, number>;
   /** Objects in another provider's envelope (another KMS provider, aescbc, ...). */
   otherProvider: number;
+  /**
+   * Of otherProvider, KMS v2 envelopes that could not be read (truncated, no key id): their key id
+   * is unknown, so they may be under any version.
+   */
+  malformed?: number;
   /** Objects stored in plain text (identity). */
   unencrypted: number;
 }
@@ -67,6 +72,8 @@ export interface KeyUseRecord {
   lastStatusAt?: string;
   /** By key id. */
   versions: Record<string, VersionUse>;
+  /** Versions left out, least recently used first, so the record fits the HSM record limit. */
+  omittedVersions?: number;
 }
 
 const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
