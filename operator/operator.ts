@@ -4,7 +4,9 @@
 import { hostname } from 'node:os';
 import type { KubeConfig } from '@kubernetes/client-node';
 import type { AuditLog } from '../core/audit/auditLog.js';
+import { HsmRecords } from '../core/hsm/hsmRecords.js';
 import { HsmToken } from '../core/hsm/hsmToken.js';
+import { KeyUseRecords } from '../core/keyUse/keyUseRecords.js';
 import { RingStore } from '../core/hsm/ringStore.js';
 import { startMetricsServer, type MetricsServer } from '../core/observability/metricsServer.js';
 import type { Logger } from '../core/observability/logger.js';
@@ -18,6 +20,7 @@ import { PolicyCache } from '../core/policy/policyCache.js';
 import { KeyRingClient } from './keyRing/keyRingClient.js';
 import { keyRingReconciler } from './keyRing/keyRingReconciler.js';
 import { OperatorMetrics } from './operatorMetrics.js';
+import { ReEncryptionJobs } from './retirement/reEncryptionJobs.js';
 import { startControllerLoop } from './runtime/controllerLoop.js';
 import { startLeaderElection } from './runtime/leaderElection.js';
 import { resourceInformer } from './runtime/resourceInformer.js';
@@ -120,6 +123,7 @@ export async function startOperator(config: OperatorConfig, log: Logger): Promis
     informer.on('add', enqueue);
     informer.on('update', enqueue);
     informer.on('delete', enqueue);
+    const jobs = new ReEncryptionJobs(config.kubeConfig, (key) => queue.add(key), log);
     const loop = startControllerLoop({
       name: 'keyring',
       queue,
@@ -135,6 +139,7 @@ export async function startOperator(config: OperatorConfig, log: Logger): Promis
         recoverHsm: () => token.recover(),
         audit: config.audit,
         approvalWindowMs: config.approvalWindowMs,
+        retirement: { keyUse: new KeyUseRecords(new HsmRecords(token)), jobs },
         now: config.now,
       }),
     });
@@ -160,6 +165,7 @@ export async function startOperator(config: OperatorConfig, log: Logger): Promis
     await new Promise<void>((resolve) => signal.addEventListener('abort', () => resolve(), { once: true }));
     log.info('leadership ending: draining the KeyRing controller');
     await informer.stop();
+    jobs.stopAll();
     await janitor.stop();
     await loop.stop();
     await policyLoop.stop();

@@ -73,6 +73,20 @@ const approveDestroySchema = {
 /** A key version number: 1 for the first, one more for each rotation. */
 const versionNumber = <D extends string>(description: D) => ({ type: 'integer', format: 'int32', minimum: 1, description }) as const;
 
+// Break-glass retirement: disabling or destroying a version etcd may still need, by a BreakGlassAdministrator.
+const retirementOverrideSchema = {
+  type: 'object',
+  description:
+    'Written by Keyward admission when a break-glass grant disables or schedules the destruction of a version that etcd ' +
+    'has not been proven to no longer use; a value you write is replaced. The operator carries such a request out only with this stamp.',
+  required: ['by', 'at'],
+  properties: {
+    by: { type: 'string', maxLength: 512, description: 'The user whose break-glass grant overrode retirement.' },
+    at: { type: 'string', format: 'date-time', description: 'When the override was stamped.' },
+    reason: { type: 'string', maxLength: 1024, description: 'What retirement said at the time: the objects still counted, or that none was proven.' },
+  },
+} as const satisfies ObjectSchema;
+
 const desiredVersionSchema = {
   type: 'object',
   description: 'The state an administrator wants for one non-primary key version.',
@@ -90,6 +104,33 @@ const desiredVersionSchema = {
     },
     approveDestroy: approveDestroySchema,
     destroyRequest: destroyRequestSchema,
+    retirementOverride: retirementOverrideSchema,
+  },
+} as const satisfies ObjectSchema;
+
+const reEncryptionSpecSchema = {
+  type: 'object',
+  description:
+    'Re-encryption of etcd after a rotation, for a ring the KMS plugin serves: once every kube-apiserver uses the new ' +
+    'primary, the operator has every object of the encrypted resources rewritten under it, so older versions can retire.',
+  properties: {
+    enabled: { type: 'boolean', default: true, description: 'Rewrite after each rotation (true by default); false leaves old objects as they are.' },
+    maxWritesPerSecond: {
+      type: 'integer',
+      format: 'int32',
+      minimum: 1,
+      maximum: 2000,
+      default: 100,
+      description: 'At most this many rewrites per second, so the apiserver and etcd are never swamped (100 by default).',
+    },
+    method: {
+      type: 'string',
+      enum: ['Auto', 'StorageVersionMigration', 'Rewrite'],
+      default: 'Auto',
+      description:
+        'Auto (the default): a StorageVersionMigration where the cluster serves storagemigration.k8s.io and its controller ' +
+        'runs, otherwise the operator rewrites each object itself. Rewrite: always the operator.',
+    },
   },
 } as const satisfies ObjectSchema;
 
@@ -166,6 +207,7 @@ const keyRingSpecSchema = {
         'Asks for one rotation now. Set it to a value not used before (a timestamp, say): the operator creates ' +
         'a new primary version once for each new value and records the value in status.lastRotationRequest.',
     },
+    reEncryption: reEncryptionSpecSchema,
     versions: {
       type: 'array',
       maxItems: 1000,
@@ -224,6 +266,43 @@ const keyRingVersionStatusSchema = {
       maxLength: 128,
       description: 'Opaque PKCS#11 object id (CKA_ID) of this version in the token, in lowercase hex.',
     },
+    etcdObjects: {
+      type: 'integer',
+      format: 'int64',
+      minimum: 0,
+      description: 'For a ring the KMS plugin serves: how many objects in etcd this version still protects, by the latest complete scan.',
+    },
+    etcdObjectsProvenAt: {
+      type: 'string',
+      format: 'date-time',
+      description: 'When the scan behind etcdObjects started (it read one consistent snapshot of etcd).',
+    },
+    lastDecryptTime: { type: 'string', format: 'date-time', description: 'When a KMS plugin last decrypted with this version.' },
+    lastUseTime: { type: 'string', format: 'date-time', description: 'When the CSI provider last used this version (derivation, opening a sealed value).' },
+  },
+} as const satisfies ObjectSchema;
+
+const reEncryptionStatusSchema = {
+  type: 'object',
+  description: 'Re-encryption of etcd under the primary version, for a ring the KMS plugin serves; one run per rotation.',
+  required: ['targetVersion', 'phase'],
+  properties: {
+    targetVersion: versionNumber('The primary version objects are rewritten under.'),
+    phase: {
+      type: 'string',
+      enum: ['WaitingForApiserver', 'Rewriting', 'Verifying', 'Complete', 'Failed', 'Off'],
+      description:
+        'WaitingForApiserver: not every kube-apiserver encrypts with the target yet. Rewriting: objects are being rewritten. ' +
+        'Verifying: waiting for a scan of etcd. Complete: the scan found nothing under older versions. Failed: some objects ' +
+        'could not be rewritten (see message). Off: spec.reEncryption.enabled is false.',
+    },
+    method: { type: 'string', enum: ['StorageVersionMigration', 'Rewrite'], description: 'How objects are rewritten.' },
+    apiserverSwitchedAt: { type: 'string', format: 'date-time', description: 'When the last kube-apiserver began encrypting with the target version.' },
+    startedAt: { type: 'string', format: 'date-time', description: 'When rewriting began.' },
+    completedAt: { type: 'string', format: 'date-time', description: 'When rewriting ended.' },
+    rewrittenObjects: { type: 'integer', format: 'int64', minimum: 0, description: 'Objects rewritten (or found already current) so far.' },
+    failedObjects: { type: 'integer', format: 'int64', minimum: 0, description: 'Objects that could not be rewritten.' },
+    message: { type: 'string', maxLength: 4096, description: 'Progress or failure in words, naming objects that could not be rewritten.' },
   },
 } as const satisfies ObjectSchema;
 
@@ -269,6 +348,7 @@ const keyRingStatusSchema = {
       description: 'Every version of the key, destroyed ones included, by number.',
       items: keyRingVersionStatusSchema,
     },
+    reEncryption: reEncryptionStatusSchema,
   },
 } as const satisfies ObjectSchema;
 
@@ -332,6 +412,8 @@ export type DestroyRequest = FromSchema<typeof destroyRequestSchema>;
 export type KeyRingStatus = FromSchema<typeof keyRingStatusSchema>;
 export type KeyRingVersionStatus = FromSchema<typeof keyRingVersionStatusSchema>;
 export type KeyRingVersionState = KeyRingVersionStatus['state'];
+export type ReEncryptionStatus = FromSchema<typeof reEncryptionStatusSchema>;
+export type RetirementOverride = FromSchema<typeof retirementOverrideSchema>;
 
 export interface KeyRing {
   apiVersion: `${typeof keyRingResource.group}/${typeof keyRingResource.version}`;

@@ -33,12 +33,14 @@ const fullKeyRing: KeyRing = {
     approveDestroy: true,
     deletionDestroyRequest: { requestedBy: 'alice', requestedAt: '2025-06-01T11:00:00Z', approvedBy: 'bob', approvedAt: '2025-06-01T11:10:00Z' },
     rotationRequest: '2025-06-01T12:00:00Z',
+    reEncryption: { enabled: true, maxWritesPerSecond: 100, method: 'Auto' },
     versions: [
       {
         number: 1,
         state: 'DestroyScheduled',
         approveDestroy: true,
         destroyRequest: { requestedBy: 'alice', requestedAt: '2025-06-01T12:00:00Z', approvedBy: 'bob', approvedAt: '2025-06-01T12:10:00Z' },
+        retirementOverride: { by: 'carol', at: '2025-06-01T12:00:00Z', reason: 'version 1 still protects 3 objects in etcd' },
       },
     ],
   },
@@ -58,6 +60,17 @@ const fullKeyRing: KeyRing = {
     primaryVersion: 2,
     nextRotationTime: '2025-08-30T12:00:05Z',
     lastRotationRequest: '2025-06-01T12:00:00Z',
+    reEncryption: {
+      targetVersion: 2,
+      phase: 'Complete',
+      method: 'Rewrite',
+      apiserverSwitchedAt: '2025-06-01T12:01:00Z',
+      startedAt: '2025-06-01T12:01:05Z',
+      completedAt: '2025-06-01T12:10:00Z',
+      rewrittenObjects: 2000,
+      failedObjects: 0,
+      message: 'etcd holds nothing under older versions',
+    },
     versions: [
       {
         number: 1,
@@ -68,6 +81,10 @@ const fullKeyRing: KeyRing = {
         destroyTime: '2025-07-31T12:00:05Z',
         hsmToken: 'keyward',
         hsmObjectId: '0a1b2c3d',
+        etcdObjects: 0,
+        etcdObjectsProvenAt: '2025-06-01T12:20:00Z',
+        lastDecryptTime: '2025-06-01T12:05:00Z',
+        lastUseTime: '2025-06-01T12:04:00Z',
       },
       { number: 2, keyId: 'k-9c4e', state: 'Enabled', algorithm: 'ECDSA-P384', createTime: '2025-06-01T12:00:04Z', hsmToken: 'keyward', hsmObjectId: '0a1b2c3e' },
     ],

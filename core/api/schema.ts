@@ -32,6 +32,7 @@ export interface StringSchema extends SchemaNode {
 
 export interface BooleanSchema extends SchemaNode {
   readonly type: 'boolean';
+  readonly default?: boolean;
 }
 
 export interface IntegerSchema extends SchemaNode {
@@ -39,6 +40,7 @@ export interface IntegerSchema extends SchemaNode {
   readonly format?: 'int32' | 'int64';
   readonly minimum?: number;
   readonly maximum?: number;
+  readonly default?: number;
 }
 
 export interface ObjectSchema extends SchemaNode {

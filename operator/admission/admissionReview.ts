@@ -21,7 +21,7 @@ export interface AdmissionRequest {
 export interface AuditAct {
   operation: Operation;
   keyVersion?: number;
-  decision: Omit<Decision, 'reason'> & { reason: Decision['reason'] | 'TwoPersonRule' };
+  decision: Omit<Decision, 'reason'> & { reason: Decision['reason'] | 'TwoPersonRule' | 'VersionInUse' };
 }
 
 export interface Verdict {

@@ -6,6 +6,7 @@ import type { Operation } from '../../core/policy/operations.js';
 import type { PolicySet, Requester } from '../../core/policy/policySet.js';
 import { defaultApprovalWindowMs, type DestroyRequest, type KeyRing, type KeyRingDesiredVersion, type KeyRingSpec } from '../../core/api/keyRing.js';
 import type { AuditAct, Verdict } from './admissionReview.js';
+import { etcdRetirementRefusal } from '../retirement/retirementGate.js';
 
 interface Act {
   operation: Operation;
@@ -88,7 +89,9 @@ export function admitKeyRing(input: KeyRingAdmissionInput): Verdict {
       ...context,
     });
     return {
-      ...without(desired, 'destroyRequest', 'approveDestroy'),
+      ...without(desired, 'destroyRequest', 'approveDestroy', 'retirementOverride'),
+      // A standing break-glass stamp stays while its request does; a new one is stamped below.
+      ...(before?.retirementOverride && before.state === desired.state ? { retirementOverride: before.retirementOverride } : {}),
       ...(desired.state === 'DestroyScheduled' && desired.approveDestroy !== undefined ? { approveDestroy: desired.approveDestroy } : {}),
       ...(destroyRequest ? { destroyRequest } : {}),
     };
@@ -101,6 +104,20 @@ export function admitKeyRing(input: KeyRingAdmissionInput): Verdict {
     ...(next.versions !== undefined ? { versions } : {}),
   };
 
+  // Retirement: a version etcd may still need is neither disabled nor destroyed, except under a
+  // break-glass grant, which is stamped on the request for the operator and audited as such.
+  const inUse = new Map<Act, string>();
+  for (const act of acts) {
+    if (act.version === undefined || (act.operation !== 'disableVersion' && act.operation !== 'scheduleDestroy')) continue;
+    const refusal = etcdRetirementRefusal(input.oldObject?.status, act.version);
+    if (!refusal) continue;
+    const decision = input.policies.decide(requester, input.namespace, input.name, act.operation, now);
+    const desired = versions.find((v) => v.number === act.version);
+    if (decision.allowed && decision.breakGlass && desired) {
+      desired.retirementOverride = { by: requester.username, at: now.toISOString(), reason: refusal };
+    } else inUse.set(act, refusal);
+  }
+
   const audited: AuditAct[] = [];
   const denials: string[] = [];
   // An act the two-person rule refuses is judged once: by policy if policy refuses it, else by the rule.
@@ -108,6 +125,12 @@ export function admitKeyRing(input: KeyRingAdmissionInput): Verdict {
   for (const act of acts) {
     const decision = input.policies.decide(requester, input.namespace, input.name, act.operation, now);
     if (decision.allowed && twoPerson.has(act)) continue;
+    const retirement = inUse.get(act);
+    if (decision.allowed && retirement) {
+      audited.push({ operation: act.operation, keyVersion: act.version, decision: { allowed: false, reason: 'VersionInUse', breakGlass: false, message: retirement } });
+      denials.push(`${act.operation} on ${act.target}: ${retirement}`);
+      continue;
+    }
     twoPerson.delete(act);
     audited.push({ operation: act.operation, keyVersion: act.version, decision });
     if (!decision.allowed) denials.push(`${act.operation} on ${act.target}: ${decision.message}`);

@@ -11,12 +11,16 @@ import type { Logger } from '../../core/observability/logger.js';
 import { RingStateCorruptError, type RingAlgorithm, type RingState, type RingVersion, type VersionState } from '../../core/hsm/ringState.js';
 import type { RingStore } from '../../core/hsm/ringStore.js';
 import { parseDuration } from '../../core/api/duration.js';
-import { algorithmsByPurpose, defaultApprovalWindowMs, type DestroyRequest, type KeyAlgorithm, type KeyRing, type KeyRingDesiredVersion } from '../../core/api/keyRing.js';
+import { algorithmsByPurpose, defaultApprovalWindowMs, type DestroyRequest, type KeyAlgorithm, type KeyRing, type KeyRingDesiredVersion, type KeyRingStatus } from '../../core/api/keyRing.js';
 import type { KeyRingLabels, OperatorMetrics } from '../operatorMetrics.js';
 import type { Reconcile } from '../runtime/controllerLoop.js';
 import { keyRingFinalizer, type KeyRingClient } from './keyRingClient.js';
 import { withConditions, type ConditionInput } from '../../core/api/conditions.js';
 import { keyRingStatus, nextRotationTime } from './keyRingStatus.js';
+import type { KeyUseRecords } from '../../core/keyUse/keyUseRecords.js';
+import type { ReEncryptionJobs } from '../retirement/reEncryptionJobs.js';
+import { advanceRetirement, type RetirementStep } from '../retirement/retirement.js';
+import { etcdRetirementRefusal } from '../retirement/retirementGate.js';
 
 export interface KeyRingReconcilerDeps {
   store: RingStore;
@@ -31,6 +35,8 @@ export interface KeyRingReconcilerDeps {
   audit: AuditLog;
   /** How long a destruction approval stays usable; see operator/admission/keyRingAdmission.ts. */
   approvalWindowMs?: number;
+  /** Re-encryption and retirement of rings the KMS plugin serves; without it, versions are not gated by etcd. */
+  retirement?: { keyUse: KeyUseRecords; jobs: ReEncryptionJobs };
   now?: () => Date;
 }
 
@@ -94,6 +100,7 @@ async function reconcileRing(deps: Reconciling, keyRing: KeyRing, now: Date): Pr
   let ring: RingState;
   const rotationPeriodMs = spec.rotationPeriod ? parseDuration(spec.rotationPeriod) : undefined;
   const refused: Refusal[] = [];
+  let retirement: RetirementStep | undefined;
   try {
     const ensured = await metrics.hsm('create', () => store.ensure({ ringId: uid, name, namespace, algorithm }));
     ring = ensured.ring;
@@ -116,9 +123,17 @@ async function reconcileRing(deps: Reconciling, keyRing: KeyRing, now: Date): Pr
       await announceRotation(deps, keyRing, ring, `on schedule (every ${spec.rotationPeriod})`);
     }
 
+    if (deps.retirement) {
+      retirement = await metrics.hsm('keyUse', () => advanceRetirement({ ...deps.retirement!, now }, keyRing, ring));
+      for (const event of retirement.events) await client.event(keyRing, event.type, event.reason, event.message);
+    }
+    // What etcd still needs of each version, as the status about to be written will say.
+    const etcdUse = retirement?.reEncryption
+      ? { primaryVersion: ring.primary, reEncryption: retirement.reEncryption, versions: ring.versions.map((v) => ({ number: v.number, state: v.state, ...retirement?.versions.get(v.number) })) }
+      : undefined;
     const destroyWindowMs = parseDuration(spec.destroyScheduledDuration ?? defaultDestroyWindow);
     for (const desired of [...(spec.versions ?? [])].sort((a, b) => a.number - b.number)) {
-      const outcome = await applyDesiredState(deps, keyRing, ring, desired, now, new Date(now.getTime() + destroyWindowMs));
+      const outcome = await applyDesiredState(deps, keyRing, ring, desired, now, new Date(now.getTime() + destroyWindowMs), etcdUse);
       if ('refused' in outcome) refused.push(outcome);
       else ring = outcome;
     }
@@ -139,10 +154,11 @@ async function reconcileRing(deps: Reconciling, keyRing: KeyRing, now: Date): Pr
       ? { type: 'VersionRequestsApplied', status: 'True', reason: 'Applied', message: 'spec.versions is in effect' }
       : { type: 'VersionRequestsApplied', status: 'False', reason: refused[0]?.reason ?? 'TransitionRefused', message: refused.map((r) => r.refused).join('; ') },
   ];
-  await client.applyStatus(keyRing, keyRingStatus(keyRing, ring, { tokenLabel: deps.tokenLabel, rotationPeriodMs, conditions, now }));
+  if (retirement?.condition) conditions.push(retirement.condition);
+  await client.applyStatus(keyRing, keyRingStatus(keyRing, ring, { tokenLabel: deps.tokenLabel, rotationPeriodMs, conditions, now, retirement }));
   metrics.observeKeyRing({ namespace, keyring: name }, { ready: true, rotationPeriodMs, ring });
   const next = nextRotationTime(ring, rotationPeriodMs);
-  return { requeueAfterMs: requeueAfter(ring, next, now) };
+  return { requeueAfterMs: Math.min(requeueAfter(ring, next, now), retirement?.requeueAfterMs ?? Number.POSITIVE_INFINITY) };
 }
 
 async function announceRotation(deps: Reconciling, keyRing: KeyRing, ring: RingState, why: string): Promise<void> {
@@ -153,7 +169,7 @@ async function announceRotation(deps: Reconciling, keyRing: KeyRing, ring: RingS
 /** A desired state the operator does not carry out, and why. */
 interface Refusal {
   refused: string;
-  reason: 'TransitionRefused' | 'DestroyNotApproved';
+  reason: 'TransitionRefused' | 'DestroyNotApproved' | 'VersionInUse';
 }
 
 /** The steps from one state to another that an admin may ask for; a string says why not. */
@@ -187,11 +203,19 @@ async function applyDesiredState(
   desired: KeyRingDesiredVersion,
   now: Date,
   destroyAt: Date,
+  etcdUse: KeyRingStatus | undefined,
 ): Promise<RingState | Refusal> {
   const version = ring.versions.find((v) => v.number === desired.number);
   if (!version) return { refused: `version ${desired.number} does not exist`, reason: 'TransitionRefused' };
   const steps = stepsTo(version, desired.state, ring.primary);
   if (typeof steps === 'string') return { refused: steps, reason: 'TransitionRefused' };
+  // Retiring: an Enabled version stopping, or a Disabled one going towards destruction.
+  const retiring = (version.state === 'Enabled' && steps.length > 0 && desired.state !== 'Enabled') || (version.state === 'Disabled' && desired.state === 'DestroyScheduled');
+  const inUse = retiring ? etcdRetirementRefusal(etcdUse, desired.number) : undefined;
+  if (inUse) {
+    auditRetirement(deps, keyRing, desired, inUse);
+    if (!desired.retirementOverride) return { refused: inUse, reason: 'VersionInUse' };
+  }
   if (steps.includes('DestroyScheduled')) {
     const refusal = twoPersonRefusal(desired.destroyRequest, deps.approvalWindowMs ?? defaultApprovalWindowMs, now);
     auditDestruction(deps, keyRing, desired.destroyRequest, refusal, desired.number);
@@ -254,6 +278,26 @@ function twoPersonRefusal(stamp: DestroyRequest | undefined, windowMs: number, n
   const expiresAt = Date.parse(stamp.approvedAt) + windowMs;
   if (now.getTime() > expiresAt) return `the approval by ${stamp.approvedBy} expired unused at ${new Date(expiresAt).toISOString()}; request and approve again`;
   return undefined;
+}
+
+/** Audits, once per request, a retirement etcd does not prove safe: refused, or let through by a break-glass stamp. */
+function auditRetirement(deps: Reconciling, keyRing: KeyRing, desired: KeyRingDesiredVersion, inUse: string): void {
+  const override = desired.retirementOverride;
+  const key = `${keyRing.metadata.uid ?? ''}/${desired.number}/${desired.state}/retire/${JSON.stringify(override ?? {})}/${inUse}`;
+  if (deps.auditedDestructions.has(key)) return;
+  if (deps.auditedDestructions.size > 10_000) deps.auditedDestructions.clear();
+  deps.auditedDestructions.add(key);
+  deps.audit.record({
+    requestId: `${keyRing.metadata.uid ?? ''}/${keyRing.metadata.generation ?? 0}`,
+    actor: override?.by ?? desired.destroyRequest?.requestedBy ?? '',
+    operation: desired.state === 'DestroyScheduled' ? 'scheduleDestroy' : 'disableVersion',
+    result: override ? 'allowed' : 'denied',
+    ring: `${keyRing.metadata.namespace ?? ''}/${keyRing.metadata.name ?? ''}`,
+    ringId: keyRing.metadata.uid,
+    keyVersion: desired.number,
+    code: override ? 'BreakGlassRetirement' : 'VersionInUse',
+    reason: override ? `break-glass by ${override.by} at ${override.at} although ${inUse}` : inUse,
+  });
 }
 
 function auditDestruction(deps: Reconciling, keyRing: KeyRing, stamp: DestroyRequest | undefined, refusal: string | undefined, version?: number): void {

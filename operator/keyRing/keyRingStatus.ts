@@ -3,6 +3,7 @@
 import type { KeyRing, KeyRingStatus, KeyRingVersionStatus } from '../../core/api/keyRing.js';
 import { withConditions, type ConditionInput } from '../../core/api/conditions.js';
 import { keyObjectId, primaryVersion, type RingState } from '../../core/hsm/ringState.js';
+import type { RetirementStep } from '../retirement/retirement.js';
 
 /** The algorithm names RingState uses, as the CRD spells them. */
 const algorithmNames = { AES_256_GCM: 'AES-256-GCM', HMAC_SHA_384: 'HMAC-SHA-384', ECDSA_P384: 'ECDSA-P384' } as const;
@@ -29,8 +30,9 @@ export function nextRotationTime(ring: RingState, rotationPeriodMs: number | und
 export function keyRingStatus(
   keyRing: KeyRing,
   ring: RingState,
-  options: { tokenLabel: string; rotationPeriodMs?: number; conditions: ConditionInput[]; now: Date },
+  options: { tokenLabel: string; rotationPeriodMs?: number; conditions: ConditionInput[]; now: Date; retirement?: RetirementStep },
 ): KeyRingStatus {
+  const facts = options.retirement?.versions;
   const generation = keyRing.metadata.generation ?? 0;
   const next = nextRotationTime(ring, options.rotationPeriodMs);
   return {
@@ -39,7 +41,8 @@ export function keyRingStatus(
     primaryVersion: ring.primary,
     ...(next ? { nextRotationTime: next.toISOString() } : {}),
     ...(ring.lastRotationRequest !== undefined ? { lastRotationRequest: ring.lastRotationRequest } : {}),
-    versions: versionStatuses(ring, options.tokenLabel),
+    versions: versionStatuses(ring, options.tokenLabel).map((v) => ({ ...v, ...facts?.get(v.number) })),
+    ...(options.retirement?.reEncryption ? { reEncryption: options.retirement.reEncryption } : {}),
     conditions: withConditions(keyRing.status?.conditions, options.conditions, generation, options.now),
   };
 }
