@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { controlPlaneBinaries, controlPlaneVersions, type ControlPlaneBinaries } from './binaries.js';
 import { ComponentProcess, trackDirectory } from './componentProcess.js';
 import { assertPortFree, freePort, httpsGet, type TlsClient } from './network.js';
-import { createPki, issueClientCertificate, kubeconfigYaml, type ControlPlanePki } from './pki.js';
+import { createEtcdPki, createPki, issueClientCertificate, kubeconfigYaml, type ControlPlanePki, type EtcdPki } from './pki.js';
 
 export interface ControlPlaneOptions {
   /** An EncryptionConfiguration file for --encryption-provider-config. */
@@ -33,12 +33,19 @@ export interface ControlPlaneOptions {
   node?: { address: string };
   /** Where its temporary directory goes (default: the OS temp directory). */
   parentDir?: string;
+  /**
+   * etcd over https requiring a client certificate from its own CA, as kubeadm runs it (the
+   * apiserver connects with --etcd-cafile/--etcd-certfile/--etcd-keyfile). Plain http otherwise.
+   */
+  etcdTls?: boolean;
 }
 
 export interface ControlPlane {
   readonly dir: string;
   readonly apiserverUrl: string;
   readonly etcdEndpoint: string;
+  /** With etcdTls: etcd's CA and the client certificate the apiserver uses (files). */
+  readonly etcdPki: EtcdPki | undefined;
   readonly kubeconfigPath: string;
   readonly kubeConfig: KubeConfig;
   /** The throw-away CA and certificates; issue more with pki.ts. */
@@ -81,10 +88,12 @@ async function choosePorts(fixed: ControlPlaneOptions['ports'] = {}): Promise<Po
   };
 }
 
-function startEtcd(bin: ControlPlaneBinaries, dir: string, ports: Ports): ComponentProcess {
-  const client = `http://127.0.0.1:${ports.etcdClient}`;
+function startEtcd(bin: ControlPlaneBinaries, dir: string, ports: Ports, tls: EtcdPki | undefined): ComponentProcess {
+  const client = `${tls ? 'https' : 'http'}://127.0.0.1:${ports.etcdClient}`;
   const peer = `http://127.0.0.1:${ports.etcdPeer}`;
+  const tlsArgs = tls ? [`--cert-file=${tls.serverCert}`, `--key-file=${tls.serverKey}`, `--trusted-ca-file=${tls.caCert}`, '--client-cert-auth=true'] : [];
   return new ComponentProcess('etcd', bin.etcd, [
+    ...tlsArgs,
     '--name=default',
     `--data-dir=${join(dir, 'etcd-data')}`,
     `--listen-client-urls=${client}`,
@@ -97,9 +106,10 @@ function startEtcd(bin: ControlPlaneBinaries, dir: string, ports: Ports): Compon
   ], join(dir, 'etcd.log'));
 }
 
-function apiserverArgs(dir: string, ports: Ports, pki: ControlPlanePki, options: ControlPlaneOptions, kubeletClient?: { cert: string; key: string }): string[] {
+function apiserverArgs(dir: string, ports: Ports, pki: ControlPlanePki, options: ControlPlaneOptions, etcdPki: EtcdPki | undefined, kubeletClient?: { cert: string; key: string }): string[] {
   const args = [
-    `--etcd-servers=http://127.0.0.1:${ports.etcdClient}`,
+    `--etcd-servers=${etcdPki ? 'https' : 'http'}://127.0.0.1:${ports.etcdClient}`,
+    ...(etcdPki ? [`--etcd-cafile=${etcdPki.caCert}`, `--etcd-certfile=${etcdPki.clientCert}`, `--etcd-keyfile=${etcdPki.clientKey}`] : []),
     `--cert-dir=${join(dir, 'apiserver-certs')}`,
     `--tls-cert-file=${pki.servingCert}`,
     `--tls-private-key-file=${pki.servingKey}`,
@@ -158,16 +168,20 @@ export async function startControlPlane(options: ControlPlaneOptions = {}): Prom
     const kubeletClient = options.node ? issueClientCertificate(pkiDir, 'apiserver-kubelet-client', 'kube-apiserver-kubelet-client', ['system:masters']) : undefined;
     const tls: TlsClient = { ca: readFileSync(pki.caCert), cert: readFileSync(pki.adminCert), key: readFileSync(pki.adminKey) };
     const apiserverUrl = `https://127.0.0.1:${ports.apiserver}`;
-    const etcdEndpoint = `http://127.0.0.1:${ports.etcdClient}`;
+    const etcdPki = options.etcdTls ? createEtcdPki(pkiDir) : undefined;
+    const etcdEndpoint = `${etcdPki ? 'https' : 'http'}://127.0.0.1:${ports.etcdClient}`;
 
     progress(`starting etcd ${versions.etcd} on ${etcdEndpoint}`);
-    const etcd = startEtcd(bin, dir, ports);
+    const etcd = startEtcd(bin, dir, ports, etcdPki);
     started.push(etcd);
-    await etcd.waitReady(async () => (await fetch(`${etcdEndpoint}/health`)).ok, timeoutMs, 'healthy');
+    const etcdHealthy = etcdPki
+      ? async () => (await httpsGet(`${etcdEndpoint}/health`, { ca: readFileSync(etcdPki.caCert), cert: readFileSync(etcdPki.clientCert), key: readFileSync(etcdPki.clientKey) })).status === 200
+      : async () => (await fetch(`${etcdEndpoint}/health`)).ok;
+    await etcd.waitReady(etcdHealthy, timeoutMs, 'healthy');
 
     const kubeconfigPath = join(dir, 'kubeconfig');
     writeFileSync(kubeconfigPath, kubeconfigYaml(apiserverUrl, pki), { mode: 0o600 });
-    const args = apiserverArgs(dir, ports, pki, options, kubeletClient);
+    const args = apiserverArgs(dir, ports, pki, options, etcdPki, kubeletClient);
     let apiserver: ComponentProcess;
     const launchApiserver = async (skipReadyz = false): Promise<void> => {
       progress(`starting kube-apiserver ${versions.kubernetes} on ${apiserverUrl}`);
@@ -227,6 +241,7 @@ export async function startControlPlane(options: ControlPlaneOptions = {}): Prom
       dir,
       apiserverUrl,
       etcdEndpoint,
+      etcdPki,
       kubeconfigPath,
       pki: { ...pki, dir: pkiDir },
       kubeConfig,

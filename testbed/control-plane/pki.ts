@@ -30,14 +30,45 @@ function keyAndCsr(dir: string, name: string, subject: string): void {
   openssl(dir, ['req', '-new', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', `${name}.key`, '-out', `${name}.csr`, '-subj', subject]);
 }
 
-function sign(dir: string, name: string, extensions: string): void {
+function sign(dir: string, name: string, extensions: string, ca = 'ca'): void {
   writeFileSync(join(dir, `${name}.ext`), extensions);
-  openssl(dir, ['x509', '-req', '-in', `${name}.csr`, '-CA', 'ca.crt', '-CAkey', 'ca.key', '-CAcreateserial', '-days', '2', '-out', `${name}.crt`, '-extfile', `${name}.ext`]);
+  openssl(dir, ['x509', '-req', '-in', `${name}.csr`, '-CA', `${ca}.crt`, '-CAkey', `${ca}.key`, '-CAcreateserial', '-days', '2', '-out', `${name}.crt`, '-extfile', `${name}.ext`]);
+}
+
+function selfSignedCa(dir: string, name: string, commonName: string): void {
+  openssl(dir, ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', `${name}.key`, '-out', `${name}.crt`, '-days', '2', '-subj', `/CN=${commonName}`, '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign']);
+}
+
+/** etcd's own CA and certificates, laid out as kubeadm does (etcd/ca.crt, apiserver-etcd-client.*). */
+export interface EtcdPki {
+  caCert: string;
+  serverCert: string;
+  serverKey: string;
+  /** The apiserver's client certificate to etcd; the scanner beside the KMS plugin reads with it too. */
+  clientCert: string;
+  clientKey: string;
+}
+
+/** A separate CA for etcd (as kubeadm makes), a serving certificate for 127.0.0.1 and a client certificate. */
+export function createEtcdPki(dir: string): EtcdPki {
+  selfSignedCa(dir, 'etcd-ca', 'etcd-ca');
+  keyAndCsr(dir, 'etcd-server', '/CN=etcd');
+  sign(dir, 'etcd-server', 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n', 'etcd-ca');
+  keyAndCsr(dir, 'apiserver-etcd-client', '/O=system:masters/CN=kube-apiserver-etcd-client');
+  sign(dir, 'apiserver-etcd-client', 'extendedKeyUsage=clientAuth\n', 'etcd-ca');
+  const path = (file: string): string => join(dir, file);
+  return {
+    caCert: path('etcd-ca.crt'),
+    serverCert: path('etcd-server.crt'),
+    serverKey: path('etcd-server.key'),
+    clientCert: path('apiserver-etcd-client.crt'),
+    clientKey: path('apiserver-etcd-client.key'),
+  };
 }
 
 /** `servingNames`: more SANs for the apiserver's certificate (`IP:...` or `DNS:...`), e.g. a node's address. */
 export function createPki(dir: string, servingNames: readonly string[] = []): ControlPlanePki {
-  openssl(dir, ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', 'ca.key', '-out', 'ca.crt', '-days', '2', '-subj', '/CN=keyward-test-ca', '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign']);
+  selfSignedCa(dir, 'ca', 'keyward-test-ca');
   keyAndCsr(dir, 'serving', '/CN=kube-apiserver');
   const sans = ['IP:127.0.0.1', 'DNS:localhost', ...servingNames].join(',');
   sign(dir, 'serving', `subjectAltName=${sans}\nextendedKeyUsage=serverAuth\n`);
