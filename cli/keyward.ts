@@ -65,6 +65,7 @@ kms-plugin options:
   --metrics-client-ca-file PATH  the CA whose client certificates may scrape it
   --audit-log PATH       audit records (default: standard output)
   --refresh SECONDS      how often to re-read the ring from the HSM (default 2)
+  --node-name NAME       this node, in the key-use record the operator reads (default: NODE_NAME, else the hostname)
 
 etcd-scanner options (never decrypts; reads keys and stored key ids only):
   --provider-name NAME   the KMS provider's name in the EncryptionConfiguration (its envelopes are counted)
@@ -233,6 +234,7 @@ async function kmsPlugin(args: string[]): Promise<void> {
     'metrics-client-ca-file': { type: 'string' },
     'audit-log': { type: 'string', default: '-' },
     refresh: { type: 'string', default: '2' },
+    'node-name': { type: 'string', default: process.env.NODE_NAME ?? '' },
   });
   const tlsAddress = values['metrics-tls-address'];
   const tlsFiles = { certFile: values['metrics-tls-cert-file'], keyFile: values['metrics-tls-key-file'], clientCaFile: values['metrics-client-ca-file'] };
@@ -258,6 +260,7 @@ async function kmsPlugin(args: string[]): Promise<void> {
           : undefined,
       auditLog: values['audit-log'],
       refreshMs: refreshSeconds * 1000,
+      nodeName: values['node-name'] || undefined,
     },
     log,
   );

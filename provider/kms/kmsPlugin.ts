@@ -5,7 +5,10 @@ import { createAuditLog } from '../../core/audit/auditLog.js';
 import { startGrpcServer, unaryService } from '../../core/grpc/grpcServer.js';
 import { HsmToken } from '../../core/hsm/hsmToken.js';
 import type { RingRef } from '../../core/hsm/ringState.js';
+import { HsmRecords } from '../../core/hsm/hsmRecords.js';
 import { RingStore } from '../../core/hsm/ringStore.js';
+import { KeyUseRecorder, keyUseHost } from '../../core/keyUse/keyUseRecorder.js';
+import { KeyUseRecords } from '../../core/keyUse/keyUseRecords.js';
 import { createLogger, type Logger } from '../../core/observability/logger.js';
 import { startMetricsServer, startTlsMetricsServer, type TlsMetricsConfig } from '../../core/observability/metricsServer.js';
 import { Teardown } from '../../core/teardown.js';
@@ -33,6 +36,8 @@ export interface KmsPluginConfig {
   sessionPoolSize?: number;
   /** How long SIGTERM waits for in-flight calls. */
   drainMs?: number;
+  /** The node, for the key-use record; NODE_NAME or the hostname by default. */
+  nodeName?: string;
 }
 
 export interface KmsPlugin {
@@ -64,13 +69,17 @@ export async function startKmsPlugin(config: KmsPluginConfig, log: Logger = crea
       }
     };
     await view.start();
+    // Stopped after the gRPC server has drained (teardown runs newest first), so its last write has every call.
+    const keyUse = new KeyUseRecorder(new KeyUseRecords(new HsmRecords(token)), { component: 'kms-plugin', host: keyUseHost(config.nodeName), log, registry: metrics.registry });
+    keyUse.start();
+    teardown.add(() => keyUse.stop());
     const metricsServer = await startMetricsServer(config.metricsAddress ?? '127.0.0.1:0', metrics.registry, () => view.health());
     teardown.add(() => metricsServer.close());
     const tlsMetricsServer = config.metricsTls ? await startTlsMetricsServer(config.metricsTls, metrics.registry) : undefined;
     if (tlsMetricsServer) teardown.add(() => tlsMetricsServer.close());
     const server = await startGrpcServer({
       socketPath: config.socketPath,
-      services: [unaryService(KeyManagementService, kmsHandlers({ token, view, audit, metrics }))],
+      services: [unaryService(KeyManagementService, kmsHandlers({ token, view, audit, metrics, keyUse }))],
       maxRequestBytes: maxKmsRequestBytes,
       healthy: () => view.health().ok,
     });

@@ -17,6 +17,7 @@ import {
   StatusResponseSchema,
   type KeyManagementService,
 } from '../../proto/gen/kms/v2/api_pb.js';
+import type { KeyUseRecorder } from '../../core/keyUse/keyUseRecorder.js';
 import type { KmsMetrics } from './kmsMetrics.js';
 import type { RingView } from './ringView.js';
 
@@ -49,12 +50,14 @@ export interface KmsServiceDeps {
   view: RingView;
   audit: AuditLog;
   metrics: KmsMetrics;
+  /** Notes which key id Status reported and which versions encrypted and decrypted, for the operator. */
+  keyUse?: KeyUseRecorder;
   /** Who calls: the socket is 0600, so only the apiserver's user can. */
   actor?: string;
 }
 
 export function kmsHandlers(deps: KmsServiceDeps): UnaryHandlers<(typeof KeyManagementService)['method']> {
-  const { token, view, audit, metrics } = deps;
+  const { token, view, audit, metrics, keyUse } = deps;
   const actor = deps.actor ?? 'kube-apiserver';
 
 
@@ -88,6 +91,8 @@ export function kmsHandlers(deps: KmsServiceDeps): UnaryHandlers<(typeof KeyMana
       served('status', '', () => {
         const health = view.health();
         const snapshot = view.snapshot();
+        // Only a healthy answer moves kube-apiserver to a key id.
+        if (health.ok && snapshot) keyUse?.status(snapshot.ring.ringId, snapshot.primary.version.keyId);
         return Promise.resolve(
           create(StatusResponseSchema, {
             version: 'v2',
@@ -110,6 +115,7 @@ export function kmsHandlers(deps: KmsServiceDeps): UnaryHandlers<(typeof KeyMana
         const sealed = await hsmCall(() =>
           aesGcmEncrypt(token, primary.handle, Buffer.from(plaintext), additionalData(header, primary.version.keyId)),
         );
+        keyUse?.encrypted(ring.ringId, primary.version.keyId);
         return create(EncryptResponseSchema, {
           ciphertext: encodeCiphertext(header, sealed),
           keyId: primary.version.keyId,
@@ -146,6 +152,7 @@ export function kmsHandlers(deps: KmsServiceDeps): UnaryHandlers<(typeof KeyMana
           () => aesGcmDecrypt(token, handle, parsed, additionalData(parsed.header, keyId)),
           () => view.health().ok,
         );
+        keyUse?.decrypted(ring.ringId, keyId);
         return create(DecryptResponseSchema, { plaintext });
       }),
   };
