@@ -77,8 +77,13 @@ export function prefixEnd(prefix: Buffer): Buffer {
 function describeFailure(endpoint: string, err: NodeJS.ErrnoException): KeywardError {
   const code = err.code ?? '';
   const reason = err.message.slice(0, 160);
-  if (/^(ECONNREFUSED|ENOTFOUND|EHOSTUNREACH|ENETUNREACH|EAI_AGAIN|ECONNRESET|EPIPE)$/.test(code) && !/alert/i.test(reason)) {
+  if (/^(ECONNREFUSED|ENOTFOUND|EHOSTUNREACH|ENETUNREACH|EAI_AGAIN)$/.test(code)) {
     return new KeywardError('Unavailable', `etcd at ${endpoint} is unreachable (${code})`, { cause: err });
+  }
+  if (/^(ECONNRESET|EPIPE)$/.test(code) && !/alert/i.test(reason)) {
+    // What a TLS-only etcd does to a plain http request.
+    const hint = endpoint.startsWith('http:') ? '; if etcd serves TLS, use https:// and the --etcd-* certificate files' : '';
+    return new KeywardError('Unavailable', `etcd at ${endpoint} closed the connection (${code})${hint}`, { cause: err });
   }
   if (/ALERT|alert/.test(code + reason)) {
     // The server ended the handshake: it did not accept our client certificate (or we sent none).
