@@ -6,8 +6,11 @@
 import { join } from 'node:path';
 import { createAuditLog } from '../../core/audit/auditLog.js';
 import { startGrpcServer, unaryService } from '../../core/grpc/grpcServer.js';
+import { HsmRecords } from '../../core/hsm/hsmRecords.js';
 import { HsmToken } from '../../core/hsm/hsmToken.js';
 import { RingStore } from '../../core/hsm/ringStore.js';
+import { KeyUseRecorder, keyUseHost } from '../../core/keyUse/keyUseRecorder.js';
+import { KeyUseRecords } from '../../core/keyUse/keyUseRecords.js';
 import { ApiStatusError, ApiTimeoutError, loadApiConnection, type ApiConnection } from '../../core/kube/apiConnection.js';
 import { listWatchInformer } from '../../core/kube/listWatchInformer.js';
 import { createLogger, type Logger } from '../../core/observability/logger.js';
@@ -133,7 +136,11 @@ export async function startCsiProvider(config: CsiProviderConfig, log: Logger = 
     await policies.start();
     const metricsServer = await startMetricsServer(config.metricsAddress ?? '127.0.0.1:0', metrics.registry, () => ({ ok: serving, reason: serving ? 'ok' : 'stopping' }));
     teardown.add(() => metricsServer.close());
-    const handlers = csiProviderHandlers({ audience: config.audience, identity, policies: () => policies.policySet(), material, audit, metrics, log, maxResponseBytes: config.maxResponseBytes });
+    // Stopped after the server has drained (teardown runs newest first), so its last write has every Mount.
+    const keyUse = new KeyUseRecorder(new KeyUseRecords(new HsmRecords(token)), { component: 'csi-provider', host: keyUseHost(config.nodeName), log, registry: metrics.registry });
+    keyUse.start();
+    teardown.add(() => keyUse.stop());
+    const handlers = csiProviderHandlers({ audience: config.audience, identity, policies: () => policies.policySet(), material, audit, metrics, log, keyUse, maxResponseBytes: config.maxResponseBytes });
     const server = await startGrpcServer({
       socketPath,
       services: [unaryService(CSIDriverProvider, handlers)],

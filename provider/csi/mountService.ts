@@ -26,7 +26,8 @@ import { primaryVersion, type RingState, type RingVersion } from '../../core/hsm
 import type { Logger } from '../../core/observability/logger.js';
 import type { Operation } from '../../core/policy/operations.js';
 import type { PolicySet } from '../../core/policy/policySet.js';
-import { SealedSecretError } from '../../core/formats/sealedSecret.js';
+import { parseSealedSecret, SealedSecretError } from '../../core/formats/sealedSecret.js';
+import type { KeyUseRecorder } from '../../core/keyUse/keyUseRecorder.js';
 import { MountResponseSchema, VersionResponseSchema, type CSIDriverProvider, type MountResponse } from '../../proto/gen/csi/v1alpha1/service_pb.js';
 import type { CsiMetrics } from './csiMetrics.js';
 import type { HsmCallCount, KeyMaterial } from './keyMaterial.js';
@@ -125,6 +126,8 @@ export interface MountServiceDeps {
   metrics: CsiMetrics;
   log: Logger;
   versioner?: ObjectVersioner;
+  /** Notes the key versions each served Mount derived from or opened with, for the operator. */
+  keyUse?: KeyUseRecorder;
   /** Default maxResponseBytes; lowered only by tests of the guard. */
   maxResponseBytes?: number;
   now?: () => Date;
@@ -196,7 +199,7 @@ export function csiProviderHandlers(deps: MountServiceDeps): UnaryHandlers<(type
     }
     const request = { ...envelope, objects: parsedObjects.objects };
     const calls: HsmCallCount = { hsmCalls: 0 };
-    const served: { object: MountObject; files: ServedFile[]; record: Partial<AuditRecord> }[] = [];
+    const served: { object: MountObject; files: ServedFile[]; record: Partial<AuditRecord>; used: VersionUsed[] }[] = [];
     let failure: { index: number; error: ObjectRefused } | undefined;
     for (const [index, object] of request.objects.entries()) {
       try {
@@ -248,6 +251,8 @@ export function csiProviderHandlers(deps: MountServiceDeps): UnaryHandlers<(type
       const where = failure.index < 0 ? '' : `objects[${failure.index}] (${JSON.stringify(request.objects[failure.index]?.name)}): `;
       return refused(failure.error.code, where + failure.error.message, started, context);
     }
+    // Only a Mount answered with its files is a use: a refused one delivered no key.
+    for (const { used } of served) for (const { ringId, keyId } of used) deps.keyUse?.used(ringId, keyId);
     metrics.mounts.inc({ result: 'served', code: '' });
     metrics.latency.observe({ result: 'served' }, seconds(started));
     log.debug({ ...context, objects: request.objects.length, hsmCalls: calls.hsmCalls }, 'mount served');
@@ -262,7 +267,7 @@ async function serveObject(
   object: MountObject,
   now: Date,
   calls: HsmCallCount,
-): Promise<{ files: ServedFile[]; record: Partial<AuditRecord> }> {
+): Promise<{ files: ServedFile[]; record: Partial<AuditRecord>; used: VersionUsed[] }> {
   const operation = operationOf[object.type];
   const decision = deps.policies().decide(pod.requester, pod.namespace, object.keyRing, operation, now);
   const record: Partial<AuditRecord> = { rule: decision.rule, ...(decision.breakGlass ? { breakGlass: true } : {}) };
@@ -288,13 +293,15 @@ async function serveObject(
         if (i === 0) files.push({ path: object.path, mode: object.mode, contents: key });
         if (object.previousVersions > 0) files.push({ path: `${object.path}.v${version.number}`, mode: object.mode, contents: i === 0 ? Buffer.from(key) : key });
       }
-      return { files, record };
+      return { files, record, used: versions.map((v) => ({ ringId: ring.ringId, keyId: v.keyId })) };
     }
     case 'secret': {
       requirePurpose(ring, 'encryption', object, record);
       const { plaintext, hit } = await hsm(() => material.secret(ring, object.ciphertext, calls), record);
       cacheHit(hit);
-      return { files: [{ path: object.path, mode: object.mode, contents: plaintext }], record };
+      // It opened, so it parses; its key id names the version that opened it.
+      const used = [{ ringId: ring.ringId, keyId: parseSealedSecret(object.ciphertext).keyId }];
+      return { files: [{ path: object.path, mode: object.mode, contents: plaintext }], record, used };
     }
     case 'publicKey': {
       if (ring.purpose !== 'signing') {
@@ -303,9 +310,16 @@ async function serveObject(
       const version = usablePrimary(ring, record);
       const { der, hit } = await hsm(() => material.publicKey(ring, version, calls), record);
       cacheHit(hit);
-      return { files: [{ path: object.path, mode: object.mode, contents: Buffer.from(pem(der)) }], record };
+      // Handing out a public key uses no key material in the HSM: not a use of the version.
+      return { files: [{ path: object.path, mode: object.mode, contents: Buffer.from(pem(der)) }], record, used: [] };
     }
   }
+}
+
+/** A version whose key a served object was made with. */
+interface VersionUsed {
+  ringId: string;
+  keyId: string;
 }
 
 function requirePurpose(ring: RingState, purpose: RingState['purpose'], object: MountObject, record: Partial<AuditRecord>): void {
