@@ -76,7 +76,7 @@ etcd-scanner options (never decrypts; reads keys and stored key ids only):
   --interval SECONDS     time between scans (default 300); a scan request from the operator is answered within seconds
   --page-size N          keys per etcd read (default 500; halved while a response is over 64 MiB)
   --pages-per-second N   etcd reads per second at most (default 10)
-  --metrics-address H:P  /metrics, /healthz, /livez listener (default 127.0.0.1:9467)
+  --metrics-address H:P  /metrics, /healthz, /livez listener (default 127.0.0.1:9468)
   --audit-log PATH       audit records (default: standard output)
 
 csi-provider options (the apiserver from KUBECONFIG, or in-cluster):
@@ -280,7 +280,7 @@ async function etcdScanner(args: string[]): Promise<void> {
     interval: { type: 'string', default: '300' },
     'page-size': { type: 'string', default: '500' },
     'pages-per-second': { type: 'string', default: '10' },
-    'metrics-address': { type: 'string', default: '127.0.0.1:9467' },
+    'metrics-address': { type: 'string', default: '127.0.0.1:9468' },
     'audit-log': { type: 'string', default: '-' },
   });
   if (positionals.length > 0) throw new KeywardError('InvalidArgument', 'etcd-scanner takes no arguments');

@@ -122,6 +122,10 @@ export async function installKmsStaticPod(node: TestNode, image: string, token: 
 
   const metricsPort = await freePort();
   const pod = load(readFileSync(join(chartDir, 'files', 'kms-plugin-static-pod.yaml'), 'utf8')) as StaticPod;
+  // The test node's etcd is plain http with no etcd CA on the host: the file's etcd scanner
+  // (kubeadm paths) is left out here.
+  pod.spec.containers = pod.spec.containers.filter((c) => c.name !== 'etcd-scanner');
+  pod.spec.volumes = pod.spec.volumes.filter((v) => v.name !== 'etcd-ca');
   const container = pod.spec.containers[0]!;
   container.image = image;
   container.imagePullPolicy = 'Never';
@@ -138,7 +142,7 @@ export async function installKmsStaticPod(node: TestNode, image: string, token: 
 
 interface StaticPod {
   spec: {
-    containers: { image: string; imagePullPolicy?: string; args: string[]; livenessProbe: { httpGet: { port: number } }; readinessProbe: { httpGet: { port: number } } }[];
+    containers: { name: string; image: string; imagePullPolicy?: string; args: string[]; livenessProbe: { httpGet: { port: number } }; readinessProbe: { httpGet: { port: number } } }[];
     volumes: { name: string; hostPath: { path: string } }[];
   };
 }
