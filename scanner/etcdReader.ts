@@ -19,7 +19,7 @@ export interface EtcdReaderConfig {
   /** http(s)://host:port, tried in order until one answers. */
   endpoints: string[];
   tls?: EtcdTlsFiles;
-  /** Keys per page at most (default 500); halved while a page is over maxResponseBytes. */
+  /** Keys per page at most (default 500); halved for the rest of a scan when a page is over maxResponseBytes. */
   pageSize?: number;
   /** A response over this is refused (default 64 MiB). */
   maxResponseBytes?: number;
@@ -102,6 +102,8 @@ export class EtcdReader {
   private readonly timeoutMs: number;
   private readonly pageIntervalMs: number;
   private lastPageAt = 0;
+  /** The page size now: halved for the rest of a scan once a page was too large. */
+  private limit: number;
   /** The endpoint that answered last: tried first. */
   private preferred = 0;
   private readonly httpAgent = new HttpAgent({ keepAlive: true, maxSockets: 1 });
@@ -114,6 +116,7 @@ export class EtcdReader {
     }
     this.pageSize = config.pageSize ?? 500;
     if (!(Number.isInteger(this.pageSize) && this.pageSize >= 1 && this.pageSize <= 10_000)) throw new KeywardError('InvalidArgument', 'the etcd page size must be 1 to 10000 keys');
+    this.limit = this.pageSize;
     this.maxResponseBytes = config.maxResponseBytes ?? 64 * 1024 * 1024;
     this.timeoutMs = config.requestTimeoutMs ?? 30_000;
     const pps = config.pagesPerSecond ?? 10;
@@ -122,10 +125,15 @@ export class EtcdReader {
   }
 
   /**
-   * Re-reads the certificate files (renewed ones are picked up at the next scan). A file that
-   * cannot be read fails here, naming it.
+   * Before each scan: the full page size again, and the certificate files read again (renewed ones
+   * are picked up). A file that cannot be read fails here, naming it.
    */
-  loadCredentials(): void {
+  startScan(): void {
+    this.limit = this.pageSize;
+    this.loadCredentials();
+  }
+
+  private loadCredentials(): void {
     const tls = this.config.tls;
     if (!tls || !this.config.endpoints.some((e) => e.startsWith('https:'))) return;
     const read = (file: string | undefined, what: string): Buffer | undefined => {
@@ -157,17 +165,16 @@ export class EtcdReader {
    * Waits first so pages are at most pagesPerSecond; halves the page while responses are too large.
    */
   async page(from: Buffer, end: Buffer, revision: number, signal?: AbortSignal): Promise<EtcdPage> {
-    let limit = this.pageSize;
     for (;;) {
       const wait = this.lastPageAt + this.pageIntervalMs - Date.now();
       if (wait > 0) await sleep(wait, undefined, { signal });
       this.lastPageAt = Date.now();
       try {
-        return await this.rangeAnyEndpoint({ key: b64(from), range_end: b64(end), limit, revision, serializable: true }, signal);
+        return await this.rangeAnyEndpoint({ key: b64(from), range_end: b64(end), limit: this.limit, revision, serializable: true }, signal);
       } catch (err) {
         if (!(err instanceof TooLargeError)) throw err;
-        if (limit === 1) throw new KeywardError('FailedPrecondition', `one etcd value is over the ${this.maxResponseBytes}-byte response limit`);
-        limit = Math.max(1, Math.floor(limit / 2));
+        if (this.limit === 1) throw new KeywardError('FailedPrecondition', `one etcd value is over the ${this.maxResponseBytes}-byte response limit`);
+        this.limit = Math.max(1, Math.floor(this.limit / 2));
       }
     }
   }

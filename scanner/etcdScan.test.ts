@@ -202,6 +202,17 @@ describe('etcd scanner against a real control plane', function () {
     assert.deepEqual(report.resources, firstReport.resources);
   });
 
+  it('halves the page while a response is over the byte cap, and refuses a single value over it', async () => {
+    let pages = 0;
+    const capped = await scan({ pageSize: 500, maxResponseBytes: 16 * 1024 }, { onPage: () => pages++ });
+    assert.equal(capped.complete, true, capped.error);
+    assert.deepEqual(capped.resources, firstReport.resources);
+    assert.ok(pages > 309 / 16, `${pages} pages of at most 16 KiB`);
+    const tiny = await scan({ maxResponseBytes: 200 });
+    assert.equal(tiny.complete, false);
+    assert.equal(tiny.error, 'one etcd value is over the 200-byte response limit');
+  });
+
   it('reports etcd unreachable, naming it, as an incomplete scan', async () => {
     const endpoint = `http://127.0.0.1:${await freePort()}`;
     const report = await scan({ endpoints: [endpoint], requestTimeoutMs: 2000 });

@@ -107,7 +107,7 @@ interface Attempt {
 async function scanOnce(options: EtcdScanOptions): Promise<Attempt> {
   const attempt: Attempt = { tallies: [], samples: new Map(), revision: 0 };
   try {
-    options.reader.loadCredentials();
+    options.reader.startScan();
     for (const resource of options.resources) {
       const tally = { count: emptyCount(resource), byKeyId: new Map<string, number>() };
       attempt.tallies.push(tally);

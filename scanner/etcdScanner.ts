@@ -134,6 +134,7 @@ async function runLoop(ctx: LoopContext): Promise<void> {
   let ringId: string | undefined;
   let answered: string | undefined;
   let nextScanAt = 0;
+  let lastFailure = '';
   while (!signal.aborted) {
     try {
       // The ring a name means can change (a KeyRing re-created): resolved again at each scan.
@@ -149,9 +150,13 @@ async function runLoop(ctx: LoopContext): Promise<void> {
         if (asked !== undefined) answered = asked;
         nextScanAt = Date.now() + ctx.intervalMs;
       }
+      lastFailure = '';
     } catch (err) {
       if (signal.aborted) break;
-      log.warn({ err: err instanceof KeywardError ? err.message : (err as Error).message }, 'scanner loop failed; retrying');
+      const message = err instanceof KeywardError ? err.message : (err as Error).message;
+      // Once per distinct failure, not at every poll.
+      if (message !== lastFailure) log.warn({ err: message }, 'scanner loop failed; retrying');
+      lastFailure = message;
     }
     try {
       await sleep(ctx.pollMs, undefined, { signal });
