@@ -262,6 +262,8 @@ describe('etcd scanner against a real control plane', function () {
       assert.match(metrics, /keyward_scanner_scans_total\{result="complete"\} 2/);
       assert.match(metrics, /keyward_scanner_objects_scanned_total 618/);
       assert.match(metrics, /keyward_scanner_etcd_read_bytes_total [1-9]\d+/);
+      const lastComplete = Number(/^keyward_scanner_last_complete_scan_timestamp_seconds (\S+)$/m.exec(metrics)?.[1]);
+      assert.ok(Math.abs(lastComplete - Date.parse(answer.finishedAt) / 1000) < 0.01, 'the last complete scan is the answer');
       assert.equal((await fetch(`http://${metricsAddress}/healthz`)).status, 200);
     } finally {
       await scanner.stop();

@@ -5,7 +5,7 @@
 import { randomUUID } from 'node:crypto';
 import { hostname } from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { Counter, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { createAuditLog, type AuditLog } from '../core/audit/auditLog.js';
 import { KeywardError } from '../core/errors.js';
 import { HsmRecords } from '../core/hsm/hsmRecords.js';
@@ -59,9 +59,14 @@ class ScannerMetrics {
   });
   readonly objects = new Counter({ name: 'keyward_scanner_objects_scanned_total', help: 'Stored objects read from etcd.', registers: [this.registry] });
   readonly bytes = new Counter({ name: 'keyward_scanner_etcd_read_bytes_total', help: 'Response bytes read from etcd.', registers: [this.registry] });
+  readonly lastComplete = new Gauge({
+    name: 'keyward_scanner_last_complete_scan_timestamp_seconds',
+    help: 'When the last complete scan finished (its report written to the HSM).',
+    registers: [this.registry],
+  });
 
   constructor() {
-    collectDefaultMetrics({ register: this.registry });
+    collectDefaultMetrics({ register: this.registry, labels: { component: 'etcd-scanner' } });
   }
 }
 
@@ -205,6 +210,7 @@ async function scanAndReport(ctx: LoopContext, ringId: string, request: string |
     ringId,
     reason: report.complete ? `${objects} objects at revision ${report.revision}` : report.error,
   });
+  if (report.complete && written) metrics.lastComplete.set(Date.parse(report.finishedAt) / 1000);
   ctx.onReport(report, written);
 }
 
