@@ -8,7 +8,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { createAuditLog, type AuditLog } from '../core/audit/auditLog.js';
 import { KeywardError } from '../core/errors.js';
-import { HsmRecords } from '../core/hsm/hsmRecords.js';
+import { HsmRecords, maxRecordBytes } from '../core/hsm/hsmRecords.js';
 import { HsmToken } from '../core/hsm/hsmToken.js';
 import { describeRing, type RingRef } from '../core/hsm/ringState.js';
 import { RingStore } from '../core/hsm/ringStore.js';
@@ -220,8 +220,12 @@ function totalsByKeyId(report: EtcdScanReport): Record<string, number> {
   return Object.fromEntries(totals);
 }
 
-/** HSM records are bounded (64 KiB): samples go first, as they only illustrate the counts. */
+/**
+ * HSM records are bounded (64 KiB): samples go first, as they only illustrate the counts. A report
+ * still too large (thousands of key ids, which only someone writing etcd directly could make) is
+ * refused by HsmRecords, so no report replaces the last one and every version stays protected.
+ */
 function fitRecord(report: EtcdScanReport): EtcdScanReport {
-  if (JSON.stringify(report).length < 60 * 1024) return report;
+  if (Buffer.byteLength(JSON.stringify(report)) < maxRecordBytes - 1024) return report;
   return { ...report, samples: {} };
 }
