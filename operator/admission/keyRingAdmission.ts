@@ -50,7 +50,11 @@ export function admitKeyRing(input: KeyRingAdmissionInput): Verdict {
 
   // Ring level: the rotation schedule, on-demand rotation, and destruction on deletion.
   if (next.rotationRequest !== undefined && next.rotationRequest !== old.rotationRequest) acts.push({ operation: 'rotate', target: 'the KeyRing' });
-  else if (input.operation === 'UPDATE' && (next.rotationPeriod !== old.rotationPeriod || next.algorithm !== old.algorithm)) {
+  else if (
+    input.operation === 'UPDATE' &&
+    (next.rotationPeriod !== old.rotationPeriod || next.algorithm !== old.algorithm || JSON.stringify(next.reEncryption ?? {}) !== JSON.stringify(old.reEncryption ?? {}))
+  ) {
+    // Re-encryption settings decide when older versions can retire: part of rotating.
     acts.push({ operation: 'rotate', target: 'the KeyRing' });
   }
   const ringStamp = destroyStamps({

@@ -24,7 +24,8 @@ export interface RewriteOptions {
 }
 
 const maxNamedFailures = 20;
-const attemptsPerObject = 3;
+/** An apiserver restarting or overloaded is waited for this long before a request counts as failed. */
+const transientRetryMs = 120_000;
 const requestTimeoutMs = 30_000;
 /** The list response is read whole: 500 Secrets of at most 1 MiB each is the worst case. */
 const maxResponseBytes = 600 * 1024 * 1024;
@@ -65,14 +66,14 @@ export async function rewriteResource(kubeConfig: KubeConfig, resource: string, 
     options.signal.throwIfAborted();
     const query = new URLSearchParams({ limit: String(options.pageSize ?? 500) });
     if (continueToken) query.set('continue', continueToken);
-    const page = await apiRequest<{ items?: KubeObject[]; metadata?: { continue?: string } }>(kubeConfig, 'GET', `${base}?${query.toString()}`);
+    const page = await retryTransient(options.signal, () => apiRequest<{ items?: KubeObject[]; metadata?: { continue?: string } }>(kubeConfig, 'GET', `${base}?${query.toString()}`));
     const items = page.items ?? [];
     let next = 0;
     const worker = async (): Promise<void> => {
       while (next < items.length) {
         const item = items[next++]!;
         await pace(options.signal);
-        const failure = await rewriteObject(kubeConfig, base, item, resource);
+        const failure = await rewriteObject(kubeConfig, base, item, resource, options.signal);
         if (failure === undefined) progress.rewritten++;
         else {
           progress.failed++;
@@ -88,25 +89,36 @@ export async function rewriteResource(kubeConfig: KubeConfig, resource: string, 
 }
 
 /** Undefined when rewritten (or written meanwhile by someone else), else what went wrong. */
-async function rewriteObject(kubeConfig: KubeConfig, base: string, item: KubeObject, resource: string): Promise<string | undefined> {
+async function rewriteObject(kubeConfig: KubeConfig, base: string, item: KubeObject, resource: string, signal: AbortSignal): Promise<string | undefined> {
   const { name = '', namespace } = item.metadata ?? {};
   const path = namespace ? base.replace(/\/([^/]+)$/, `/namespaces/${encodeURIComponent(namespace)}/$1`) : base;
-  const where = `${resource} ${namespace ? `${namespace}/` : ''}${name}`;
-  let last = '';
-  for (let attempt = 1; attempt <= attemptsPerObject; attempt++) {
+  try {
+    await retryTransient(signal, () => apiRequest(kubeConfig, 'PUT', `${path}/${encodeURIComponent(name)}`, item));
+    return undefined;
+  } catch (err) {
+    signal.throwIfAborted();
+    // 409: changed since listed; 404: deleted since listed. Either way written or gone.
+    if (err instanceof HttpError && (err.status === 409 || err.status === 404)) return undefined;
+    return `${resource} ${namespace ? `${namespace}/` : ''}${name}: ${(err as Error).message.slice(0, 200)}`;
+  }
+}
+
+/**
+ * Tries again while the failure may pass (no answer, 429, 5xx: an apiserver restarting or busy),
+ * for up to transientRetryMs; a refusal (a webhook, validation, a conflict) is final.
+ */
+export async function retryTransient<T>(signal: AbortSignal, attempt: () => Promise<T>): Promise<T> {
+  const giveUpAt = Date.now() + transientRetryMs;
+  for (let delay = 200; ; delay = Math.min(delay * 2, 5000)) {
     try {
-      await apiRequest(kubeConfig, 'PUT', `${path}/${encodeURIComponent(name)}`, item);
-      return undefined;
+      return await attempt();
     } catch (err) {
-      // 409: changed since listed; 404: deleted since listed. Either way written or gone.
-      if (err instanceof HttpError && (err.status === 409 || err.status === 404)) return undefined;
-      last = (err as Error).message;
-      // A refusal (a webhook, validation) will not change on retry; a 5xx or a timeout may.
-      if (err instanceof HttpError && err.status >= 400 && err.status < 500 && err.status !== 429) break;
-      await new Promise((resolve) => setTimeout(resolve, 200 * attempt));
+      const transient = !(err instanceof HttpError) || err.status === 429 || err.status >= 500;
+      if (!transient || Date.now() + delay > giveUpAt) throw err;
+      signal.throwIfAborted();
+      await new Promise((resolve) => setTimeout(resolve, delay));
     }
   }
-  return `${where}: ${last.slice(0, 200)}`;
 }
 
 /** A token bucket shared by the workers: at most `perSecond` starts per second, bursts of one second. */

@@ -14,8 +14,10 @@ import { etcdRetirementRefusal } from './retirementGate.js';
 const liveStatusMs = 3 * 60_000;
 /** A failed run is tried again after this long. */
 const retryFailedMs = 10 * 60_000;
-/** How often the reconciler looks again while a run is under way. */
+/** How often the reconciler looks again: while a run is under way, while retirement waits on a scan, and otherwise (last-use times). */
 const activeRequeueMs = 5000;
+const waitingRequeueMs = 30_000;
+const idleRequeueMs = 5 * 60_000;
 
 export interface RetirementDeps {
   keyUse: KeyUseRecords;
@@ -44,7 +46,7 @@ export async function advanceRetirement(deps: RetirementDeps, keyRing: KeyRing, 
   const versions = versionFacts(ring, uses, proof);
   const kmsUses = uses.filter((u) => u.component === 'kms-plugin');
   const previous = keyRing.status?.reEncryption;
-  if (kmsUses.length === 0 && !previous) return { versions, events: [] };
+  if (kmsUses.length === 0 && !previous) return { versions, events: [], requeueAfterMs: idleRequeueMs };
 
   const events: RetirementStep['events'] = [];
   const primary = primaryVersion(ring);
@@ -66,7 +68,9 @@ export async function advanceRetirement(deps: RetirementDeps, keyRing: KeyRing, 
     reEncryption: run,
     versions: ring.versions.map((v) => ({ number: v.number, state: v.state, ...versions.get(v.number) })),
   };
-  return { reEncryption: run, versions, condition: retirementCondition(status, ring, run, reports), events, requeueAfterMs: isActive(run) ? activeRequeueMs : undefined };
+  const condition = retirementCondition(status, ring, run, reports);
+  const requeueAfterMs = isActive(run) ? activeRequeueMs : condition.status === 'False' ? waitingRequeueMs : idleRequeueMs;
+  return { reEncryption: run, versions, condition, events, requeueAfterMs };
 }
 
 async function advanceRun(

@@ -2,7 +2,7 @@
 // the apiserver serves it and kube-controller-manager runs its controller: the controller rewrites
 // every object of a resource, as objectRewriter.ts does, with the apiserver's own pacing.
 import type { KubeConfig } from '@kubernetes/client-node';
-import { apiRequest, isHttpStatus } from './objectRewriter.js';
+import { apiRequest, isHttpStatus, retryTransient } from './objectRewriter.js';
 
 const group = 'storagemigration.k8s.io';
 const pollMs = 2000;
@@ -43,14 +43,14 @@ export async function runStorageMigration(
   const groupResource = dot < 0 ? { group: '', resource } : { group: resource.slice(dot + 1), resource: resource.slice(0, dot) };
   const path = `/apis/${apiVersion}/storageversionmigrations`;
   try {
-    await apiRequest(kubeConfig, 'POST', path, { apiVersion, kind: 'StorageVersionMigration', metadata: { name }, spec: { resource: groupResource } });
+    await retryTransient(options.signal, () => apiRequest(kubeConfig, 'POST', path, { apiVersion, kind: 'StorageVersionMigration', metadata: { name }, spec: { resource: groupResource } }));
   } catch (err) {
     if (!isHttpStatus(err, 409)) throw err;
   }
   const createdAt = Date.now();
   for (;;) {
     options.signal.throwIfAborted();
-    const migration = await apiRequest<{ status?: { conditions?: Condition[] } }>(kubeConfig, 'GET', `${path}/${name}`);
+    const migration = await retryTransient(options.signal, () => apiRequest<{ status?: { conditions?: Condition[] } }>(kubeConfig, 'GET', `${path}/${name}`));
     const conditions = migration.status?.conditions ?? [];
     const holds = (type: string): Condition | undefined => conditions.find((c) => c.type === type && c.status === 'True');
     if (holds('Succeeded')) return { result: 'Succeeded' };
