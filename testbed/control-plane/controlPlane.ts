@@ -20,6 +20,8 @@ export interface ControlPlaneOptions {
   /** Fixed ports instead of free ones; one already in use fails with a clear error. */
   ports?: { etcdClient?: number; etcdPeer?: number; apiserver?: number; controllerManager?: number };
   extraApiserverArgs?: string[];
+  /** Flags for kube-controller-manager (feature gates, say), when it runs. */
+  extraControllerManagerArgs?: string[];
   /** Progress lines, e.g. console.error for the quickstart. */
   progress?: (line: string) => void;
   /** Wait only until the API serves, not for /readyz: its KMS check fails while no plugin runs yet. */
@@ -230,6 +232,7 @@ export async function startControlPlane(options: ControlPlaneOptions = {}): Prom
           `--cluster-signing-cert-file=${pki.caCert}`,
           `--cluster-signing-key-file=${pki.caKey}`,
           '--service-cluster-ip-range=10.0.0.0/24',
+          ...(options.extraControllerManagerArgs ?? []),
         ])
       : undefined;
     const scheduler = options.node ? await startComponent('kube-scheduler', bin.kubeScheduler, ports.scheduler, []) : undefined;
