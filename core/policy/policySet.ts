@@ -197,8 +197,12 @@ export class PolicySet {
     return this.namespaces.get(namespace)?.verdicts.get(name);
   }
 
-  /** Default deny: allowed only by an enforced, unexpired grant naming this operation. */
-  decide(requester: Requester, namespace: string, keyRing: string, operation: Operation, now: Date): Decision {
+  /**
+   * Default deny: allowed only by an enforced, unexpired grant naming this operation. A standing
+   * grant is chosen over a break-glass one unless `preferBreakGlass` (an override only break-glass
+   * may make, such as retiring a version etcd still uses).
+   */
+  decide(requester: Requester, namespace: string, keyRing: string, operation: Operation, now: Date, options: { preferBreakGlass?: boolean } = {}): Decision {
     const policies = this.namespaces.get(namespace);
     const ringName = `KeyRing ${namespace}/${keyRing}`;
     if (!policies?.hasRing(keyRing)) {
@@ -213,7 +217,8 @@ export class PolicySet {
         `separation of duties: ${requester.username} would both use and manage ${ringName} through ${live.map((g) => g.rule).join(' and ')}; refused until one grant goes`,
       );
     }
-    const granting = live.filter((g) => g.operations.includes(operation)).sort((a, b) => Number(a.breakGlass) - Number(b.breakGlass));
+    const order = options.preferBreakGlass ? -1 : 1;
+    const granting = live.filter((g) => g.operations.includes(operation)).sort((a, b) => order * (Number(a.breakGlass) - Number(b.breakGlass)));
     const chosen = granting[0];
     if (chosen) {
       return {

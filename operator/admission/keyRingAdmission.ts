@@ -3,7 +3,7 @@
 // apiserver authenticated. Destruction takes two people: the webhook stamps who requested and who
 // approved, and restores those stamps if a request tries to change them.
 import type { Operation } from '../../core/policy/operations.js';
-import type { PolicySet, Requester } from '../../core/policy/policySet.js';
+import type { Decision, PolicySet, Requester } from '../../core/policy/policySet.js';
 import { defaultApprovalWindowMs, type DestroyRequest, type KeyRing, type KeyRingDesiredVersion, type KeyRingSpec } from '../../core/api/keyRing.js';
 import type { AuditAct, Verdict } from './admissionReview.js';
 import { etcdRetirementRefusal } from '../retirement/retirementGate.js';
@@ -110,15 +110,18 @@ export function admitKeyRing(input: KeyRingAdmissionInput): Verdict {
 
   // Retirement: a version etcd may still need is neither disabled nor destroyed, except under a
   // break-glass grant, which is stamped on the request for the operator and audited as such.
+  // A requester holding both a standing and a break-glass grant overrides through the break-glass one.
   const inUse = new Map<Act, string>();
+  const overrides = new Map<Act, Decision>();
   for (const act of acts) {
     if (act.version === undefined || (act.operation !== 'disableVersion' && act.operation !== 'scheduleDestroy')) continue;
     const refusal = etcdRetirementRefusal(input.oldObject?.status, act.version);
     if (!refusal) continue;
-    const decision = input.policies.decide(requester, input.namespace, input.name, act.operation, now);
+    const decision = input.policies.decide(requester, input.namespace, input.name, act.operation, now, { preferBreakGlass: true });
     const desired = versions.find((v) => v.number === act.version);
     if (decision.allowed && decision.breakGlass && desired) {
       desired.retirementOverride = { by: requester.username, at: now.toISOString(), reason: refusal };
+      overrides.set(act, decision);
     } else inUse.set(act, refusal);
   }
 
@@ -127,7 +130,7 @@ export function admitKeyRing(input: KeyRingAdmissionInput): Verdict {
   // An act the two-person rule refuses is judged once: by policy if policy refuses it, else by the rule.
   const twoPerson = new Map(refusals.map((refusal) => [refusal.act, refusal]));
   for (const act of acts) {
-    const decision = input.policies.decide(requester, input.namespace, input.name, act.operation, now);
+    const decision = overrides.get(act) ?? input.policies.decide(requester, input.namespace, input.name, act.operation, now);
     if (decision.allowed && twoPerson.has(act)) continue;
     const retirement = inUse.get(act);
     if (decision.allowed && retirement) {

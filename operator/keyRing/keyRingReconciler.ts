@@ -297,6 +297,7 @@ function auditRetirement(deps: Reconciling, keyRing: KeyRing, desired: KeyRingDe
     keyVersion: desired.number,
     code: override ? 'BreakGlassRetirement' : 'VersionInUse',
     reason: override ? `break-glass by ${override.by} at ${override.at} although ${inUse}` : inUse,
+    ...(override ? { breakGlass: true } : {}),
   });
 }
 

@@ -116,11 +116,15 @@ async function advanceRun(
     events.push({ type: 'Normal', reason: 'ReEncryptionRewritten', message: `${progress.rewritten} objects rewritten under version ${ring.primary} (${progress.method}); asking for a scan of etcd` });
   }
   if (next.phase === 'Verifying') {
-    const request = scanRequestId(next);
-    const answer = reports.find((r) => r.request === request && r.complete);
+    const base = scanRequestId(next);
+    const answer = reports.find((r) => r.complete && asksFor(r.request, base));
     if (!answer) {
-      // Written on every look: cheap, and it survives a restart between rewriting and scanning.
+      // Looked at on every look: cheap, and it survives a restart between rewriting and scanning.
       const asked = await deps.keyUse.scanRequest(ring.ringId);
+      let request = asked && asksFor(asked.request, base) ? asked.request : base;
+      // The scanner counts a request answered even when its scan did not finish, and would not scan
+      // for it again: ask again under a new id.
+      if (reports.some((r) => r.request === request && !r.complete)) request = `${base}~${now.getTime()}`;
       if (asked?.request !== request) await deps.keyUse.requestScan(ring.ringId, { schema: 1, request, requestedAt: now.toISOString() });
       return { ...next, message: 'waiting for a scan of etcd to count what older versions still protect' };
     }
@@ -140,6 +144,8 @@ const isActive = (run: ReEncryptionStatus): boolean => run.phase !== 'Complete' 
 
 /** One scan request per finished rewrite: a retried run asks again. */
 const scanRequestId = (run: ReEncryptionStatus): string => `v${run.targetVersion}-${run.completedAt ?? ''}`;
+/** Whether a request id is this run's: its first request, or one asked again after a scan that did not finish. */
+const asksFor = (request: string | undefined, base: string): boolean => request === base || (request?.startsWith(`${base}~`) ?? false);
 
 /**
  * When the last live kube-apiserver began encrypting with the primary, or undefined while one has
