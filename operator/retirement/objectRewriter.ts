@@ -3,8 +3,9 @@
 // (the apiserver marks such data stale); one already under the current key is a no-op in etcd.
 // Paged, rate-limited and cancellable; conflicts and deletions mean someone else wrote the object
 // meanwhile, which re-encrypted it too.
+import { createHash } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
-import { request as httpsRequest, type RequestOptions } from 'node:https';
+import { Agent, request as httpsRequest, type RequestOptions } from 'node:https';
 import type { KubeConfig } from '@kubernetes/client-node';
 
 export interface RewriteProgress {
@@ -146,6 +147,7 @@ export async function apiRequest<T>(kubeConfig: KubeConfig, method: 'GET' | 'PUT
   if (!cluster) throw new Error('the kubeconfig has no current cluster');
   const options: RequestOptions = { method, headers: { accept: 'application/json' }, timeout: requestTimeoutMs };
   await kubeConfig.applyToHTTPSOptions(options);
+  options.agent = keepAliveAgent(options.agent);
   const payload = body === undefined ? undefined : JSON.stringify(body);
   if (payload !== undefined) Object.assign(options.headers ?? {}, { 'content-type': 'application/json', 'content-length': String(Buffer.byteLength(payload)) });
   const res = await new Promise<IncomingMessage>((resolve, reject) => {
@@ -176,6 +178,30 @@ export async function apiRequest<T>(kubeConfig: KubeConfig, method: 'GET' | 'PUT
     throw new HttpError(status, `HTTP ${status}: ${message}`);
   }
   return (text ? JSON.parse(text) : {}) as T;
+}
+
+let shared: { identity: string; agent: Agent } | undefined;
+
+/**
+ * One keep-alive agent for as long as the TLS identity stays the same, instead of the new agent
+ * client-node makes for every request: without it each rewrite opened a TCP connection, parsed
+ * the CA, certificate and key again and did a full TLS handshake (with a client certificate to
+ * verify on the apiserver's side), which made the operator's and the apiserver's CPU, not the rate
+ * limit, what bounded the rewrite. A rotated certificate or CA gets a new pool; the old one drains.
+ */
+function keepAliveAgent(made: RequestOptions['agent']): RequestOptions['agent'] {
+  // Proxy agents (subclasses) and anything else stay as client-node made them.
+  if (!(made instanceof Agent) || made.constructor !== Agent) return made;
+  const hash = createHash('sha256');
+  const { ca, cert, key, pfx, passphrase, servername, rejectUnauthorized } = made.options;
+  for (const part of [ca, cert, key, pfx, passphrase, servername, rejectUnauthorized].flat()) {
+    hash.update(Buffer.isBuffer(part) ? part : (JSON.stringify(part) ?? 'undefined')).update('\0');
+  }
+  const identity = hash.digest('hex');
+  if (shared?.identity !== identity) {
+    shared = { identity, agent: new Agent({ ...made.options, keepAlive: true }) };
+  }
+  return shared.agent;
 }
 
 export const isHttpStatus = (err: unknown, status: number): boolean => err instanceof HttpError && err.status === status;
