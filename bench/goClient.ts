@@ -1,4 +1,4 @@
-// The Go load generators (bench/load/cmd/kms-load, bench/load/cmd/csi-load): built once per source
+// The Go load generators (bench/load/cmd/kms-load, csi-load, api-load, ...): built once per source
 // version into the Keyward cache by bench/buildGoClient.sh, run to completion, their JSON report parsed.
 import { execFileSync, spawn } from 'node:child_process';
 import { join } from 'node:path';
@@ -6,7 +6,7 @@ import { fileURLToPath } from 'node:url';
 
 const repoRoot = join(fileURLToPath(import.meta.url), '..', '..', '..');
 
-export function buildGoClient(name: 'kms-load' | 'csi-load' | 'kms-hostile' | 'csi-hostile'): string {
+export function buildGoClient(name: 'kms-load' | 'csi-load' | 'kms-hostile' | 'csi-hostile' | 'api-load'): string {
   const out = execFileSync('bash', [join(repoRoot, 'bench', 'buildGoClient.sh'), name], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] });
   const bin = out.trim().split('\n').pop();
   if (!bin) throw new Error(`bench/buildGoClient.sh ${name} printed no binary path`);
