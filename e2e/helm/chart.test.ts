@@ -105,13 +105,22 @@ const rootContainerViolations = [
 ];
 
 /** What the operator's code calls, verb by verb (see charts/keyward/templates/rbac.yaml). */
-const expectedClusterRules: V1PolicyRule[] = [
+const baseClusterRules: V1PolicyRule[] = [
   { apiGroups: ['keyward.dev'], resources: ['keyrings'], verbs: ['list', 'watch', 'patch'] },
   { apiGroups: ['keyward.dev'], resources: ['keyrings/status'], verbs: ['patch'] },
   { apiGroups: ['keyward.dev'], resources: ['keypolicies'], verbs: ['list', 'watch'] },
   { apiGroups: ['keyward.dev'], resources: ['keypolicies/status'], verbs: ['patch'] },
   { apiGroups: [''], resources: ['events'], verbs: ['create'] },
 ];
+/**
+ * Re-encryption after a rotation (operator.reEncryption, on by default): objectRewriter.ts lists and
+ * PUTs back each encrypted resource; storageVersionMigration.ts creates, reads and deletes migrations.
+ */
+const reEncryptionRules = (resources: Array<[group: string, resource: string]> = [['', 'secrets']]): V1PolicyRule[] => [
+  ...resources.map(([group, resource]) => ({ apiGroups: [group], resources: [resource], verbs: ['list', 'update'] })),
+  { apiGroups: ['storagemigration.k8s.io'], resources: ['storageversionmigrations'], verbs: ['create', 'get', 'delete'] },
+];
+const expectedClusterRules: V1PolicyRule[] = [...baseClusterRules, ...reEncryptionRules()];
 /** What the CSI provider's code calls (see charts/keyward/templates/csi-provider-rbac.yaml). */
 const expectedCsiProviderRules: V1PolicyRule[] = [
   { apiGroups: ['authentication.k8s.io'], resources: ['tokenreviews'], verbs: ['create'] },
@@ -417,7 +426,7 @@ describe('Helm chart charts/keyward', function () {
       }
     });
 
-    it('grants exactly the RBAC the operator uses: no wildcard, nothing cluster-wide but KeyRings, KeyPolicies and Events [practice:least-privilege]', () => {
+    it('grants exactly the RBAC the operator uses: no wildcard, nothing cluster-wide but KeyRings, KeyPolicies, Events and, for re-encryption, Secrets and StorageVersionMigrations [practice:least-privilege]', () => {
       for (const objects of [defaults, plugin]) {
         const clusterRole = only<KubernetesObject & { rules: V1PolicyRule[] }>(objects, 'ClusterRole');
         const role = only<KubernetesObject & { rules: V1PolicyRule[] }>(objects, 'Role');
@@ -435,6 +444,16 @@ describe('Helm chart charts/keyward', function () {
           assert.deepEqual(binding.subjects, [{ kind: 'ServiceAccount', name: saName, namespace: releaseNamespace }]);
         }
       }
+    });
+
+    it('grants re-encryption its verbs on exactly the resources operator.reEncryption names, and none of it when off [practice:least-privilege]', async () => {
+      const rulesWith = async (...values: string[]): Promise<V1PolicyRule[]> =>
+        only<KubernetesObject & { rules: V1PolicyRule[] }>(await renderChart(helm, releaseNamespace, values.flatMap((v) => ['--set', v])), 'ClusterRole').rules;
+      const [off, several] = await Promise.all([rulesWith('operator.reEncryption.enabled=false'), rulesWith('operator.reEncryption.resources={secrets,configmaps,widgets.example.com}')]);
+      assert.deepEqual(off, baseClusterRules, 'off: the operator can neither read a Secret nor make a StorageVersionMigration');
+      assert.deepEqual(several, [...baseClusterRules, ...reEncryptionRules([['', 'secrets'], ['', 'configmaps'], ['example.com', 'widgets']])]);
+      // A wildcard, as an EncryptionConfiguration may name resources, is no RBAC rule this chart writes.
+      await assert.rejects(renderChart(helm, releaseNamespace, ['--set', 'operator.reEncryption.resources={*.*}']), /operator\/reEncryption\/resources\/0/);
     });
 
     it('runs every container non-root, read-only, without privilege escalation or capabilities, with resources; but one, root with CAP_CHOWN alone', () => {
@@ -1326,6 +1345,7 @@ describe('Helm chart charts/keyward', function () {
       const keypolicies = { group: 'keyward.dev', resource: 'keypolicies' };
       const leases = { group: 'coordination.k8s.io', resource: 'leases' };
       const registration = { group: 'admissionregistration.k8s.io' };
+      const migrations = { group: 'storagemigration.k8s.io', resource: 'storageversionmigrations' };
       const allowed: V1ResourceAttributes[] = [
         { ...keyrings, verb: 'list' },
         { ...keyrings, verb: 'watch' },
@@ -1338,10 +1358,24 @@ describe('Helm chart charts/keyward', function () {
         { ...leases, verb: 'get', namespace: releaseNamespace, name: 'keyward-operator' },
         { ...leases, verb: 'update', namespace: releaseNamespace, name: 'keyward-operator' },
         { ...leases, verb: 'create', namespace: releaseNamespace },
+        // Re-encryption after a rotation (operator.reEncryption.enabled, the default): list every
+        // Secret and write each back; a StorageVersionMigration where the cluster runs them.
+        { group: '', resource: 'secrets', verb: 'list' },
+        { group: '', resource: 'secrets', verb: 'update', namespace: keyRingNamespace, name: 'any' },
+        { ...migrations, verb: 'create' },
+        { ...migrations, verb: 'get', name: 'keyward-0123abcd-v2-secrets' },
+        { ...migrations, verb: 'delete', name: 'keyward-0123abcd-v2-secrets' },
       ];
       const denied: V1ResourceAttributes[] = [
         { group: '', resource: 'secrets', verb: 'get', namespace: releaseNamespace, name: 'keyward-hsm-pin' },
-        { group: '', resource: 'secrets', verb: 'list' },
+        { group: '', resource: 'secrets', verb: 'watch' },
+        { group: '', resource: 'secrets', verb: 'patch', namespace: keyRingNamespace, name: 'any' },
+        { group: '', resource: 'secrets', verb: 'create', namespace: keyRingNamespace },
+        { group: '', resource: 'secrets', verb: 'delete', namespace: keyRingNamespace, name: 'any' },
+        { group: '', resource: 'configmaps', verb: 'list' },
+        { ...migrations, verb: 'list' },
+        { ...migrations, verb: 'update', name: 'keyward-0123abcd-v2-secrets' },
+        { ...migrations, verb: 'patch', name: 'keyward-0123abcd-v2-secrets' },
         { group: '', resource: 'configmaps', verb: 'get', namespace: releaseNamespace },
         { group: '', resource: 'pods', verb: 'create', namespace: releaseNamespace },
         { group: '', resource: 'serviceaccounts', subresource: 'token', verb: 'create', namespace: releaseNamespace, name: saName },
@@ -1383,9 +1417,10 @@ describe('Helm chart charts/keyward', function () {
         { group: '', resource: 'users', verb: 'impersonate', name: 'admin' },
       ];
       assert.deepEqual(await wrongGrants(allowed, denied, saKubeConfig), []);
-      // And for real: the PIN Secret's namespace is closed to the operator's token.
+      // And for real: the operator's token cannot get the PIN Secret by name. (It can list Secrets,
+      // for re-encryption; operator.reEncryption.enabled=false takes that away: see the template test.)
       await assert.rejects(
-        saKubeConfig.makeApiClient(CoreV1Api).listNamespacedSecret({ namespace: releaseNamespace }),
+        saKubeConfig.makeApiClient(CoreV1Api).readNamespacedSecret({ namespace: releaseNamespace, name: 'keyward-hsm-pin' }),
         (err: unknown) => err instanceof ApiException && err.code === 403,
       );
     });
