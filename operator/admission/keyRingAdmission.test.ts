@@ -165,6 +165,7 @@ describe('KeyRing admission', () => {
       assert.equal(override?.at, now.toISOString());
       assert.match(override?.reason ?? '', /version 1 still protects 1500 objects in etcd \(scan at /);
       assert.deepEqual(decisions(verdict), [['disableVersion', 1, true, 'Granted', true]]);
+      assert.match(verdict.acts?.[0]?.decision.message ?? '', /\(break-glass\), overriding retirement: version 1 still protects 1500 objects in etcd/);
     });
 
     it('stamps a break-glass destruction request too, beside the two-person stamp', () => {

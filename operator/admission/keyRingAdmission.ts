@@ -121,7 +121,8 @@ export function admitKeyRing(input: KeyRingAdmissionInput): Verdict {
     const desired = versions.find((v) => v.number === act.version);
     if (decision.allowed && decision.breakGlass && desired) {
       desired.retirementOverride = { by: requester.username, at: now.toISOString(), reason: refusal };
-      overrides.set(act, decision);
+      // Audited as what it is: break-glass over what etcd still needs.
+      overrides.set(act, { ...decision, message: `${decision.message}, overriding retirement: ${refusal}` });
     } else inUse.set(act, refusal);
   }
 
