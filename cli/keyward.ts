@@ -108,6 +108,9 @@ operator options (the apiserver from KUBECONFIG, or in-cluster):
   --webhook-address H:P  serve the admission webhook here (KeyPolicy enforcement; default: off)
   --webhook-cert-dir DIR holds tls.crt and tls.key for the webhook
   --approval-window MINUTES  how long a destruction request waits for approval (default 60)
+  --re-encryption true|false  rewrite etcd after a rotation (default true); false when the operator
+                         may not list and update the encrypted resources: retirement then waits
+                         for re-encryption by the cluster admin
 `;
 
 const hsmOptions = {
@@ -390,7 +393,10 @@ async function operator(args: string[]): Promise<void> {
     'webhook-address': { type: 'string' },
     'webhook-cert-dir': { type: 'string' },
     'approval-window': { type: 'string', default: '60' },
+    're-encryption': { type: 'string', default: 'true' },
   });
+  const reEncryption = values['re-encryption'];
+  if (reEncryption !== 'true' && reEncryption !== 'false') throw new KeywardError('InvalidArgument', `--re-encryption must be true or false, not '${reEncryption.slice(0, 40)}'`);
   const approvalMinutes = Number(values['approval-window']);
   if (!(approvalMinutes >= 1 && approvalMinutes <= 7 * 24 * 60)) throw new KeywardError('InvalidArgument', '--approval-window must be between 1 and 10080 minutes');
   if (values['webhook-address'] && !values['webhook-cert-dir']) throw new KeywardError('InvalidArgument', '--webhook-address needs --webhook-cert-dir (tls.crt and tls.key)');
@@ -421,6 +427,7 @@ async function operator(args: string[]): Promise<void> {
       audit: createAuditLog('operator', values['audit-log']),
       admission: values['webhook-address'] ? { address: values['webhook-address'], certDir: values['webhook-cert-dir'] ?? '' } : undefined,
       approvalWindowMs: approvalMinutes * 60_000,
+      reEncryption: reEncryption === 'true',
     },
     log,
   );

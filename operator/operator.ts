@@ -50,6 +50,8 @@ export interface OperatorConfig {
   approvalWindowMs?: number;
   /** The clock for rotation and destruction times; tests move it forward. */
   now?: () => Date;
+  /** Rewrite etcd after a rotation (default true); false where the operator may not list and update the encrypted resources. */
+  reEncryption?: boolean;
 }
 
 export interface Operator {
@@ -139,7 +141,7 @@ export async function startOperator(config: OperatorConfig, log: Logger): Promis
         recoverHsm: () => token.recover(),
         audit: config.audit,
         approvalWindowMs: config.approvalWindowMs,
-        retirement: { keyUse: new KeyUseRecords(new HsmRecords(token)), jobs },
+        retirement: { keyUse: new KeyUseRecords(new HsmRecords(token)), jobs, rewrite: config.reEncryption !== false },
         now: config.now,
       }),
     });

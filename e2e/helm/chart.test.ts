@@ -447,10 +447,12 @@ describe('Helm chart charts/keyward', function () {
     });
 
     it('grants re-encryption its verbs on exactly the resources operator.reEncryption names, and none of it when off [practice:least-privilege]', async () => {
-      const rulesWith = async (...values: string[]): Promise<V1PolicyRule[]> =>
-        only<KubernetesObject & { rules: V1PolicyRule[] }>(await renderChart(helm, releaseNamespace, values.flatMap((v) => ['--set', v])), 'ClusterRole').rules;
-      const [off, several] = await Promise.all([rulesWith('operator.reEncryption.enabled=false'), rulesWith('operator.reEncryption.resources={secrets,configmaps,widgets.example.com}')]);
-      assert.deepEqual(off, baseClusterRules, 'off: the operator can neither read a Secret nor make a StorageVersionMigration');
+      const rendered = (...values: string[]): Promise<KubernetesObject[]> => renderChart(helm, releaseNamespace, values.flatMap((v) => ['--set', v]));
+      const rulesOf = (objects: KubernetesObject[]): V1PolicyRule[] => only<KubernetesObject & { rules: V1PolicyRule[] }>(objects, 'ClusterRole').rules;
+      const [off, several] = await Promise.all([rendered('operator.reEncryption.enabled=false'), rendered('operator.reEncryption.resources={secrets,configmaps,widgets.example.com}').then(rulesOf)]);
+      assert.deepEqual(rulesOf(off), baseClusterRules, 'off: the operator can neither read a Secret nor make a StorageVersionMigration');
+      // And it is told so, rather than trying and being refused.
+      assert.ok(only<V1Deployment>(off, 'Deployment').spec?.template.spec?.containers[0]?.args?.includes('--re-encryption=false'));
       assert.deepEqual(several, [...baseClusterRules, ...reEncryptionRules([['', 'secrets'], ['', 'configmaps'], ['example.com', 'widgets']])]);
       // A wildcard, as an EncryptionConfiguration may name resources, is no RBAC rule this chart writes.
       await assert.rejects(renderChart(helm, releaseNamespace, ['--set', 'operator.reEncryption.resources={*.*}']), /operator\/reEncryption\/resources\/0/);
@@ -531,6 +533,7 @@ describe('Helm chart charts/keyward', function () {
         '--metrics-address=0.0.0.0:9465',
         '--lease-namespace=$(POD_NAMESPACE)',
         '--approval-window=60',
+        '--re-encryption=true',
         '--webhook-address=0.0.0.0:9443',
         '--webhook-cert-dir=/etc/keyward/webhook',
       ];

@@ -36,7 +36,7 @@ export interface KeyRingReconcilerDeps {
   /** How long a destruction approval stays usable; see operator/admission/keyRingAdmission.ts. */
   approvalWindowMs?: number;
   /** Re-encryption and retirement of rings the KMS plugin serves; without it, versions are not gated by etcd. */
-  retirement?: { keyUse: KeyUseRecords; jobs: ReEncryptionJobs };
+  retirement?: { keyUse: KeyUseRecords; jobs: ReEncryptionJobs; rewrite?: boolean };
   now?: () => Date;
 }
 

@@ -98,9 +98,9 @@ describe('Retirement against a real SoftHSM2 token: re-encryption phases, scans 
   const keyId = (s: Subject, number: number): string => s.ring.versions.find((v) => v.number === number)?.keyId ?? assert.fail(`no version ${number}`);
 
   /** One reconcile's retirement step, and the status the reconciler writes from it. */
-  const advance = async (s: Subject): Promise<RetirementStep> => {
+  const advance = async (s: Subject, options: { rewrite?: boolean } = {}): Promise<RetirementStep> => {
     s.ring = await store.require({ ringId: s.ring.ringId });
-    const step = await advanceRetirement({ keyUse, jobs: jobs as unknown as ReEncryptionJobs, now: new Date(clock) }, s.keyRing, s.ring);
+    const step = await advanceRetirement({ keyUse, jobs: jobs as unknown as ReEncryptionJobs, now: new Date(clock), ...options }, s.keyRing, s.ring);
     s.step = step;
     s.keyRing.status = {
       primaryVersion: s.ring.primary,
@@ -446,5 +446,17 @@ describe('Retirement against a real SoftHSM2 token: re-encryption phases, scans 
     await advance(s);
     assert.equal(phase(s), 'Rewriting');
     assert.equal(jobs.started.length, 1);
+  });
+
+  it('where the operator may not rewrite (--re-encryption=false): phase Off for every ring, and the scans alone decide retirement', async () => {
+    const s = await rotatedAndSwitched();
+    let step = await advance(s, { rewrite: false });
+    assert.equal(phase(s), 'Off');
+    assert.match(step.reEncryption?.message ?? '', /--re-encryption=false.*until the cluster admin re-encrypts them/);
+    assert.equal(jobs.ensureCalls, 0, 'no rewrite attempted (it would be refused by RBAC)');
+    assert.deepEqual(step.events.map((e) => e.type), ['Normal'], 'no Warning');
+    await scanned(s, { secrets: { 2: 40 }, configmaps: { 2: 3 } });
+    step = await advance(s, { rewrite: false });
+    assert.deepEqual([phase(s), gate(s, 1), step.condition?.reason], ['Off', undefined, 'Retirable']);
   });
 });

@@ -23,6 +23,8 @@ export interface RetirementDeps {
   keyUse: KeyUseRecords;
   jobs: ReEncryptionJobs;
   now: Date;
+  /** False: the operator may not rewrite (keyward operator --re-encryption=false); the cluster admin re-encrypts. */
+  rewrite?: boolean;
 }
 
 export type VersionFacts = Pick<KeyRingVersionStatus, 'etcdObjects' | 'etcdObjectsProvenAt' | 'lastDecryptTime' | 'lastUseTime'>;
@@ -84,6 +86,10 @@ async function advanceRun(
   const { now, jobs } = deps;
   const settings = keyRing.spec.reEncryption;
   if (settings?.enabled === false) return { ...run, phase: 'Off', message: 'spec.reEncryption.enabled is false: objects stay under the version they were written with' };
+  if (deps.rewrite === false) {
+    const message = 'the operator does not rewrite etcd here (--re-encryption=false; chart value operator.reEncryption.enabled): objects stay under the version they were written with until the cluster admin re-encrypts them';
+    return { ...run, phase: 'Off', message };
+  }
   let next = run.phase === 'Off' ? { ...run, phase: 'WaitingForApiserver' as const, message: undefined } : run;
 
   if (next.phase === 'Failed' && next.completedAt && now.getTime() - Date.parse(next.completedAt) >= retryFailedMs) {
