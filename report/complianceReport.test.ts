@@ -32,9 +32,10 @@ function ring(): KeyRing {
       primaryVersion: 2,
       nextRotationTime: at(500),
       versions: [
-        { number: 1, state: 'DestroyScheduled', algorithm: 'AES-256-GCM', hsmToken: 'keyward', hsmObjectId: '01', createTime: at(-900), destroyTime: at(700) },
-        { number: 2, state: 'Enabled', algorithm: 'AES-256-GCM', hsmToken: 'keyward', hsmObjectId: '02', createTime: at(-220) },
+        { number: 1, state: 'DestroyScheduled', algorithm: 'AES-256-GCM', hsmToken: 'keyward', hsmObjectId: '01', createTime: at(-900), destroyTime: at(700), etcdObjects: 0, etcdObjectsProvenAt: at(-4) },
+        { number: 2, state: 'Enabled', algorithm: 'AES-256-GCM', hsmToken: 'keyward', hsmObjectId: '02', createTime: at(-220), etcdObjects: 40, etcdObjectsProvenAt: at(-4) },
       ],
+      reEncryption: { targetVersion: 2, phase: 'Complete', method: 'Rewrite', apiserverSwitchedAt: at(-219), completedAt: at(-218) },
     },
   };
 }
@@ -182,7 +183,13 @@ const cases: Record<string, { healthy: Verdict; broken: [string, (s: ClusterSnap
     healthy: 'holds',
     broken: [['a one-day destruction window', (s) => (rings(s)[0]!.spec.destroyScheduledDuration = '24h'), 'partial']],
   },
-  'verified-retirement': { healthy: 'not-built', broken: [] },
+  'verified-retirement': {
+    healthy: 'holds',
+    broken: [
+      ['a version destroyed while etcd still uses it', (s) => (rings(s)[0]!.status!.versions![0]!.etcdObjects = 7), 'fails'],
+      ['no ring served by the KMS plugin', (s) => delete rings(s)[0]!.status!.reEncryption, 'unknown'],
+    ],
+  },
   audit: {
     healthy: 'holds',
     broken: [

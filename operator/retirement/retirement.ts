@@ -92,6 +92,12 @@ async function advanceRun(
   }
   let next = run.phase === 'Off' ? { ...run, phase: 'WaitingForApiserver' as const, message: undefined } : run;
 
+  // A failed run whose objects went away since (deleted, or rewritten by their owners): done.
+  const laterProof = next.phase === 'Failed' && next.completedAt ? reports.find((r) => r.complete && Date.parse(r.startedAt) > Date.parse(next.completedAt ?? '')) : undefined;
+  if (laterProof && olderCounts(ring, laterProof).length === 0) {
+    events.push({ type: 'Normal', reason: 'ReEncryptionComplete', message: `etcd holds nothing under versions older than ${ring.primary} (scan at ${laterProof.startedAt})` });
+    return { ...next, phase: 'Complete', message: `etcd holds nothing under older versions (scan at ${laterProof.startedAt}); the objects that could not be rewritten are gone` };
+  }
   if (next.phase === 'Failed' && next.completedAt && now.getTime() - Date.parse(next.completedAt) >= retryFailedMs) {
     jobs.forget(ring.ringId);
     next = { ...next, phase: 'Rewriting', startedAt: now.toISOString(), completedAt: undefined, rewrittenObjects: 0, failedObjects: 0 };

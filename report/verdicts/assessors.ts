@@ -1,7 +1,7 @@
 // One assessor per practice id of core/compliance/practices.ts.
 import { implicitDeny, leastPrivilege, operationsByName, policyLag, roles, separationOfDuties, twoPersonIntegrity } from './accessVerdicts.js';
 import type { Assessor } from './assessment.js';
-import { cnsa, inventoryLabels, keyLocation, noSensitiveMetadata, notBuilt, provenByTests, rotation, softDelete } from './keyVerdicts.js';
+import { cnsa, inventoryLabels, keyLocation, noSensitiveMetadata, notBuilt, provenByTests, rotation, softDelete, verifiedRetirement } from './keyVerdicts.js';
 import { audit, continuity, monitoring, secureTransport } from './operationsVerdicts.js';
 
 export const assessors: Record<string, Assessor> = {
@@ -16,7 +16,7 @@ export const assessors: Record<string, Assessor> = {
   'two-person-integrity': twoPersonIntegrity,
   rotation,
   'soft-delete': softDelete,
-  'verified-retirement': notBuilt('counting the etcd objects each key version still protects before it may be destroyed (the retirement issue)'),
+  'verified-retirement': verifiedRetirement,
   audit,
   'no-sensitive-metadata': noSensitiveMetadata,
   'inventory-labels': inventoryLabels,

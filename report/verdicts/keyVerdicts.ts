@@ -91,6 +91,37 @@ export function softDelete(s: ClusterSnapshot, now: Date): Assessment {
   return fromEvidence(evidence, 'partial');
 }
 
+/**
+ * Versions retired only once etcd is proven not to need them: for rings the KMS plugin serves,
+ * every Disabled or destroyed version was counted at zero objects by the scanner (or overridden
+ * under a break-glass grant, which is shown), and whether re-encryption after rotation runs.
+ */
+export function verifiedRetirement(s: ClusterSnapshot): Assessment {
+  const rings = ringsOf(s);
+  if (!Array.isArray(rings)) return rings;
+  const served = rings.filter((ring) => ring.status?.reEncryption);
+  if (served.length === 0) {
+    return { verdict: 'unknown', evidence: [info('no KeyRing shows status.reEncryption: none is served by the KMS plugin, so nothing in etcd depends on a version')] };
+  }
+  const evidence: Evidence[] = [];
+  for (const ring of served) {
+    const run = ring.status?.reEncryption;
+    if (ring.spec.reEncryption?.enabled === false) evidence.push(info(`KeyRing ${name(ring)}: re-encryption after rotation is off; older versions retire only once their objects are rewritten by other means`));
+    else evidence.push(ok(`KeyRing ${name(ring)}: re-encryption under version ${run?.targetVersion} is ${run?.phase}${run?.method ? ` (${run.method})` : ''}`));
+    const retirement = ring.status?.conditions?.find((c) => c.type === 'RetirementComplete');
+    if (retirement) evidence.push((retirement.status === 'True' ? ok : info)(`KeyRing ${name(ring)} RetirementComplete=${retirement.status} (${retirement.reason}): ${retirement.message}`));
+    for (const v of ring.status?.versions ?? []) {
+      if (v.state !== 'Disabled' && v.state !== 'DestroyScheduled' && v.state !== 'Destroyed') continue;
+      const override = ring.spec.versions?.find((d) => d.number === v.number)?.retirementOverride;
+      if ((v.etcdObjects ?? 0) > 0) {
+        const line = `KeyRing ${name(ring)} version ${v.number} is ${v.state} while etcd holds ${v.etcdObjects} objects under it (scan at ${v.etcdObjectsProvenAt ?? '?'})`;
+        evidence.push(override ? info(`${line}: overridden under a break-glass grant by ${override.by} at ${override.at}`) : gap(line));
+      } else if (v.etcdObjectsProvenAt) evidence.push(ok(`KeyRing ${name(ring)} version ${v.number} (${v.state}): no object in etcd under it (scan at ${v.etcdObjectsProvenAt})`));
+    }
+  }
+  return fromEvidence(evidence);
+}
+
 const cnsaAlgorithms = new Set(['AES-256-GCM', 'HMAC-SHA-384', 'ECDSA-P384']);
 
 export function cnsa(s: ClusterSnapshot): Assessment {

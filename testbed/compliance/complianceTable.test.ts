@@ -95,6 +95,6 @@ describe('compliance table (docs/compliance.md)', () => {
 
   it('exempts only real practices (the reviewed list)', () => {
     assert.deepEqual(complianceTable({ finishedAt: '2026-01-02T00:00:00Z', tests: [] }).problems.filter((p) => p.startsWith('the exemption')), []);
-    assert.deepEqual(Object.keys(exemptions).sort(), ['backup-escrow', 'bring-your-own-key', 'verified-retirement']);
+    assert.deepEqual(Object.keys(exemptions).sort(), ['backup-escrow', 'bring-your-own-key']);
   });
 });
