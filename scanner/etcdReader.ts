@@ -170,7 +170,10 @@ export class EtcdReader {
       if (wait > 0) await sleep(wait, undefined, { signal });
       this.lastPageAt = Date.now();
       try {
-        return await this.rangeAnyEndpoint({ key: b64(from), range_end: b64(end), limit: this.limit, revision, serializable: true }, signal);
+        // The first page is linearizable: a serializable read from a lagging member could start the
+        // snapshot before the operator's last rewrite. Later pages read at that revision; a member
+        // still behind it refuses, and the scan is reported incomplete.
+        return await this.rangeAnyEndpoint({ key: b64(from), range_end: b64(end), limit: this.limit, revision, serializable: revision !== 0 }, signal);
       } catch (err) {
         if (!(err instanceof TooLargeError)) throw err;
         if (this.limit === 1) throw new KeywardError('FailedPrecondition', `one etcd value is over the ${this.maxResponseBytes}-byte response limit`);

@@ -22,6 +22,9 @@ class RecordSink {
   last(): KeyUseRecord | undefined {
     return this.writes.at(-1)?.record;
   }
+  uses(): Promise<KeyUseRecord[]> {
+    return Promise.resolve([]);
+  }
 }
 
 function captureLog(): { log: KeyUseRecorderOptions['log']; lines: { level: number; msg: string }[] } {
@@ -260,5 +263,23 @@ describe('Key-use recorder writing to a real SoftHSM2 token', () => {
     const big = (await records.uses(ringId)).find((u) => u.component === 'kms-plugin')!;
     assert.ok(big.omittedVersions !== undefined && big.omittedVersions > 0, 'trimmed to fit');
     assert.equal(Object.keys(big.versions).length + big.omittedVersions, 1000);
+  });
+
+  it('keeps what it recorded before a restart: the last use of a version is not lost', async () => {
+    const records = new KeyUseRecords(new HsmRecords(hsm.token));
+    const ringId = randomUUID();
+    const [k1, k2] = [keyIdFor(ringId, 1), keyIdFor(ringId, 2)];
+    const before = new KeyUseRecorder(records, { component: 'kms-plugin', host: 'cp-1', log: captureLog().log });
+    before.decrypted(ringId, k1);
+    await before.stop();
+    const decryptedAt = (await records.uses(ringId))[0]?.versions[k1]?.lastDecryptAt;
+    assert.ok(decryptedAt);
+
+    const after = new KeyUseRecorder(records, { component: 'kms-plugin', host: 'cp-1', log: captureLog().log });
+    after.encrypted(ringId, k2);
+    await after.stop();
+    const [record] = await records.uses(ringId);
+    assert.equal(record?.versions[k1]?.lastDecryptAt, decryptedAt, 'the restarted plugin keeps version 1 last decryption');
+    assert.ok(record?.versions[k2]?.lastEncryptAt);
   });
 });

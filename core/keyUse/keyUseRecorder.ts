@@ -49,6 +49,8 @@ interface RingUse {
   urgent: boolean;
   attemptedAt: number;
   writtenAt: number;
+  /** The record a previous run of this process left has been merged in (a restart keeps history). */
+  resumed: boolean;
 }
 
 type UseKind = keyof VersionTimes;
@@ -86,7 +88,7 @@ export class KeyUseRecorder {
   private stopped = false;
 
   constructor(
-    private readonly records: Pick<KeyUseRecords, 'writeUse'>,
+    private readonly records: Pick<KeyUseRecords, 'writeUse' | 'uses'>,
     private readonly options: KeyUseRecorderOptions,
   ) {
     this.writer = keyUseWriter(options.component, options.host);
@@ -192,7 +194,7 @@ export class KeyUseRecorder {
       this.capWarned = true;
       return undefined;
     }
-    ring = { ringId, versions: new Map(), statusKeyId: undefined, lastStatusAt: 0, dirty: true, urgent: false, attemptedAt: -Infinity, writtenAt: -Infinity };
+    ring = { ringId, versions: new Map(), statusKeyId: undefined, lastStatusAt: 0, dirty: true, urgent: false, attemptedAt: -Infinity, writtenAt: -Infinity, resumed: false };
     this.rings.set(ringId, ring);
     return ring;
   }
@@ -236,6 +238,7 @@ export class KeyUseRecorder {
       ring.urgent = false;
       ring.attemptedAt = this.now();
       try {
+        if (!ring.resumed) await this.resume(ring);
         await this.records.writeUse(this.record(ring), this.writer);
         ring.writtenAt = ring.attemptedAt;
         this.lastWrite?.set(ring.writtenAt / 1000);
@@ -250,6 +253,20 @@ export class KeyUseRecorder {
         this.failing = true;
       }
     }
+  }
+
+  /** Takes in the uses this writer recorded before it restarted, so the last use of a version is not lost. */
+  private async resume(ring: RingUse): Promise<void> {
+    const previous = (await this.records.uses(ring.ringId)).find((r) => r.component === this.options.component && r.host === this.options.host);
+    for (const [keyId, use] of Object.entries(previous?.versions ?? {})) {
+      const times = ring.versions.get(keyId) ?? { encrypt: 0, decrypt: 0, use: 0 };
+      const at = (iso: string | undefined): number => (iso && Number.isFinite(Date.parse(iso)) ? Date.parse(iso) : 0);
+      times.encrypt = Math.max(times.encrypt, at(use.lastEncryptAt));
+      times.decrypt = Math.max(times.decrypt, at(use.lastDecryptAt));
+      times.use = Math.max(times.use, at(use.lastUseAt));
+      if (!ring.versions.has(keyId) && ring.versions.size < this.maxVersions) ring.versions.set(keyId, times);
+    }
+    ring.resumed = true;
   }
 
   /** The ring's record, its most recently used versions first when they do not all fit. */
