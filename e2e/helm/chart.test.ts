@@ -624,6 +624,8 @@ describe('Helm chart charts/keyward', function () {
           assert.ok(container?.args?.includes(flag), `${owner} arg ${flag}`);
         }
         assert.ok(container?.args?.some((a) => a.startsWith('--metrics-address=')), `${owner}: --metrics-address`);
+        // Its key-use record names the node (the kubelet fills a static pod's spec.nodeName too).
+        assert.deepEqual(container?.env?.find((e) => e.name === 'NODE_NAME'), { name: 'NODE_NAME', valueFrom: { fieldRef: { fieldPath: 'spec.nodeName' } } }, `${owner}: NODE_NAME`);
         assert.equal(spec?.automountServiceAccountToken, false, `${owner}: no ServiceAccount token`);
         assert.equal(spec?.volumes?.find((v) => v.name === 'socket-dir')?.hostPath?.path, '/var/run/keyward', `${owner}: socket dir on the node`);
       }

@@ -1,7 +1,9 @@
 // Keyward as users run it, on a real node: the image imported into containerd, `helm install` of
 // the chart (operator, webhook behind its Service, CSI provider DaemonSet), the KMS plugin as the
 // chart's static pod with kube-apiserver encrypting Secrets through it (read back from etcd), and
-// pods whose volumes the real Secrets Store CSI driver fills through the provider. Then the faults
+// pods whose volumes the real Secrets Store CSI driver fills through the provider; the static pod's
+// etcd scanner, with its own client certificate from etcd's CA (etcd serves TLS only, as kubeadm
+// runs it), proving to the operator what each key version protects. Then the faults
 // the issue names, each on this node: refused pods, rotation reaching running pods, syncSecret,
 // killed containers, a provider pod deleted mid-mount, the operator down during a rotation, and
 // helm test, upgrade and uninstall.
@@ -13,7 +15,7 @@ import { join } from 'node:path';
 import { eventually } from '../../testbed/eventually.js';
 import { parseKmsV2Value } from '../../testbed/control-plane/encryptedObject.js';
 import { trackDirectory } from '../../testbed/control-plane/componentProcess.js';
-import { readEtcdKey, secretEtcdKey } from '../../testbed/control-plane/etcdClient.js';
+import { readEtcdKey, readEtcdPrefix, secretEtcdKey } from '../../testbed/control-plane/etcdClient.js';
 import { buildKeywardImage, type KeywardImage } from '../../testbed/image/keywardImage.js';
 import { apiserverKmsHealthStatus, identityEncryptionConfig, kmsStatus } from '../kms/kmsPluginProcess.js';
 import { chartDir, helmIn } from '../helm/helm.js';
@@ -77,7 +79,9 @@ describe('Keyward installed on a real node (helm, static KMS plugin, Secrets Sto
     image = await buildKeywardImage();
     node = await startTestNode({
       images: [image.dockerArchive],
-      controlPlane: { encryptionConfig: identityEncryptionConfig(dir) },
+      // etcd over https with client certificates from its own CA, as kubeadm runs it: the static
+      // pod's scanner gets its certificate as the manifest's header tells an admin.
+      controlPlane: { encryptionConfig: identityEncryptionConfig(dir), etcdTls: true },
       rotationPollInterval: `${rotationPollSeconds}s`,
     });
     token = createNodeToken(join(node.dir, 'softhsm'));
@@ -124,14 +128,61 @@ describe('Keyward installed on a real node (helm, static KMS plugin, Secrets Sto
     const rewritten = await enableKmsEncryption(node, dir, kms.socketPath);
     assert.ok(rewritten >= 1, 'the PIN Secret and the webhook certificate were rewritten');
     await node.kubectl(['-n', 'default', 'create', 'secret', 'generic', 'after-kms', '--from-literal=password=plain-words']);
-    const raw = await readEtcdKey(node.controlPlane.etcdEndpoint, secretEtcdKey('default', 'after-kms'));
+    const raw = await readEtcdKey(node.controlPlane.etcdEndpoint, secretEtcdKey('default', 'after-kms'), node.controlPlane.etcdPki);
     assert.ok(raw, 'etcd holds the Secret');
     assert.equal(parseKmsV2Value(raw)?.keyId, status.keyId);
     assert.ok(!raw.includes(Buffer.from('plain-words')));
     // Secrets written before encryption was on were rewritten under the key too.
-    const pin = await readEtcdKey(node.controlPlane.etcdEndpoint, secretEtcdKey(releaseNamespace, 'keyward-hsm-pin'));
+    const pin = await readEtcdKey(node.controlPlane.etcdEndpoint, secretEtcdKey(releaseNamespace, 'keyward-hsm-pin'), node.controlPlane.etcdPki);
     assert.equal(parseKmsV2Value(pin!)?.keyId, status.keyId);
     assert.ok(!pin!.includes(Buffer.from(token.pin)));
+  });
+
+  it('the etcd scanner in the static pod proves from etcd what the primary version protects; the operator shows it and re-encryption; the plugin names the node [practice:verified-retirement]', async () => {
+    // The operator looks at a ring no KMS plugin used yet every 5 minutes; a metadata change makes it look now.
+    await node.kubectl(['-n', etcdRing.namespace, 'annotate', '--overwrite', 'keyring', etcdRing.name, `keyward.dev/test-poke=${Date.now()}`]);
+    const keyId = (await kmsStatus(kms.socketPath)).keyId;
+    const ringStatus = async (): Promise<RingStatus> => JSON.parse(await node.kubectl(['-n', etcdRing.namespace, 'get', 'keyring', etcdRing.name, '-o', 'jsonpath={.status}'])) as RingStatus;
+    // What etcd holds, read directly (over TLS, as the apiserver's client): every Secret, and those under the primary's key id.
+    const etcdSecrets = async (): Promise<{ total: number; underKey: number }> => {
+      const values = await readEtcdPrefix(node.controlPlane.etcdEndpoint, '/registry/secrets/', node.controlPlane.etcdPki);
+      return { total: values.length, underKey: values.filter((v) => parseKmsV2Value(v.value)?.keyId === keyId).length };
+    };
+    const proven = await eventually('the KeyRing showing a complete re-encryption and a scan count equal to what etcd holds', 150_000, async () => {
+      const status = await ringStatus();
+      const primary = status.versions?.find((v) => v.number === status.primaryVersion);
+      const held = await etcdSecrets();
+      if (status.reEncryption?.phase === 'Complete' && primary?.etcdObjects === held.underKey) return { status, primary, held };
+      // Thrown, so a timeout names where it stopped.
+      throw new Error(`etcd holds ${held.underKey} of ${held.total} Secrets under the primary; the KeyRing status is ${JSON.stringify(status)}`);
+    }, 2000).catch(async (err: Error) => {
+      const pod = await waitPodReady(node, 'kube-system', 'app.kubernetes.io/component=kms-plugin').catch(() => '');
+      const logs = await Promise.all(['etcd-scanner', 'kms-plugin'].map((c) => node.kubectl(['-n', 'kube-system', 'logs', pod, '-c', c, '--tail=15']).catch((e: Error) => e.message)));
+      const operator = await node.kubectl(['-n', releaseNamespace, 'logs', '-l', 'app.kubernetes.io/component=operator', '--tail=30']).catch((e: Error) => e.message);
+      throw new Error(`${err.message}\nscanner: ${logs[0]}\nplugin: ${logs[1]}\noperator: ${operator}`);
+    });
+    const { status, primary, held } = proven;
+    assert.equal(status.reEncryption?.targetVersion, status.primaryVersion);
+    assert.equal(primary.keyId, keyId, 'the primary is the key id kube-apiserver encrypts with');
+    assert.equal(held.underKey, held.total, 'every Secret in etcd is under the primary');
+    assert.ok(held.total >= 3, `etcd holds the release's Secrets and the test's (${held.total})`);
+    // The count comes from a scan made after the rewrite: the one the operator asked for.
+    assert.ok(primary.etcdObjectsProvenAt && status.reEncryption?.completedAt, 'a proof time and a rewrite time');
+    assert.ok(Date.parse(primary.etcdObjectsProvenAt) >= Date.parse(status.reEncryption.completedAt), `scan at ${primary.etcdObjectsProvenAt}, after the rewrite finished at ${status.reEncryption.completedAt}`);
+    assert.equal(status.conditions?.find((c) => c.type === 'RetirementComplete')?.status, 'True');
+
+    // The records in the HSM, read in the scanner's container (it holds the token and the PIN): the
+    // KMS plugin's names the node (NODE_NAME from spec.nodeName, which the kubelet sets on a static
+    // pod), and the scanner's report is complete and counts what etcd holds.
+    const pod = await waitPodReady(node, 'kube-system', 'app.kubernetes.io/component=kms-plugin');
+    const records = JSON.parse(await node.kubectl(['-n', 'kube-system', 'exec', pod, '-c', 'etcd-scanner', '--', 'node', '--max-old-space-size=32', '--input-type=module', '-e', hsmRecordsScript(etcdRing)])) as {
+      uses: { component: string; host: string; statusKeyId?: string }[];
+      reports: { complete: boolean; resources: { resource: string; byKeyId: Record<string, number> }[] }[];
+    };
+    const plugin = records.uses.filter((u) => u.component === 'kms-plugin');
+    assert.deepEqual(plugin.map((u) => [u.host, u.statusKeyId]), [[node.name, keyId]], 'one KMS plugin, on this node, reporting the primary');
+    assert.ok(records.reports[0]?.complete);
+    assert.equal(records.reports[0]?.resources.find((r) => r.resource === 'secrets')?.byKeyId[keyId], primary.etcdObjects);
   });
 
   it('a pod granted by a KeyPolicy gets the sealed secret and its derived key through the real driver', async () => {
@@ -160,7 +211,7 @@ describe('Keyward installed on a real node (helm, static KMS plugin, Secrets Sto
     await waitPodRunning(node, 'synced');
     const synced = await eventually('the synced Secret', 30_000, () => node.kubectl(['-n', shop.namespace, 'get', 'secret', 'shop-synced', '-o', 'jsonpath={.data.password}']).catch(() => undefined), 1000);
     assert.equal(Buffer.from(synced, 'base64').toString(), secretValue);
-    const raw = await readEtcdKey(node.controlPlane.etcdEndpoint, secretEtcdKey(shop.namespace, 'shop-synced'));
+    const raw = await readEtcdKey(node.controlPlane.etcdEndpoint, secretEtcdKey(shop.namespace, 'shop-synced'), node.controlPlane.etcdPki);
     assert.equal(parseKmsV2Value(raw!)?.keyId, (await kmsStatus(kms.socketPath)).keyId);
     assert.ok(!raw!.includes(Buffer.from(secretValue)));
     await node.kubectl(['-n', shop.namespace, 'delete', 'pod', 'synced', '--wait=true']);
@@ -189,7 +240,7 @@ describe('Keyward installed on a real node (helm, static KMS plugin, Secrets Sto
     await restoreWebGrant();
     const countSecrets = async (): Promise<number> => (JSON.parse(await node.kubectl(['get', 'secrets', '-A', '-o', 'json'])) as { items: unknown[] }).items.length;
     const before = await countSecrets();
-    const restarts = async (): Promise<number> => Number(await node.kubectl(['-n', 'kube-system', 'get', 'pods', '-l', 'app.kubernetes.io/component=kms-plugin', '-o', 'jsonpath={.items[0].status.containerStatuses[0].restartCount}']));
+    const restarts = async (): Promise<number> => Number(await node.kubectl(['-n', 'kube-system', 'get', 'pods', '-l', 'app.kubernetes.io/component=kms-plugin', '-o', 'jsonpath={.items[0].status.containerStatuses[?(@.name=="kms-plugin")].restartCount}']));
     const restartsBefore = await restarts();
     killContainerProcess('kms-plugin');
     await eventually('kubelet restarting the plugin', 60_000, async () => ((await restarts()) > restartsBefore ? true : undefined), 1000);
@@ -253,3 +304,25 @@ describe('Keyward installed on a real node (helm, static KMS plugin, Secrets Sto
   }
 });
 
+interface RingStatus {
+  primaryVersion?: number;
+  versions?: { number: number; keyId?: string; etcdObjects?: number; etcdObjectsProvenAt?: string }[];
+  reEncryption?: { phase: string; targetVersion: number; completedAt?: string };
+  conditions?: { type: string; status: string }[];
+}
+
+/** Prints the ring's key-use records and scan reports as JSON, run with the image's node and the container's token and PIN. */
+function hsmRecordsScript(ring: { namespace: string; name: string }): string {
+  return `
+const { HsmToken } = await import('/app/dist/core/hsm/hsmToken.js');
+const { HsmRecords } = await import('/app/dist/core/hsm/hsmRecords.js');
+const { readPinFile } = await import('/app/dist/core/hsm/pinFile.js');
+const { RingStore } = await import('/app/dist/core/hsm/ringStore.js');
+const { KeyUseRecords } = await import('/app/dist/core/keyUse/keyUseRecords.js');
+const token = HsmToken.open({ modulePath: '/usr/lib/softhsm/libsofthsm2.so', tokenLabel: 'keyward', pin: readPinFile('/etc/keyward/user.pin') });
+const ring = await new RingStore(token).resolve(${JSON.stringify(ring.name)}, ${JSON.stringify(ring.namespace)});
+const records = new KeyUseRecords(new HsmRecords(token));
+console.log(JSON.stringify({ uses: await records.uses(ring.ringId), reports: await records.scanReports(ring.ringId) }));
+token.close();
+`;
+}

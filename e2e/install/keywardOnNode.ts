@@ -1,10 +1,10 @@
 // Keyward installed on a test node the way a cluster admin installs it: a SoftHSM2 token on the
 // node, the PIN as a Secret, `helm install` of the chart with the built image, and the KMS plugin
-// as the chart's static pod (charts/keyward/files/) with kube-apiserver's EncryptionConfiguration
-// pointing at its socket. Used by the install tests, the benchmark and the quickstart.
+// as the chart's static pod (charts/keyward/files/), its etcd scanner beside it, with kube-apiserver's
+// EncryptionConfiguration pointing at its socket. Used by the install tests, the benchmark and the quickstart.
 import { execFileSync } from 'node:child_process';
 import { chmodSync, chownSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { dump, load } from 'js-yaml';
 import { findSoftHsmModule } from '../../core/hsm/pkcs11Module.js';
 import { softHsmConfig } from '../../core/hsm/softHsmToken.js';
@@ -13,6 +13,7 @@ import { keywardCli, kmsEncryptionConfig } from '../kms/kmsPluginProcess.js';
 import { freePort } from '../../testbed/control-plane/network.js';
 import { chartDir, helmIn, type Helm } from '../helm/helm.js';
 import type { TestNode } from '../../testbed/node/testNode.js';
+import type { EtcdPki } from '../../testbed/control-plane/pki.js';
 import { waitWebhookServing } from './clusterChecks.js';
 
 /** The image's user: every Keyward container runs as it, so it owns the token files. */
@@ -97,6 +98,8 @@ export interface KmsStaticPod {
   /** The socket on the host, named by the EncryptionConfiguration. */
   socketPath: string;
   metricsPort: number;
+  /** The etcd scanner's /livez and /metrics (127.0.0.1). */
+  scannerMetricsPort: number;
   manifestPath: string;
 }
 
@@ -104,8 +107,11 @@ export interface KmsStaticPod {
  * The chart's static-pod manifest, as an admin installs it on a control-plane node: the image
  * set, the host directories made (owned by the image's uid, 0700), the PIN and SoftHSM2
  * configuration files written, and the file dropped into kubelet's manifest directory. Only the
- * host paths and the metrics port differ from the file (everything of this node lives under
- * its own directory, and ports are chosen free).
+ * host paths and the ports differ from the file (everything of this node lives under its own
+ * directory, and ports are chosen free), and the etcd the scanner reads: with a control plane
+ * whose etcd serves TLS (etcdTls), the scanner gets a client certificate issued from etcd's CA
+ * exactly as the file's header says, and etcd's CA file mounted; with plain-http etcd, the
+ * node's http endpoint and no CA mount or TLS flags.
  */
 export async function installKmsStaticPod(node: TestNode, image: string, token: NodeToken, ring: { namespace: string; name: string }): Promise<KmsStaticPod> {
   const base = join(node.dir, 'keyward-kms');
@@ -119,30 +125,73 @@ export async function installKmsStaticPod(node: TestNode, image: string, token: 
   writeFileSync(join(configDir, 'user.pin'), token.pin, { mode: 0o600 });
   writeFileSync(join(configDir, 'softhsm2.conf'), softHsmConfig('/var/lib/softhsm/tokens'), { mode: 0o600 });
   for (const file of ['user.pin', 'softhsm2.conf']) chownSync(join(configDir, file), imageUid, imageUid);
+  const etcdPki = node.controlPlane.etcdPki;
+  if (etcdPki) issueScannerEtcdCertificate(join(configDir, 'etcd'), etcdPki);
 
   const metricsPort = await freePort();
+  const scannerMetricsPort = await freePort();
   const pod = load(readFileSync(join(chartDir, 'files', 'kms-plugin-static-pod.yaml'), 'utf8')) as StaticPod;
-  // The test node's etcd is plain http with no etcd CA on the host: the file's etcd scanner
-  // (kubeadm paths) is left out here.
-  pod.spec.containers = pod.spec.containers.filter((c) => c.name !== 'etcd-scanner');
-  pod.spec.volumes = pod.spec.volumes.filter((v) => v.name !== 'etcd-ca');
-  const container = pod.spec.containers[0]!;
-  container.image = image;
-  container.imagePullPolicy = 'Never';
-  container.args = container.args
-    .map((arg) => (arg.startsWith('--metrics-address=') ? `--metrics-address=127.0.0.1:${metricsPort}` : arg))
-    .map((arg) => (arg.startsWith('--ring=') ? `--ring=${ring.name}` : arg.startsWith('--namespace=') ? `--namespace=${ring.namespace}` : arg));
-  for (const probe of [container.livenessProbe, container.readinessProbe]) probe.httpGet.port = metricsPort;
-  const hostPaths: Record<string, string> = { 'socket-dir': socketDir, config: configDir, 'softhsm-tokens': token.tokenDir };
+  const withRing = (arg: string): string => (arg.startsWith('--ring=') ? `--ring=${ring.name}` : arg.startsWith('--namespace=') ? `--namespace=${ring.namespace}` : arg);
+  const plugin = pod.spec.containers.find((c) => c.name === 'kms-plugin')!;
+  plugin.args = plugin.args.map((arg) => (arg.startsWith('--metrics-address=') ? `--metrics-address=127.0.0.1:${metricsPort}` : arg)).map(withRing);
+  for (const probe of [plugin.livenessProbe, plugin.readinessProbe]) probe!.httpGet.port = metricsPort;
+
+  const scanner = pod.spec.containers.find((c) => c.name === 'etcd-scanner')!;
+  const tlsFlag = /^--etcd-(cafile|certfile|keyfile)=/;
+  scanner.args = scanner.args
+    .filter((arg) => etcdPki !== undefined || !tlsFlag.test(arg))
+    .map((arg) => (arg.startsWith('--etcd-endpoints=') ? `--etcd-endpoints=${node.controlPlane.etcdEndpoint}` : arg))
+    .map((arg) => (arg.startsWith('--metrics-address=') ? `--metrics-address=127.0.0.1:${scannerMetricsPort}` : arg))
+    .map(withRing);
+  scanner.livenessProbe!.httpGet.port = scannerMetricsPort;
+  if (!etcdPki) {
+    scanner.volumeMounts = scanner.volumeMounts.filter((m) => m.name !== 'etcd-ca');
+    pod.spec.volumes = pod.spec.volumes.filter((v) => v.name !== 'etcd-ca');
+  }
+  for (const container of pod.spec.containers) {
+    container.image = image;
+    container.imagePullPolicy = 'Never';
+  }
+  const hostPaths: Record<string, string | undefined> = { 'socket-dir': socketDir, config: configDir, 'softhsm-tokens': token.tokenDir, 'etcd-ca': etcdPki?.caCert };
   for (const volume of pod.spec.volumes) volume.hostPath.path = hostPaths[volume.name] ?? volume.hostPath.path;
   const manifestPath = join(node.staticPodDir, 'keyward-kms-plugin.yaml');
   writeFileSync(manifestPath, dump(pod));
-  return { socketPath: join(socketDir, 'kms.sock'), metricsPort, manifestPath };
+  return { socketPath: join(socketDir, 'kms.sock'), metricsPort, scannerMetricsPort, manifestPath };
+}
+
+/**
+ * The scanner's etcd client certificate, made as the static pod file's header tells an admin:
+ * a P-384 key, CN=keyward-etcd-scanner, clientAuth, signed by etcd's CA, in a 0700 directory
+ * owned by the image's uid, the key 0600. Mounted in the pod as /etc/keyward/etcd/.
+ */
+function issueScannerEtcdCertificate(dir: string, etcdPki: EtcdPki): void {
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const caKey = join(dirname(etcdPki.caCert), `${basename(etcdPki.caCert, '.crt')}.key`);
+  const openssl = (args: string[]): void => {
+    execFileSync('openssl', args, { cwd: dir, stdio: ['ignore', 'ignore', 'pipe'] });
+  };
+  openssl(['req', '-new', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-384', '-nodes', '-keyout', 'scanner.key', '-out', 'scanner.csr', '-subj', '/CN=keyward-etcd-scanner']);
+  writeFileSync(join(dir, 'ext'), 'extendedKeyUsage=clientAuth\n');
+  openssl(['x509', '-req', '-in', 'scanner.csr', '-days', '2', '-CA', etcdPki.caCert, '-CAkey', caKey, '-out', 'scanner.crt', '-extfile', 'ext']);
+  for (const file of ['scanner.key', 'scanner.crt']) chownSync(join(dir, file), imageUid, imageUid);
+  chmodSync(join(dir, 'scanner.key'), 0o600);
+  chownSync(dir, imageUid, imageUid);
+  chmodSync(dir, 0o700);
+}
+
+interface StaticPodContainer {
+  name: string;
+  image: string;
+  imagePullPolicy?: string;
+  args: string[];
+  livenessProbe?: { httpGet: { port: number } };
+  readinessProbe?: { httpGet: { port: number } };
+  volumeMounts: { name: string; mountPath: string }[];
 }
 
 interface StaticPod {
   spec: {
-    containers: { name: string; image: string; imagePullPolicy?: string; args: string[]; livenessProbe: { httpGet: { port: number } }; readinessProbe: { httpGet: { port: number } } }[];
+    containers: StaticPodContainer[];
     volumes: { name: string; hostPath: { path: string } }[];
   };
 }

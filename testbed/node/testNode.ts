@@ -22,8 +22,8 @@ import { bridgeName, cniConflist, containerdConfig, csiDriverObject, kubeletConf
 export interface TestNodeOptions {
   /** Progress lines, e.g. console.error for the quickstart. */
   progress?: (line: string) => void;
-  /** Passed to the control plane (an EncryptionConfiguration, skipReadyz, ...). */
-  controlPlane?: Pick<ControlPlaneOptions, 'encryptionConfig' | 'skipReadyz' | 'extraApiserverArgs'>;
+  /** Passed to the control plane (an EncryptionConfiguration, skipReadyz, etcd over TLS as kubeadm runs it, ...). */
+  controlPlane?: Pick<ControlPlaneOptions, 'encryptionConfig' | 'skipReadyz' | 'extraApiserverArgs' | 'etcdTls'>;
   /** docker-archives imported into containerd before the node registers (pause and busybox always are). */
   images?: string[];
   /** The audience of the pod tokens the CSIDriver asks kubelet for. */
