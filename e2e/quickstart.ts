@@ -3,18 +3,20 @@
 // kube-proxy, the Secrets Store CSI driver); `helm install` puts the operator and the CSI provider
 // on it; the KMS plugin runs as the chart's static pod and kube-apiserver encrypts Secrets through
 // it (etcd read directly to show it); a pod gets a sealed secret and a derived key in its volume
-// through the real driver and another pod is refused; a rotation reaches etcd and the running pod.
+// through the real driver and another pod is refused; a rotation reaches the running pod, and etcd
+// is re-encrypted under the new version and proven so by the scanner beside the plugin.
 // Everything it starts is stopped, and the machine left as it was.
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { eventually } from '../testbed/eventually.js';
 import { parseKmsV2Value } from '../testbed/control-plane/encryptedObject.js';
-import { readEtcdKey, secretEtcdKey } from '../testbed/control-plane/etcdClient.js';
+import { readEtcdKey, readEtcdPrefix, secretEtcdKey } from '../testbed/control-plane/etcdClient.js';
+import type { KeyRing } from '../core/api/keyRing.js';
 import { buildKeywardImage } from '../testbed/image/keywardImage.js';
 import { applyKeyRing, applyShopWorkload, expectMountRefused, keywardPod, primaryVersion, readPodFile, shop, waitFileChange, waitPodRunning } from './install/clusterChecks.js';
 import { createNodeToken, enableKmsEncryption, installKeyward, installKmsStaticPod, releaseNamespace, waitPodReady } from './install/keywardOnNode.js';
-import { apiserverKmsHealthStatus, identityEncryptionConfig, kmsStatus } from './kms/kmsPluginProcess.js';
+import { identityEncryptionConfig, kmsStatus } from './kms/kmsPluginProcess.js';
 import { startTestNode, type TestNode } from '../testbed/node/testNode.js';
 import { trackDirectory } from '../testbed/control-plane/componentProcess.js';
 
@@ -28,12 +30,12 @@ async function main(dir: string): Promise<void> {
   const image = await buildKeywardImage({ progress: (line) => step(`    ${line}`) });
   step(`    ${image.ref}`);
 
-  step('2/8 starting a single-node Kubernetes: etcd, kube-apiserver, scheduler, controller-manager, containerd, kubelet, kube-proxy, Secrets Store CSI driver');
+  step('2/8 starting a single-node Kubernetes: etcd (TLS), kube-apiserver, scheduler, controller-manager, containerd, kubelet, kube-proxy, Secrets Store CSI driver');
   let node: TestNode | undefined;
   try {
     node = await startTestNode({
       images: [image.dockerArchive],
-      controlPlane: { encryptionConfig: identityEncryptionConfig(dir) },
+      controlPlane: { encryptionConfig: identityEncryptionConfig(dir), etcdTls: true },
       rotationPollInterval: `${rotationPollSeconds}s`,
       progress: (line) => step(`    ${line}`),
     });
@@ -63,7 +65,7 @@ async function run(node: TestNode, image: string, dir: string): Promise<void> {
 
   const value = 'correct-horse-battery-staple';
   await node.kubectl(['-n', 'default', 'create', 'secret', 'generic', 'db-password', `--from-literal=password=${value}`]);
-  const raw = await readEtcdKey(node.controlPlane.etcdEndpoint, secretEtcdKey('default', 'db-password'));
+  const raw = await readEtcdKey(node.controlPlane.etcdEndpoint, secretEtcdKey('default', 'db-password'), node.controlPlane.etcdPki);
   const stored = raw && parseKmsV2Value(raw);
   step(`5/8 Secret default/db-password written; etcd holds ${raw?.length ?? 0} bytes starting '${raw?.subarray(0, 23).toString()}'`);
   step(`    stored under key_id ${stored?.keyId}; plaintext in etcd: ${raw?.includes(Buffer.from(value)) ? 'YES (wrong!)' : 'no'}`);
@@ -99,17 +101,19 @@ async function run(node: TestNode, image: string, dir: string): Promise<void> {
   step(`    ${etcdRing.name} and ${shop.volumeRing} rotated; the static plugin reports key_id ${v2} without a restart (read from the HSM)`);
   const newKey = await waitFileChange('the pod\'s derived key', keyBefore, () => readPodFile(node, 'web', 'luks/db.key'), rotationPollSeconds * 4000);
   step(`    the running pod's luks/db.key changed (${newKey.length} bytes, new version) at the driver's next poll; db/password unchanged: ${(await readPodFile(node, 'web', 'db/password')).toString() === secretValue}`);
-  step('    waiting for kube-apiserver to notice the new key_id (it asks about once a minute)');
-  let n = 0;
-  await eventually('new Secrets under version 2', 150_000, async () => {
-    await apiserverKmsHealthStatus(node.controlPlane);
-    const name = `after-rotation-${n++}`;
-    await node.kubectl(['-n', 'default', 'create', 'secret', 'generic', name, '--from-literal=password=new']);
-    const after = await readEtcdKey(node.controlPlane.etcdEndpoint, secretEtcdKey('default', name));
-    return after && parseKmsV2Value(after)?.keyId === v2 ? true : undefined;
+  step('    waiting for kube-apiserver to switch to version 2 (it asks the plugin about once a minute); the operator then rewrites etcd under it and the scanner beside the plugin counts what is left');
+  const retired = await eventually('re-encryption under version 2 complete', 300_000, async () => {
+    const kr = JSON.parse(await node.kubectl(['-n', etcdRing.namespace, 'get', 'keyring', etcdRing.name, '-o', 'json'])) as KeyRing;
+    return kr.status?.reEncryption?.targetVersion === 2 && kr.status.reEncryption.phase === 'Complete' ? kr : undefined;
   }, 2000);
+  const run = retired.status?.reEncryption;
+  const v1 = retired.status?.versions?.find((v) => v.number === 1);
+  const keyIds = (await readEtcdPrefix(node.controlPlane.etcdEndpoint, '/registry/secrets/', node.controlPlane.etcdPki)).map(({ value }) => parseKmsV2Value(value)?.keyId);
+  step(`    ${run?.rewrittenObjects ?? 0} objects rewritten (${run?.method}); etcd read directly: ${keyIds.filter((k) => k === v2).length} of ${keyIds.length} Secrets under version 2`);
+  step(`    the scanner counts ${v1?.etcdObjects} objects under version 1 (scan at ${v1?.etcdObjectsProvenAt}): it may now be disabled and destroyed`);
+  if (keyIds.some((k) => k !== v2) || v1?.etcdObjects !== 0) throw new Error('etcd still holds Secrets under version 1 after re-encryption');
   const old = await node.kubectl(['-n', 'default', 'get', 'secret', 'db-password', '-o', 'jsonpath={.data.password}']);
-  step(`    new Secrets are stored under version 2; the old one still reads back: ${Buffer.from(old, 'base64').toString() === value}`);
+  step(`    the Secret written before the rotation reads back: ${Buffer.from(old, 'base64').toString() === value}`);
 
   step('8/8 audit: what the operator and the CSI provider recorded');
   const audit = async (selector: string): Promise<string[]> =>

@@ -18,6 +18,8 @@ const retryFailedMs = 10 * 60_000;
 const activeRequeueMs = 5000;
 const waitingRequeueMs = 30_000;
 const idleRequeueMs = 5 * 60_000;
+/** A ring no KMS plugin uses yet is looked at once a minute, so a plugin starting on it is noticed soon. */
+const unservedRequeueMs = 60_000;
 
 export interface RetirementDeps {
   keyUse: KeyUseRecords;
@@ -48,7 +50,7 @@ export async function advanceRetirement(deps: RetirementDeps, keyRing: KeyRing, 
   const versions = versionFacts(ring, uses, proof);
   const kmsUses = uses.filter((u) => u.component === 'kms-plugin');
   const previous = keyRing.status?.reEncryption;
-  if (kmsUses.length === 0 && !previous) return { versions, events: [], requeueAfterMs: idleRequeueMs };
+  if (kmsUses.length === 0 && !previous) return { versions, events: [], requeueAfterMs: unservedRequeueMs };
 
   const events: RetirementStep['events'] = [];
   const primary = primaryVersion(ring);
