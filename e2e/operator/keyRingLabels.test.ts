@@ -153,7 +153,7 @@ describe('KeyRing labels for inventory, through the operator [practice:inventory
         state: oneOf(...versionStates),
         result: oneOf('success', 'error', 'allowed', 'denied'),
         reason: oneOf('RingStateCorrupt', 'MechanismUnsupported', 'HsmError', 'HsmUnavailable', 'HsmLoginFailed', 'LifecycleRefused', 'Granted', 'NoPolicy', 'NotGranted', 'GrantExpired', 'SeparationOfDuties'),
-        operation: oneOf(...Object.keys(operations), 'claimName', 'create', 'destroy', 'get', 'release', 'rotate', 'scheduleRingDestruction', 'setVersionState', 'check'),
+        operation: oneOf(...Object.keys(operations), 'claimName', 'create', 'destroy', 'get', 'release', 'rotate', 'scheduleRingDestruction', 'setVersionState', 'check', 'keyUse'),
         code: (v) => /^CKR_\w+$/.test(v) || /^[A-Z][A-Za-z]+$/.test(v),
         resource: oneOf('KeyRing', 'KeyPolicy', 'keyrings', 'keypolicies'),
         name: oneOf('keyrings', 'keypolicies'),
