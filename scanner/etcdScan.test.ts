@@ -4,14 +4,14 @@
 import { CoreV1Api, PatchStrategy, setHeaderOptions } from '@kubernetes/client-node';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { HsmRecords } from '../core/hsm/hsmRecords.js';
 import { RingStore } from '../core/hsm/ringStore.js';
 import { KeyUseRecords, type EtcdScanReport } from '../core/keyUse/keyUseRecords.js';
-import { apiserverKmsHealthStatus, keywardCli, kmsEncryptionConfig, kmsStatus, startKmsPluginProcess, type KmsPluginProcess } from '../e2e/kms/kmsPluginProcess.js';
-import { ComponentProcess } from '../testbed/control-plane/componentProcess.js';
+import { startScannerProcess } from '../e2e/retirement/scannerProcess.js';
+import { apiserverKmsHealthStatus, kmsEncryptionConfig, kmsStatus, startKmsPluginProcess, type KmsPluginProcess } from '../e2e/kms/kmsPluginProcess.js';
 import { startControlPlane, type ControlPlane } from '../testbed/control-plane/controlPlane.js';
 import { parseKmsV2Value } from '../testbed/control-plane/encryptedObject.js';
 import { readEtcdPrefix } from '../testbed/control-plane/etcdClient.js';
@@ -221,29 +221,15 @@ describe('etcd scanner against a real control plane', function () {
   });
 
   it('as a process: scans at start, answers a scan request from the operator within seconds, counts in metrics, stops on SIGTERM', async () => {
-    const pinFile = join(dir, 'scanner.pin');
-    writeFileSync(pinFile, hsm.softhsm.pin, { mode: 0o600 });
-    const metricsAddress = `127.0.0.1:${await freePort()}`;
-    const auditFile = join(dir, 'scanner-audit.log');
-    const scanner = new ComponentProcess(
-      'keyward etcd-scanner',
-      process.execPath,
-      [
-        keywardCli,
-        'etcd-scanner',
-        `--ring=${ringName}`,
-        `--provider-name=${provider}`,
-        `--etcd-endpoints=http://127.0.0.1:1,${cp.etcdEndpoint}`,
-        '--interval=3600',
-        `--pkcs11-module=${hsm.softhsm.modulePath}`,
-        `--token-label=${hsm.softhsm.label}`,
-        `--pin-file=${pinFile}`,
-        `--metrics-address=${metricsAddress}`,
-        `--audit-log=${auditFile}`,
-      ],
-      join(dir, 'scanner.log'),
-      { ...process.env, ...hsm.softhsm.env },
-    );
+    // A dead endpoint first: the scanner goes on to the next one.
+    const scanner = await startScannerProcess({
+      hsm: hsm.softhsm,
+      ringName,
+      providerName: provider,
+      etcdEndpoint: `http://127.0.0.1:1,${cp.etcdEndpoint}`,
+      dir,
+      intervalSeconds: 3600,
+    });
     try {
       const records = new KeyUseRecords(new HsmRecords(hsm.token));
       const startup = await eventually('the scanner\'s first report in the HSM', 60_000, async () => (await records.scanReports(ringId))[0], 500);
@@ -258,22 +244,22 @@ describe('etcd scanner against a real control plane', function () {
       assert.equal(answer.complete, true, answer.error);
       assert.deepEqual(answer.resources, firstReport.resources);
 
-      const metrics = await (await fetch(`http://${metricsAddress}/metrics`)).text();
+      const metrics = await (await fetch(`${scanner.metricsUrl}/metrics`)).text();
       assert.match(metrics, /keyward_scanner_scans_total\{result="complete"\} 2/);
       assert.match(metrics, /keyward_scanner_objects_scanned_total 618/);
       assert.match(metrics, /keyward_scanner_etcd_read_bytes_total [1-9]\d+/);
       const lastComplete = Number(/^keyward_scanner_last_complete_scan_timestamp_seconds (\S+)$/m.exec(metrics)?.[1]);
       assert.ok(Math.abs(lastComplete - Date.parse(answer.finishedAt) / 1000) < 0.01, 'the last complete scan is the answer');
-      assert.equal((await fetch(`http://${metricsAddress}/healthz`)).status, 200);
+      assert.equal((await fetch(`${scanner.metricsUrl}/healthz`)).status, 200);
     } finally {
-      await scanner.stop();
+      await scanner.process.stop();
     }
-    assert.deepEqual(scanner.exitStatus, { code: 0, signal: null }, 'SIGTERM stops it cleanly');
-    const audit = readFileSync(auditFile, 'utf8').trim().split('\n').map((line) => JSON.parse(line) as Record<string, unknown>);
+    assert.deepEqual(scanner.process.exitStatus, { code: 0, signal: null }, 'SIGTERM stops it cleanly');
+    const audit = readFileSync(join(dir, 'scanner-audit.log'), 'utf8').trim().split('\n').map((line) => JSON.parse(line) as Record<string, unknown>);
     assert.equal(audit.filter((r) => r.operation === 'etcdScan' && r.result === 'allowed').length, 2);
     assert.ok(audit.some((r) => r.requestId === 'after-rewrite-1'));
     // Nothing from etcd but keys and key ids: no Secret data in the log or the audit.
-    const log = readFileSync(join(dir, 'scanner.log'), 'utf8');
+    const log = readFileSync(scanner.logFile, 'utf8');
     assert.doesNotMatch(log + JSON.stringify(audit), /k8s:enc:|"data"/);
   });
 });
